@@ -1,0 +1,126 @@
+"""Prompts -> token ids, candidate answer ids and step-end positions, for any tokenizer.
+
+Everything model-facing is rendered here so that evaluation, probing,
+patching and fine-tuning see the same text: plain prompts end in an answer
+cue and answers start with a space; chat prompts go through the tokenizer's
+chat template and answers start the assistant turn. Batches are right-padded:
+with causal attention no real token ever sees a pad, so no mask is needed and
+every position keeps its own index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from .bench.templates import ANSWER_CUE, CHAT_INSTRUCTION
+
+
+def render(prompt: str, tokenizer, chat: bool = False) -> str:
+    """The text the model reads for a VRUBench prompt."""
+    if not chat:
+        return prompt + ANSWER_CUE
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template; run without --chat / chat=False")
+    messages = [{"role": "user", "content": prompt + CHAT_INSTRUCTION}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def answer_text(answer: str, chat: bool = False) -> str:
+    return answer if chat else " " + answer
+
+
+def encode(tokenizer, text: str, chat: bool = False) -> list[int]:
+    """Token ids of a rendered prompt (chat templates carry their own special tokens)."""
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+
+def answer_ids(tokenizer, answer: str, chat: bool = False) -> list[int]:
+    ids = tokenizer(answer_text(answer, chat), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"answer {answer!r} encodes to no tokens")
+    return ids
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
+    """Right-padded ids and true lengths."""
+    if not seqs:
+        raise ValueError("nothing to encode: the batch is empty")
+    lengths = torch.tensor([len(s) for s in seqs])
+    out = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lengths
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def char_to_token_positions(tokenizer, text: str, char_ends: list[int], chat: bool = False) -> list[int]:
+    """For each character offset (end of a span), the index of the token holding its last character."""
+    enc = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
+    spans = enc["offset_mapping"]
+    out = []
+    for end in char_ends:
+        hits = [i for i, (a, b) in enumerate(spans) if a < end <= b or (b == end and b > a)]
+        if not hits:
+            raise ValueError(f"no token ends at character {end} of the rendered prompt")
+        out.append(hits[0])
+    return out
+
+
+def step_positions(tokenizer, item: dict, chat: bool = False) -> list[int]:
+    """Token positions of the end of every step and of the question, in the rendered prompt."""
+    text = render(item["prompt"], tokenizer, chat)
+    shift = text.index(item["prompt"])
+    ends = [e + shift for e in (*item["step_ends"], item["question_end"])]
+    return char_to_token_positions(tokenizer, text, ends, chat)
+
+
+@dataclass
+class PairTokens:
+    """Tokenized counterfactual pairs: equal length within a pair, right-padded across pairs."""
+
+    clean: Int[Tensor, "pair pos"]
+    corrupt: Int[Tensor, "pair pos"]
+    lengths: Int[Tensor, "pair"]  # true length; the final position is lengths - 1
+    clean_answer: Int[Tensor, "pair"]  # first token of the clean answer
+    corrupt_answer: Int[Tensor, "pair"]  # first token of the corrupted answer
+    pairs: object  # the bench.PairSet they came from (items, prompts, dropped counts)
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def final_pos(self) -> Int[Tensor, "pair"]:
+        return self.lengths - 1
+
+    def to(self, device) -> "PairTokens":
+        move = lambda t: t.to(device)  # noqa: E731
+        return PairTokens(move(self.clean), move(self.corrupt), move(self.lengths), move(self.clean_answer),
+                          move(self.corrupt_answer), self.pairs)
+
+
+def tokenize_pairs(tokenizer, items, chat: bool = False, max_pairs: int | None = None) -> PairTokens:
+    """Counterfactual pairs matched for this tokenizer (unmatched ones dropped and counted)."""
+    from .bench.pairs import build_pairs
+
+    count = lambda p: len(encode(tokenizer, render(p, tokenizer, chat), chat))  # noqa: E731
+    first = lambda a: answer_ids(tokenizer, a, chat)[0]  # noqa: E731
+    pairs = build_pairs(items, count, first, max_pairs=max_pairs)
+    pid = pad_id(tokenizer)
+    clean, lengths = pad_right([encode(tokenizer, render(p, tokenizer, chat), chat) for p in pairs.clean_prompts], pid)
+    corrupt, lengths2 = pad_right([encode(tokenizer, render(p, tokenizer, chat), chat) for p in pairs.corrupt_prompts], pid)
+    if not torch.equal(lengths, lengths2):
+        bad = int((lengths != lengths2).nonzero()[0])
+        raise AssertionError(f"pair {bad} ({pairs.items[bad]['id']}) has unequal token lengths")
+    return PairTokens(
+        clean, corrupt, lengths,
+        torch.tensor([first(a) for a in pairs.clean_answers]),
+        torch.tensor([first(a) for a in pairs.corrupt_answers]),
+        pairs,
+    )

@@ -1,0 +1,19 @@
+"""The ``vru-lens`` command: one subcommand per stage.
+
+Each stage's command lives in its own module here and is registered below;
+heavy imports (torch, transformers) happen inside the commands, so
+``vru-lens --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Viewpoint-rotation understanding: benchmark, evaluate, probe, rank heads, fine-tune heads.")
+
+from . import bench as _bench  # noqa: E402
+from . import evaluate as _evaluate  # noqa: E402
+
+app.command("bench")(_bench.bench)
+app.command("eval")(_evaluate.eval_cmd)

@@ -1,0 +1,1 @@
+"""Patching: metrics, activation/path/attribution patching, ablation, HeadScores."""

@@ -46,3 +46,24 @@ def normalise(patched: Tensor, clean: Tensor, corrupt: Tensor) -> Tensor:
     if denom.abs() < 1e-8:
         raise ValueError("clean and corrupted logit differences are equal on average; the pairs carry no signal")
     return (patched - corrupt.mean()) / denom
+
+
+def batches(n: int, batch_size: int):
+    """Index slices covering range(n) in chunks."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.inference_mode()
+def baseline_logit_diffs(model, pt, batch_size: int = 16) -> tuple[Float[Tensor, "pair"], Float[Tensor, "pair"]]:
+    """Unpatched logit differences of the clean and corrupted runs (pt: tokens.PairTokens)."""
+    device = model.cfg.device
+    clean, corrupt = [], []
+    for sl in batches(len(pt), batch_size):
+        fp, a, b = pt.final_pos[sl], pt.clean_answer[sl], pt.corrupt_answer[sl]
+        for ids, out in ((pt.clean[sl], clean), (pt.corrupt[sl], corrupt)):
+            width = int(fp.max()) + 1
+            out.append(logit_diff_from_logits(model(ids[:, :width].to(device)), fp, a, b).float().cpu())
+    return torch.cat(clean), torch.cat(corrupt)

@@ -9,6 +9,7 @@ from pathlib import Path
 def to_dataset_dict(splits: dict[str, list[dict]]):
     import datasets  # heavy; only needed here
 
+    datasets.disable_progress_bars()
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
 
 

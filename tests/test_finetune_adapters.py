@@ -1,0 +1,125 @@
+"""Head-delta adapters: hooks equal hand-edited weights, merge/unmerge exact, untouched weights, save/load."""
+
+import hashlib
+
+import pytest
+import torch
+
+from vru_lens.finetune import HeadDeltas, TrainConfig, train
+from vru_lens.bench import make_items
+from vru_lens.models import load_model
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+def model(request):
+    return load_model(request.param)
+
+
+def _hashes(model):
+    return {n: hashlib.sha256(p.detach().cpu().numpy().tobytes()).hexdigest() for n, p in model.named_parameters()}
+
+
+def _randomise(deltas, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in deltas.deltas.values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+IDS = torch.tensor([[0, 5, 9, 11, 40, 7, 3], [0, 8, 2, 30, 41, 6, 12]])
+
+
+@pytest.mark.parametrize("components", ["qo", "qkvo"])
+def test_hooks_equal_hand_edited_weights(model, components):
+    heads = [(0, 1), (2, 3), (2, 2)]
+    d = HeadDeltas(model, heads, components)
+    _randomise(d)
+    with d.applied(model):
+        hooked = model(IDS).detach()
+    dh = model.cfg.d_head
+    gpt2 = model.blocks[0].attn.o.original_component.__class__.__name__ == "Conv1D"
+    originals = {}
+    with torch.no_grad():  # edit the weights by hand from the documented slice layout
+        for key, delta in d.deltas.items():
+            layer, idx, kind = key.split("_")
+            l, i = int(layer[1:]), int(idx[1:])
+            w = getattr(model.blocks[l].attn, kind).original_component.weight
+            originals[key] = w.detach().clone()
+            rows = slice(i * dh, (i + 1) * dh)
+            if kind == "o":
+                if gpt2:
+                    w[rows, :] += delta.T
+                else:
+                    w[:, rows] += delta
+            else:
+                w[rows, :] += delta  # q/k/v are nn.Linear ([out, in]) in both bridges
+        edited = model(IDS).detach()
+        for key, w0 in originals.items():
+            layer, idx, kind = key.split("_")
+            getattr(model.blocks[int(layer[1:])].attn, kind).original_component.weight.copy_(w0)
+    assert (hooked - model(IDS)).abs().max() > 1e-3  # the deltas do something
+    torch.testing.assert_close(hooked, edited, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_unmerge_exact_and_context_always_removes(model):
+    d = HeadDeltas(model, [(1, 0), (2, 3)], "qkvo")
+    _randomise(d, 1)
+    before = _hashes(model)
+    base = model(IDS).detach()
+    with pytest.raises(ValueError):
+        with d.applied(model):
+            raise ValueError("boom")
+    torch.testing.assert_close(model(IDS).detach(), base, atol=0, rtol=0)  # hooks gone after the error
+    with d.applied(model):
+        hooked = model(IDS).detach()
+    d.merge(model)
+    assert _hashes(model) != before
+    torch.testing.assert_close(model(IDS).detach(), hooked, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError):
+        d.attach(model)
+    d.unmerge(model)
+    assert _hashes(model) == before
+
+
+def test_training_leaves_every_weight_bit_identical(model):
+    items = make_items(12, seed=3)
+    d = HeadDeltas(model, [(0, 0), (1, 2)], "qkvo")
+    before = _hashes(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    res = train(model, d, items, None, TrainConfig(steps=3, batch_size=4, warmup_steps=1, lr=1e-2, eval_every=0),
+                progress=False)
+    assert _hashes(model) == before
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.abs().sum() > 0 for p in d.deltas.values())
+    assert res.trainable_params == d.num_parameters()
+    # AdamW state (exp_avg, exp_avg_sq, step) exists for the deltas only
+    assert res.optimizer_state_bytes <= 2 * 4 * d.num_parameters() + 64 * len(d.deltas)
+
+
+def test_gqa_slices_and_parameter_count():
+    m = load_model("tiny-llama")  # 4 query heads, 2 KV heads: groups {0,1}, {2,3}
+    d = HeadDeltas(m, [(0, 0), (0, 1), (1, 3)], "qkvo")
+    dh, dm = m.cfg.d_head, m.cfg.d_model
+    assert d.kv_sharing == [{"layer": 0, "kv_group": 0, "query_heads": [0, 1], "chosen": [0, 1]},
+                            {"layer": 1, "kv_group": 1, "query_heads": [2, 3], "chosen": [3]}]
+    assert d.num_parameters() == 3 * 2 * dh * dm + 2 * 2 * dh * dm
+    assert HeadDeltas(m, [(0, 0)], "qo").num_parameters() == 2 * dh * dm
+    with pytest.raises(ValueError, match="outside"):
+        HeadDeltas(m, [(5, 0)])
+    with pytest.raises(ValueError, match="components"):
+        HeadDeltas(m, [(0, 0)], "qk")
+
+
+def test_save_load_roundtrip(tmp_path):
+    m = load_model("tiny-llama")
+    d = HeadDeltas(m, [(0, 1), (2, 2)], "qkvo")
+    _randomise(d, 2)
+    path = d.save(tmp_path / "d.safetensors", train_config={"lr": 0.01})
+    meta = HeadDeltas.read_metadata(path)
+    assert meta["model"] == "tiny-llama" and meta["components"] == "qkvo" and meta["heads"] == [(0, 1), (2, 2)]
+    assert meta["train_config"] == {"lr": 0.01} and meta["kv_sharing"] == d.kv_sharing
+    back = HeadDeltas.load(path, m)
+    for k, v in d.deltas.items():
+        assert torch.equal(back.deltas[k], v)
+    with pytest.raises(ValueError, match="geometry"):
+        HeadDeltas.load(path, load_model("tiny-gpt2"))

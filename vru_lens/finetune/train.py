@@ -1,0 +1,245 @@
+"""The training loop shared by head deltas and the baselines.
+
+``train(model, trainable, train_items, val_items, cfg)`` optimises only
+``trainable.trainable_parameters()`` with AdamW on the answer tokens' loss
+(prompt tokens carry no loss), with linear warmup then cosine (or linear)
+decay, gradient accumulation, gradient clipping, validation accuracy every
+``eval_every`` steps with the best state kept, a tqdm bar, checkpoints and
+resume. The batch at every step is a function of (seed, step), so a resumed
+run sees exactly the batches an uninterrupted one would.
+
+A *trainable* is anything with ``trainable_parameters()``,
+``trainable_state()``, ``load_trainable_state(state)`` and ``active(model)``
+(a context manager that switches it on): ``HeadDeltas``, and the baselines'
+``FullFinetune`` and ``LoraAdapters``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..results import Saveable
+from ..tokens import answer_ids, encode, pad_id, pad_right, render
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant" (after warmup)
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # 0 = only at the end
+    seed: int = 0
+    chat: bool = False
+    checkpoint_every: int = 0  # 0 = no periodic checkpoints
+    eval_batch_size: int = 16
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be positive")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` for optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        t = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        t = min(1.0, t)
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if self.schedule == "cosine" else 1 - t
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
+
+
+@dataclass
+class TrainResult(Saveable):
+    config: dict
+    trainable_params: int
+    optimizer_state_bytes: int
+    history: list = field(default_factory=list)  # {step, loss, lr}
+    validation: list = field(default_factory=list)  # {step, accuracy}
+    best_step: int = -1
+    best_accuracy: float = float("nan")
+    seconds: float = 0.0
+    step_seconds: float = 0.0  # mean wall time of one optimizer step
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+# ------------------------------------------------------------------ data
+def encode_examples(tokenizer, items, chat: bool = False) -> list[tuple[list[int], int]]:
+    """(prompt + answer ids, index of the first answer token) per item."""
+    out = []
+    for it in items:
+        prompt = encode(tokenizer, render(it["prompt"], tokenizer, chat), chat)
+        out.append((prompt + answer_ids(tokenizer, it["answer"], chat), len(prompt)))
+    return out
+
+
+def batch_indices(n: int, step: int, micro: int, cfg: TrainConfig) -> list[int]:
+    """Example indices of micro-batch ``micro`` of optimizer step ``step``: epochs of seeded permutations."""
+    start = (step * cfg.grad_accum + micro) * cfg.batch_size
+    out = []
+    for i in range(start, start + cfg.batch_size):
+        epoch, j = divmod(i, n)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n, generator=g)[j]))
+    return out
+
+
+def answer_loss(model, examples) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens only (every answer token weighs the same)."""
+    from ..readout import final_normed, unembed_rows
+
+    ids, _ = pad_right([e[0] for e in examples], pad_id(model.tokenizer))
+    rows, targets = [], []
+    for seq, start in examples:
+        rows.append(list(range(start - 1, len(seq) - 1)))
+        targets.append(seq[start:])
+    k = max(map(len, rows))
+    pos = torch.tensor([r + [r[-1]] * (k - len(r)) for r in rows])
+    tgt = torch.tensor([t + [-100] * (k - len(t)) for t in targets])
+    logits = unembed_rows(model, final_normed(model, ids, pos)).float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1).to(logits.device),
+                                             ignore_index=-100)
+
+
+def accuracy(model, items, chat: bool, batch_size: int) -> float:
+    from ..evaluate import evaluate
+
+    return float(evaluate(model, items, chat=chat, batch_size=batch_size, progress=False).accuracy)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+# ------------------------------------------------------------------ checkpoints
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ loop
+def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = TrainConfig(),
+          checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Train ``trainable`` on VRU items; on return it holds the best-on-validation state (or the last).
+
+    ``checkpoint``: file written every ``cfg.checkpoint_every`` steps and at the end (and on
+    KeyboardInterrupt); with ``resume=True`` training continues from it. ``stop_after``
+    (for tests and budgets) ends the run after that many optimizer steps in total, still
+    writing the checkpoint, without the final best-state restore.
+    """
+    torch.manual_seed(cfg.seed)
+    examples = encode_examples(model.tokenizer, train_items, cfg.chat)
+    if not examples:
+        raise ValueError("no training items")
+    params = trainable.trainable_parameters()
+    ids = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    result = TrainResult(asdict(cfg), sum(p.numel() for p in params), 0)
+    best_state, step = None, 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if resume:
+        if ckpt is None or not ckpt.exists():
+            raise FileNotFoundError(f"nothing to resume: checkpoint {ckpt} does not exist")
+        saved = torch.load(ckpt, weights_only=False)
+        if saved["config"] != asdict(cfg):
+            raise ValueError("the checkpoint was written with another TrainConfig; resume with the same one")
+        trainable.load_trainable_state(saved["trainable"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        step, best_state = saved["step"], saved["best_state"]
+        for k in ("history", "validation", "best_step", "best_accuracy", "seconds"):
+            setattr(result, k, saved["result"][k])
+
+    def snapshot():
+        return {"config": asdict(cfg), "trainable": trainable.trainable_state(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "step": step, "best_state": best_state,
+                "result": {k: getattr(result, k) for k in ("history", "validation", "best_step", "best_accuracy", "seconds")}}
+
+    def validate():
+        nonlocal best_state
+        acc = accuracy(model, val_items, cfg.chat, cfg.eval_batch_size)
+        result.validation.append({"step": step, "accuracy": acc})
+        if not acc <= result.best_accuracy:  # first, or better (nan-safe)
+            result.best_accuracy, result.best_step = acc, step
+            best_state = trainable.trainable_state()
+        return acc
+
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    for p in frozen:
+        p.requires_grad_(False)
+    bar = tqdm(total=cfg.steps, initial=step, desc="fine-tune", disable=not progress)
+    t_loop = time.perf_counter()
+    steps_run = 0
+    try:
+        with trainable.active(model):
+            model.train(False)  # no dropout in these models; eval mode keeps runs deterministic
+            if val_items and step == 0 and not result.validation:
+                validate()
+            while step < end:
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                total = 0.0
+                for micro in range(cfg.grad_accum):
+                    batch = [examples[i] for i in batch_indices(len(examples), step, micro, cfg)]
+                    loss = answer_loss(model, batch) / cfg.grad_accum
+                    loss.backward()
+                    total += loss.item()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                lr = opt.param_groups[0]["lr"]
+                opt.step()
+                sched.step()
+                step += 1
+                steps_run += 1
+                result.history.append({"step": step, "loss": total, "lr": lr, "seconds": time.perf_counter() - t0})
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.3f}", best=f"{result.best_accuracy:.3f}")
+                if val_items and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    validate()
+                if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    _save_checkpoint(ckpt, snapshot())
+            if step >= cfg.steps and val_items and (not result.validation or result.validation[-1]["step"] != step):
+                validate()
+    except KeyboardInterrupt:
+        if ckpt:
+            _save_checkpoint(ckpt, snapshot())
+        raise
+    finally:
+        bar.close()
+        opt.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), p.requires_grad))
+        result.seconds += time.perf_counter() - t_loop
+    result.optimizer_state_bytes = optimizer_state_bytes(opt)
+    times = [h["seconds"] for h in result.history]
+    result.step_seconds = sum(times) / len(times) if times else 0.0
+    if ckpt:
+        _save_checkpoint(ckpt, snapshot())
+    if step >= cfg.steps and best_state is not None:
+        trainable.load_trainable_state(best_state)
+    return result

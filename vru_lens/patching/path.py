@@ -1,0 +1,486 @@
+"""Path patching: sender head -> logits, and sender head -> receiver heads' q/k/v.
+
+Definitions (Wang et al. 2022, IOI), for a sender head (l, h) and a pair:
+
+* to the logits: in the clean run, the sender's output (``hook_z``) takes its
+  corrupted-run value; every other head's output, at every layer and position,
+  is frozen to its clean-run value; MLPs and norms are recomputed. Result: the
+  logit difference (clean answer - corrupted answer, first tokens) at the final
+  position.
+* to receivers' q/k/v: the same patched run, up to the receivers' layer, gives
+  a new value for the receiver heads' query/key/value input; then a normal
+  clean run in which only that input of only those heads is replaced.
+
+Why the fast path is exact and cheap (to the logits): once every other head is
+frozen, no attention is recomputed after the sender, so positions stop
+interacting and only the final position matters. At the sender's layer the
+residual becomes ``resid_mid + (z_corr - z_clean)[h] @ W_O[h]``; then each later
+layer adds its frozen clean attention contribution (``resid_mid - resid_pre`` of
+the clean run) and recomputes its MLP on that single vector. All senders of all
+layers and all pairs of a chunk go through the MLPs as one batch of
+``d_model`` vectors: two cached forwards plus a few MLP evaluations per layer,
+instead of one forward per sender. Norms are the bridge's own modules;
+Gemma-style sandwich norms (``ln1_post`` on the attention output, ``ln2_post``
+on the MLP output) are applied where the block has them. Architectures the
+recurrence does not describe (parallel attention/MLP) fall back to the
+reference with a warning, and so does any model for which the unpatched
+recurrence fails to reproduce the clean run (a self-check run every time).
+
+To receivers the first run is done the same way, at every position (positions
+still do not interact while every head is frozen), and the receivers' q/k/v are
+computed from it with the block's own ``ln1`` and projection; the second run is
+a real forward (attention after the receivers must be recomputed), batched over
+(sender, pair) rows. That halves the forwards of the reference.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .metrics import batches, gather_final, logit_diff_from_logits, logit_diff_from_resid
+
+Head = tuple[int, int]
+COMPONENTS = ("q", "k", "v")
+
+
+class FastPathUnsupported(RuntimeError):
+    """The fast recurrence does not describe this model; the reference is used instead."""
+
+
+# ---------------------------------------------------------------- model helpers
+
+def _n_kv_heads(model) -> int:
+    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+
+
+def _z(l: int) -> str:
+    return f"blocks.{l}.attn.hook_z"
+
+
+def _comp_hook(l: int, component: str) -> str:
+    return f"blocks.{l}.attn.hook_{component}"
+
+
+def _unsupported_reason(model) -> str | None:
+    """Why the fast recurrence cannot describe this model, or None."""
+    if getattr(model.cfg, "parallel_attn_mlp", False):
+        return "parallel attention/MLP blocks (the MLP reads resid_pre, not resid_mid)"
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) != model.cfg.n_layers:
+        return "no standard 'blocks' stack"
+    for name in ("ln1", "ln2", "mlp", "attn"):
+        if not hasattr(blocks[0], name):
+            return f"blocks have no '{name}' submodule"
+    return None
+
+
+def _rows(fn, x: Tensor) -> Tensor:
+    """Apply a [batch, pos, d] module to rows [..., d] (as a one-position batch)."""
+    shape = x.shape
+    return fn(x.reshape(-1, 1, shape[-1])).reshape(shape)
+
+
+def _mlp_out(block, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    """What the block's MLP adds to the residual stream, for rows of resid_mid."""
+    out = _rows(lambda t: block.mlp(block.ln2(t)), x)
+    post = getattr(block, "ln2_post", None)  # Gemma 2/3 post-feedforward norm
+    return _rows(post, out) if post is not None else out
+
+
+def _project(block, component: str, x: Float[Tensor, "... d_model"], d_head: int) -> Float[Tensor, "... head d_head"]:
+    """The block's q/k/v projection of ln1(x), as hook_q/hook_k/hook_v see it (pre-norm, pre-rotary)."""
+    lin = getattr(block.attn, component)
+    out = lin(block.ln1(x.reshape(-1, 1, x.shape[-1])))
+    return out.reshape(*x.shape[:-1], -1, d_head)
+
+
+def _final_ld(model, resid: Float[Tensor, "row d_model"], a: Tensor, b: Tensor) -> Float[Tensor, "row"]:
+    """Logit difference from final residuals (two unembedding columns; logit soft-capping if the model has it)."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap <= 0:
+        return logit_diff_from_resid(model, resid, a, b)
+    normed = model.ln_final(resid.reshape(-1, 1, resid.shape[-1])).reshape(resid.shape)
+    b_U = getattr(model, "b_U", None)
+
+    def logit(ids):
+        out = (normed * model.W_U[:, ids].T).sum(-1)
+        out = out + b_U[ids] if b_U is not None else out
+        return cap * torch.tanh(out / cap)
+
+    return logit(a) - logit(b)
+
+
+def _tolerance(dtype) -> tuple[float, float]:
+    return (1e-3, 1e-3) if dtype in (torch.float32, torch.float64) else (5e-2, 2e-2)
+
+
+def _self_check(name: str, got: Tensor, want: Tensor, dtype) -> None:
+    atol, rtol = _tolerance(dtype)
+    err = (got.float() - want.float()).abs()
+    bound = atol + rtol * want.float().abs()
+    if not bool((err <= bound).all()):
+        raise FastPathUnsupported(
+            f"self-check failed: the unpatched fast recurrence does not reproduce the clean run's {name} "
+            f"(max abs error {float(err.max()):.3g}); this architecture needs the reference"
+        )
+
+
+def _capture(model, ids: Tensor, names: Sequence[str], final_pos: Tensor | None = None, fwd_hooks=()):
+    """(logits, {hook name: activation}) from one forward; at the final position only if final_pos is given."""
+    store: dict[str, Tensor] = {}
+
+    def save(t, hook, name):
+        store[name] = (gather_final(t, final_pos) if final_pos is not None else t).detach().clone()
+
+    logits = model.run_with_hooks(ids, fwd_hooks=[*fwd_hooks, *[(n, partial(save, name=n)) for n in names]])
+    return logits, store
+
+
+def _chunk(pt, sl, device):
+    fp = pt.final_pos[sl].to(device)
+    width = int(fp.max()) + 1
+    return (pt.clean[sl, :width].to(device), pt.corrupt[sl, :width].to(device), fp,
+            pt.clean_answer[sl].to(device), pt.corrupt_answer[sl].to(device))
+
+
+def _check_pairs(pt) -> None:
+    if len(pt) == 0:
+        raise ValueError("no pairs to patch: pt is empty")
+
+
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"path patching: fast path unavailable ({reason}); computing the plain reference instead "
+                  "(one forward pass per sender, much slower)", RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------- to the logits
+
+@torch.inference_mode()
+def path_patch_logits(model, pt, batch_size: int = 16, progress: bool = True) -> Float[Tensor, "pair layer head"]:
+    """Logit difference with each sender head path-patched to the logits (fast, exact).
+
+    ``out[p, l, h]``: pair p, clean run, head (l, h)'s output taken from the
+    corrupted run, every other head's output frozen to its clean value, MLPs and
+    norms recomputed. ``pt`` is a ``tokens.PairTokens``; ``batch_size`` pairs are
+    processed per chunk (2 forwards + the MLP recurrence for all senders of the
+    chunk). Matches ``path_patch_logits_reference`` (<= 1e-4 in fp32); falls back
+    to it, with a warning, where the recurrence does not describe the model.
+    """
+    _check_pairs(pt)
+    reason = _unsupported_reason(model)
+    if reason is None:
+        try:
+            return _path_patch_logits_fast(model, pt, batch_size, progress)
+        except FastPathUnsupported as err:
+            reason = str(err)
+    _warn_fallback(reason)
+    return path_patch_logits_reference(model, pt, progress=progress, batch_size=batch_size)
+
+
+def _path_patch_logits_fast(model, pt, batch_size, progress):
+    device = model.cfg.device
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    W_O = model.W_O  # [L, H, d_head, d_model]
+    b_O = getattr(model, "b_O", None)
+    blocks = model.blocks
+    sandwich = getattr(blocks[0], "ln1_post", None) is not None
+    pre_names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
+    mid_names = [f"blocks.{l}.hook_resid_mid" for l in range(L)]
+    z_names = [_z(l) for l in range(L)]
+    out = []
+    bar = tqdm(total=len(pt), desc="path patching to logits (fast)", disable=not progress, unit="pair")
+    for sl in batches(len(pt), batch_size):
+        clean, corrupt, fp, a, b = _chunk(pt, sl, device)
+        B = clean.shape[0]
+        logits, cc = _capture(model, clean, pre_names + mid_names + z_names, fp)
+        _, cr = _capture(model, corrupt, z_names, fp)
+        clean_ld = logit_diff_from_logits(logits, fp, a, b)
+        d = cc[mid_names[0]].shape[-1]
+        # rows: [layer, head (+1 unpatched control row), pair]; senders of layer l occupy block l
+        per = (H + 1) * B
+        x = torch.empty(L * per, d, dtype=cc[mid_names[0]].dtype, device=device)
+        for l in range(L):
+            start = l * per
+            if l > 0:  # earlier senders' rows: add layer l's frozen clean attention contribution
+                contrib = cc[mid_names[l]] - cc[pre_names[l]]
+                x[:start].view(-1, B, d).add_(contrib)
+            zc, zk = cc[z_names[l]], cr[z_names[l]]  # [B, H, d_head]
+            delta = torch.einsum("bhe,hed->hbd", (zk - zc).to(W_O.dtype), W_O[l])  # [H, B, d]
+            if sandwich:  # attention output goes through ln1_post before joining the residual
+                raw = torch.einsum("bhe,hed->bd", zc.to(W_O.dtype), W_O[l])
+                if b_O is not None:
+                    raw = raw + b_O[l]
+                new = cc[pre_names[l]] + _rows(blocks[l].ln1_post, raw + delta)
+            else:
+                new = cc[mid_names[l]] + delta
+            x[start:start + H * B] = new.reshape(H * B, d)
+            x[start + H * B:start + per] = cc[mid_names[l]]
+            active = x[:start + per]
+            active.add_(_mlp_out(blocks[l], active))
+        pair_idx = torch.arange(B, device=device).repeat(L * (H + 1))
+        ld = _final_ld(model, x, a[pair_idx], b[pair_idx]).view(L, H + 1, B)
+        _self_check("logit difference", ld[:, H, :], clean_ld.expand(L, B), x.dtype)
+        out.append(ld[:, :H, :].permute(2, 0, 1).float().cpu())
+        bar.update(B)
+    bar.close()
+    return torch.cat(out)
+
+
+def _senders(model, senders, max_layer: int | None = None) -> list[Head]:
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    top = L if max_layer is None else max_layer
+    if senders is None:
+        return [(l, h) for l in range(top) for h in range(H)]
+    senders = [(int(l), int(h)) for l, h in senders]
+    for l, h in senders:
+        if not (0 <= l < L and 0 <= h < H):
+            raise ValueError(f"sender {(l, h)} is out of range: layers 0..{L - 1}, heads 0..{H - 1}")
+    return senders
+
+
+@torch.inference_mode()
+def path_patch_logits_reference(model, pt, progress: bool = True, batch_size: int = 16,
+                                senders: Sequence[Head] | None = None) -> Float[Tensor, "pair layer head"]:
+    """The plain way: per sender, one clean forward with hooks on every layer's ``hook_z``.
+
+    The hooks set every head's ``z`` to its clean value except the sender's,
+    which gets its corrupted value; MLPs recompute. Clean and corrupted ``z``
+    caches are computed once per chunk of ``batch_size`` pairs. ``senders``
+    restricts the work to some heads (the other entries are NaN), for timing.
+    """
+    _check_pairs(pt)
+    device = model.cfg.device
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    todo = _senders(model, senders)
+    out = torch.full((len(pt), L, H), float("nan"))
+    z_names = [_z(l) for l in range(L)]
+    bar = tqdm(total=len(todo) * len(pt), desc="path patching to logits (reference)", disable=not progress,
+               unit="pair")
+    for sl in batches(len(pt), batch_size):
+        clean, corrupt, fp, a, b = _chunk(pt, sl, device)
+        _, cz = _capture(model, clean, z_names)
+        _, kz = _capture(model, corrupt, z_names)
+        for sender in todo:
+            hooks = _frozen_z_hooks(L, cz, kz, sender)
+            logits = model.run_with_hooks(clean, fwd_hooks=hooks)
+            out[sl, sender[0], sender[1]] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
+            bar.update(clean.shape[0])
+    bar.close()
+    return out
+
+
+def _frozen_z_hooks(L, cz, kz, sender):
+    """hook_z of every head set to its clean value, except the sender's (corrupted)."""
+    sl_, sh = sender
+
+    def set_z(t, hook, layer):
+        new = cz[_z(layer)].clone()
+        if layer == sl_:
+            new[:, :, sh] = kz[_z(layer)][:, :, sh]
+        return new
+
+    return [(_z(l), partial(set_z, layer=l)) for l in range(L)]
+
+
+# ---------------------------------------------------------------- to receivers' q/k/v
+
+def _check_receivers(model, receivers, component) -> dict[int, list[int]]:
+    """{receiver layer: [head indices]}; validates component and index ranges."""
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
+    receivers = [(int(l), int(h)) for l, h in receivers]
+    if not receivers:
+        raise ValueError("receivers is empty: pass a list of (layer, head)")
+    L = model.cfg.n_layers
+    n = model.cfg.n_heads if component == "q" else _n_kv_heads(model)
+    by_layer: dict[int, list[int]] = {}
+    for l, h in receivers:
+        if not 0 <= l < L:
+            raise ValueError(f"receiver {(l, h)}: layer out of range 0..{L - 1}")
+        if not 0 <= h < n:
+            kind = "query heads" if component == "q" else "key/value heads"
+            hint = "" if component == "q" else (
+                f" (for '{component}' a receiver is a key/value head; query head q reads key/value head "
+                f"q // {model.cfg.n_heads // n})")
+            raise ValueError(f"receiver {(l, h)}: this model has {n} {kind}, 0..{n - 1}{hint}")
+        by_layer.setdefault(l, [])
+        if h not in by_layer[l]:
+            by_layer[l].append(h)
+    if max(by_layer) == 0:
+        raise ValueError("receivers are all in layer 0: no sender head comes before them")
+    return dict(sorted(by_layer.items()))
+
+
+def receiver_query_heads(model, receivers: Sequence[Head], component: str) -> list[Head]:
+    """The query heads whose computation a receiver patch touches.
+
+    For ``q`` that is the receivers themselves. For ``k``/``v`` a receiver is a
+    key/value head; under grouped-query attention it is shared by
+    ``n_heads // n_key_value_heads`` query heads, and patching it changes all of them.
+    """
+    by_layer = _check_receivers(model, receivers, component)
+    if component == "q":
+        return [(l, h) for l, hs in by_layer.items() for h in hs]
+    group = model.cfg.n_heads // _n_kv_heads(model)
+    return [(l, g * group + i) for l, hs in by_layer.items() for g in hs for i in range(group)]
+
+
+def _annotate(result: Tensor, model, receivers, component) -> Tensor:
+    result.receivers = [(int(l), int(h)) for l, h in receivers]
+    result.component = component
+    result.receiver_query_heads = receiver_query_heads(model, receivers, component)
+    return result
+
+
+def _patch_comp_hooks(values: dict[int, Tensor], by_layer, component):
+    """Hooks replacing only the receiver heads' q/k/v at each receiver layer (values [B, pos, n_recv, d_head])."""
+
+    def set_comp(t, hook, layer):
+        t = t.clone()
+        t[:, :, by_layer[layer]] = values[layer].to(t.dtype)
+        return t
+
+    return [(_comp_hook(l, component), partial(set_comp, layer=l)) for l in values]
+
+
+@torch.inference_mode()
+def path_patch_receivers(model, pt, receivers: Sequence[Head], component: str, batch_size: int = 8,
+                         progress: bool = True) -> Float[Tensor, "pair layer head"]:
+    """Path patching sender -> receivers' q, k or v input (Wang et al.), for every sender head.
+
+    ``receivers``: (layer, head) pairs, all patched together. For ``"q"`` the
+    head is a query head; for ``"k"``/``"v"`` it is a key/value head (index of
+    ``hook_k``/``hook_v``): under GQA one key/value head is shared by a group of
+    query heads, and patching it changes the attention of the whole group (see
+    ``receiver_query_heads``; the result carries ``.receivers``, ``.component``
+    and ``.receiver_query_heads``).
+
+    For sender (l, h): run 1 = clean run, the sender's z corrupted, every other
+    head frozen clean, MLPs recomputed, up to each receiver layer r > l; run 2 =
+    a normal clean run in which only the receivers' chosen input at layer r takes
+    its run-1 value (all positions). ``out[p, l, h]`` is run 2's logit
+    difference. A sender at or after the last receiver layer reaches no
+    receiver: its entries are the clean logit difference (no effect).
+    Run 1 is the fast recurrence (all positions, no attention), run 2 real
+    forwards of ``batch_size`` (sender, pair) rows.
+    """
+    _check_pairs(pt)
+    by_layer = _check_receivers(model, receivers, component)
+    reason = _unsupported_reason(model)
+    if reason is None:
+        try:
+            out = _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progress)
+            return _annotate(out, model, receivers, component)
+        except FastPathUnsupported as err:
+            reason = str(err)
+    _warn_fallback(reason)
+    return path_patch_receivers_reference(model, pt, receivers, component, progress=progress, batch_size=batch_size)
+
+
+def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progress):
+    device = model.cfg.device
+    L, H, d_head = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
+    W_O = model.W_O
+    b_O = getattr(model, "b_O", None)
+    blocks = model.blocks
+    sandwich = getattr(blocks[0], "ln1_post", None) is not None
+    top = max(by_layer)  # senders are the heads of layers < top
+    pre_names = [f"blocks.{l}.hook_resid_pre" for l in range(top + 1)]
+    mid_names = [f"blocks.{l}.hook_resid_mid" for l in range(top)]
+    z_names = [_z(l) for l in range(top)]
+    comp_names = [_comp_hook(r, component) for r in by_layer]
+    out = torch.empty(len(pt), L, H)
+    bar = tqdm(total=len(pt) * top, desc=f"path patching to receivers' {component} (fast)", disable=not progress,
+               unit="pair-layer")
+    for sl in batches(len(pt), batch_size):
+        clean, corrupt, fp, a, b = _chunk(pt, sl, device)
+        B, P = clean.shape
+        logits, cc = _capture(model, clean, pre_names + mid_names + z_names + comp_names)
+        _, cr = _capture(model, corrupt, z_names)
+        clean_ld = logit_diff_from_logits(logits, fp, a, b).float().cpu()
+        out[sl] = clean_ld[:, None, None]  # senders that reach no receiver
+        for l in range(top):
+            zc, zk = cc[z_names[l]], cr[z_names[l]]  # [B, P, H, d_head]
+            delta = torch.einsum("bphe,hed->hbpd", (zk - zc).to(W_O.dtype), W_O[l])  # [H, B, P, d]
+            if sandwich:
+                raw = torch.einsum("bphe,hed->bpd", zc.to(W_O.dtype), W_O[l])
+                if b_O is not None:
+                    raw = raw + b_O[l]
+                x = cc[pre_names[l]] + _rows(blocks[l].ln1_post, raw + delta)
+            else:
+                x = cc[mid_names[l]] + delta
+            x = torch.cat([x, cc[mid_names[l]][None]])  # last row: unpatched control, for the self-check
+            values: dict[int, Tensor] = {}
+            for j in range(l, top):
+                x = x + _mlp_out(blocks[j], x)  # x: resid_pre of layer j + 1
+                r = j + 1
+                if r in by_layer:
+                    heads = by_layer[r]
+                    v = _project(blocks[r], component, x, d_head)[..., heads, :]  # [H+1, B, P, n_recv, d_head]
+                    _self_check(f"{component} at layer {r}", v[H], cc[_comp_hook(r, component)][:, :, heads], x.dtype)
+                    values[r] = v[:H].reshape(H * B, P, len(heads), d_head)
+                if r < top:
+                    x = x + (cc[mid_names[r]] - cc[pre_names[r]])
+            # run 2: clean forwards with the receivers' input patched, rows (head, pair)
+            rows_ld = []
+            for rs in batches(H * B, batch_size):
+                idx = torch.arange(rs.start, rs.stop, device=device) % B
+                hooks = _patch_comp_hooks({r: v[rs] for r, v in values.items()}, by_layer, component)
+                lg = model.run_with_hooks(clean[idx], fwd_hooks=hooks)
+                rows_ld.append(logit_diff_from_logits(lg, fp[idx], a[idx], b[idx]).float().cpu())
+            out[sl, l, :] = torch.cat(rows_ld).view(H, B).T
+            bar.update(B)
+    bar.close()
+    return out
+
+
+@torch.inference_mode()
+def path_patch_receivers_reference(model, pt, receivers: Sequence[Head], component: str, progress: bool = True,
+                                   batch_size: int = 8, senders: Sequence[Head] | None = None
+                                   ) -> Float[Tensor, "pair layer head"]:
+    """The plain way: two forwards per sender.
+
+    Run 1: clean tokens, hooks set every head's z to clean except the sender's
+    (corrupted); the receivers' ``hook_{component}`` values are recorded. Run 2:
+    clean tokens, hooks replace only the receiver heads' ``hook_{component}``
+    with those values. Senders at or after the last receiver layer get the clean
+    logit difference (no effect); ``senders`` restricts the work (others NaN).
+    """
+    _check_pairs(pt)
+    by_layer = _check_receivers(model, receivers, component)
+    device = model.cfg.device
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    top = max(by_layer)
+    todo = _senders(model, senders, max_layer=top if senders is None else None)
+    out = torch.full((len(pt), L, H), float("nan"))
+    z_names = [_z(l) for l in range(L)]
+    comp_names = [_comp_hook(r, component) for r in by_layer]
+    bar = tqdm(total=len(todo) * len(pt), desc=f"path patching to receivers' {component} (reference)",
+               disable=not progress, unit="pair")
+    for sl in batches(len(pt), batch_size):
+        clean, corrupt, fp, a, b = _chunk(pt, sl, device)
+        logits, cz = _capture(model, clean, z_names)
+        _, kz = _capture(model, corrupt, z_names)
+        if senders is None:
+            out[sl] = logit_diff_from_logits(logits, fp, a, b).float().cpu()[:, None, None]
+        for sender in todo:
+            _, got = _capture(model, clean, comp_names, fwd_hooks=_frozen_z_hooks(L, cz, kz, sender))
+            values = {r: got[_comp_hook(r, component)][:, :, hs] for r, hs in by_layer.items()}
+            lg = model.run_with_hooks(clean, fwd_hooks=_patch_comp_hooks(values, by_layer, component))
+            out[sl, sender[0], sender[1]] = logit_diff_from_logits(lg, fp, a, b).float().cpu()
+            bar.update(clean.shape[0])
+    bar.close()
+    return _annotate(out, model, receivers, component)
+
+
+__all__ = [
+    "Head", "COMPONENTS", "FastPathUnsupported", "path_patch_logits", "path_patch_logits_reference",
+    "path_patch_receivers", "path_patch_receivers_reference", "receiver_query_heads",
+]

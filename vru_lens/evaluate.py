@@ -98,7 +98,7 @@ class EvalResult(Saveable):
 
 
 def _score_requests(model, rows, batch_size, progress):
-    """rows: (ids, positions, targets, key); returns {key: [logprob of each target]}."""
+    """rows: (ids, positions, reads, key) with reads = [(index into positions, token)]; returns {key: [logprobs]}."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     out = {}
     pid = pad_id(model.tokenizer)
@@ -108,8 +108,8 @@ def _score_requests(model, rows, batch_size, progress):
         k = max(len(r[1]) for r in chunk)
         pos = torch.tensor([r[1] + [r[1][-1]] * (k - len(r[1])) for r in chunk])
         logprobs = unembed_rows(model, final_normed(model, ids, pos)).float().log_softmax(-1)
-        for j, (_, positions, targets, key) in enumerate(chunk):
-            out[key] = [logprobs[j, t, tok].item() for t, tok in enumerate(targets)]
+        for j, (_, _, reads, key) in enumerate(chunk):
+            out[key] = [logprobs[j, p, tok].item() for p, tok in reads]
     return out
 
 
@@ -122,12 +122,13 @@ def score_candidates(model, items, chat: bool = False, batch_size: int = 16, pro
     for i, item in enumerate(items):
         prompt = encode(tok, render(item["prompt"], tok, chat), chat)
         cands = {c: answer_ids(tok, c, chat) for c in item["candidates"]}
-        first_row = (prompt, [len(prompt) - 1], sorted({ids[0] for ids in cands.values()}), (i, None))
-        rows.append(first_row)
+        firsts = sorted({ids[0] for ids in cands.values()})
+        rows.append((prompt, [len(prompt) - 1], [(0, t) for t in firsts], (i, None)))
         for c, ids in cands.items():
             if len(ids) > 1:
-                rows.append((prompt + ids[:-1], list(range(len(prompt) - 1, len(prompt) + len(ids) - 1)), ids, (i, c)))
-        plan.append((cands, first_row[2]))
+                positions = list(range(len(prompt) - 1, len(prompt) + len(ids) - 1))
+                rows.append((prompt + ids[:-1], positions, list(enumerate(ids)), (i, c)))
+        plan.append((cands, firsts))
     got = _score_requests(model, rows, batch_size, progress)
     scores = []
     for i, (cands, firsts) in enumerate(plan):

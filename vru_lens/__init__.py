@@ -1,6 +1,7 @@
 """vru-lens: viewpoint-rotation understanding in language models, on TransformerLens.
 
 Heavy modules load on first use, so `import vru_lens` and the CLI's --help stay fast.
+Each stage is a module named for what it does: `vru_lens.evaluate.evaluate`, `vru_lens.probe`, ...
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": ("vru_lens.models", "load_model"),
-    "evaluate": ("vru_lens.evaluate", "evaluate"),
-    "EvalResult": ("vru_lens.evaluate", "EvalResult"),
     "tokenize_pairs": ("vru_lens.tokens", "tokenize_pairs"),
 }
 

@@ -1,0 +1,63 @@
+"""Training loop: resume equals an uninterrupted run, best-on-validation kept, baselines run."""
+
+import pytest
+import torch
+
+from vru_lens.bench import make_items
+from vru_lens.finetune import FullFinetune, HeadDeltas, LoraAdapters, TrainConfig, bottom_heads, random_heads, train
+from vru_lens.models import load_model
+
+
+@pytest.fixture(scope="module")
+def items():
+    return make_items(16, seed=5, split="train"), make_items(6, seed=5, split="validation")
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    f = [cfg.lr_factor(s) for s in range(10)]
+    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == pytest.approx(1.0) and f[-1] > 0.1
+    assert all(a >= b for a, b in zip(f[1:], f[2:]))
+
+
+def test_resume_matches_uninterrupted(items, tmp_path):
+    train_items, val = items
+    cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, warmup_steps=2, lr=5e-3, eval_every=3, checkpoint_every=3)
+    m = load_model("tiny-llama")
+    a = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
+    ra = train(m, a, train_items, val, cfg, checkpoint=tmp_path / "a.pt", progress=False)
+    b = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
+    train(m, b, train_items, val, cfg, checkpoint=tmp_path / "b.pt", progress=False, stop_after=3)
+    c = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")  # a fresh process would start like this
+    rc = train(m, c, train_items, val, cfg, checkpoint=tmp_path / "b.pt", resume=True, progress=False)
+    for k in a.deltas:
+        torch.testing.assert_close(a.deltas[k], c.deltas[k], atol=0, rtol=0)
+    assert [h["loss"] for h in ra.history] == [h["loss"] for h in rc.history]
+    assert ra.validation == rc.validation and ra.best_step == rc.best_step
+    assert [v["step"] for v in ra.validation] == [0, 3, 6]
+    with pytest.raises(ValueError, match="TrainConfig"):
+        train(m, c, train_items, val, TrainConfig(steps=7), checkpoint=tmp_path / "b.pt", resume=True, progress=False)
+
+
+def test_baselines_budgets(items):
+    train_items, _ = items
+    m = load_model("tiny-llama")
+    heads = [(0, 1), (2, 0)]
+    top = HeadDeltas(m, heads, "qo")
+    rnd = HeadDeltas(m, random_heads(m, 2, seed=1, exclude=heads), "qo")
+    low = HeadDeltas(m, bottom_heads(torch.arange(12.0).reshape(3, 4), 2), "qo")
+    assert low.heads == [(0, 0), (0, 1)]
+    assert top.num_parameters() == rnd.num_parameters() == low.num_parameters()
+    lora = LoraAdapters(m, budget=top.num_parameters())
+    assert abs(lora.num_parameters() - top.num_parameters()) <= lora.num_parameters() / lora.rank
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, lr=1e-2, eval_every=0)
+    ids = torch.tensor([[0, 5, 9, 11]])
+    base = m(ids).detach()
+    res = train(m, lora, train_items, None, cfg, progress=False)
+    assert res.trainable_params == lora.num_parameters()
+    assert not torch.allclose(m(ids), base)  # the LoRA adapters are live in the bridge's forward
+    g = load_model("tiny-gpt2")
+    full = FullFinetune(g)
+    res = train(g, full, train_items, None, cfg, progress=False)
+    assert res.trainable_params == full.num_parameters()
+    assert res.optimizer_state_bytes >= 0.8 * 2 * 4 * full.num_parameters()  # (an unused fused c_attn gets no state)

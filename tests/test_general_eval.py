@@ -1,0 +1,48 @@
+"""General-ability suite: packaged data loads, subsamples are seeded, KL behaves."""
+
+import pytest
+import torch
+
+from vru_lens.general_eval import TASKS, GeneralSuite, _coarse_kl, compare, load_task, subsample
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_load_with_gold(task):
+    docs = load_task(task)
+    assert len(docs) > 100
+    for d in docs[:50]:
+        assert 0 <= d["gold"] < len(d["requests"])
+        assert all(isinstance(c, str) and isinstance(x, str) and x for c, x in d["requests"])
+    assert subsample(docs, 10, 1, task) == subsample(docs, 10, 1, task) != subsample(docs, 10, 2, task)
+
+
+def test_coarse_kl_is_a_lower_bound():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(5, 50, generator=g).log_softmax(-1)
+    q = torch.randn(5, 50, generator=g).log_softmax(-1)
+    full = (p.exp() * (p - q)).sum(-1)
+    top = p.topk(10, dim=-1).indices
+    coarse = _coarse_kl(p.gather(-1, top), q.gather(-1, top))
+    assert (coarse <= full + 1e-6).all() and (coarse > 0).all()
+    torch.testing.assert_close(_coarse_kl(p, q), full, atol=1e-5, rtol=1e-5)  # every token kept -> exact
+
+
+def test_suite_same_items_and_kl():
+    from vru_lens.finetune import HeadDeltas
+    from vru_lens.models import load_model
+
+    m = load_model("tiny-llama")
+    suite = GeneralSuite(n_per_task=2, mmlu_n=2, wiki_n=2, wiki_tokens=24, kl_top_k=32, tasks=("arc_easy", "lambada"))
+    before = suite.run(m, progress=False)
+    same = suite.run(m, reference=before, progress=False)
+    assert same.metrics["wiki/kl"] == pytest.approx(0.0, abs=1e-5)
+    d = HeadDeltas(m, [(0, 0), (1, 1)], "qo")
+    with torch.no_grad():
+        for p in d.deltas.values():
+            p.normal_(0, 0.5)
+    with d.applied(m):
+        after = suite.run(m, reference=before, progress=False)
+    assert after.metrics["wiki/kl"] > 1e-4
+    table = compare(before, after)
+    assert {"arc_easy", "lambada", "average", "wiki/ppl", "wiki/kl"} <= set(table.metric)
+    assert table.set_index("metric").loc["wiki/kl", "before"] == 0.0

@@ -1,0 +1,104 @@
+"""``vru-lens finetune``: train head deltas (or a baseline) and measure VRU and general ability before/after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import fail, print_json
+
+
+def finetune(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="model name, hub id or folder"),
+    heads: Optional[Path] = typer.Option(None, "--heads", help="head ranking JSON (vru-lens rank-heads --out); "
+                                         "if missing, a gradient x activation ranking is computed and saved next to --out"),
+    top_k: int = typer.Option(16, "--top-k", help="number of heads"),
+    components: str = typer.Option("qo", "--components", help="qo: W_Q and W_O slices; qkvo: also the W_K/W_V slices of each head's KV group"),
+    method: str = typer.Option("heads", "--method", help="heads | random | bottom | full | lora"),
+    steps: int = typer.Option(200, "--steps"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="default: 1e-3 for head deltas and LoRA, 2e-5 for full"),
+    warmup: int = typer.Option(20, "--warmup"),
+    eval_every: int = typer.Option(50, "--eval-every"),
+    n_train: int = typer.Option(2000, "--n-train"),
+    n_val: int = typer.Option(64, "--n-val"),
+    n_test: int = typer.Option(300, "--n-test"),
+    general_n: int = typer.Option(100, "--general-n", help="items per general task (0: skip the general suite)"),
+    wiki_n: int = typer.Option(50, "--wiki-n", help="Wikipedia articles for perplexity and KL"),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="default: matched to the head-delta budget"),
+    seed: int = typer.Option(0, "--seed"),
+    chat: bool = typer.Option(False, "--chat/--plain"),
+    out: Optional[Path] = typer.Option(None, "--out", help="deltas .safetensors (head methods and LoRA)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="write the full result JSON here"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="checkpoint file (written every --eval-every steps)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from --checkpoint"),
+    cache_dir: Optional[Path] = typer.Option(Path("results/finetune/cache"), "--cache-dir", help="base-model measurements"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Fine-tune only the top heads' W_Q/W_O (and W_K/W_V) slices; report VRU and general ability before/after."""
+    from ..finetune.run import DEFAULT_LR, METHODS
+
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if components not in ("qo", "qkvo"):
+        fail(f"--components must be qo or qkvo, got {components!r}")
+    if resume and checkpoint is None:
+        fail("--resume needs --checkpoint")
+    if heads is not None and not heads.exists():
+        fail(f"no ranking file at {heads}; create one with `vru-lens rank-heads --out {heads}` or leave --heads out")
+    if method == "bottom" and heads is None:
+        fail("--method bottom needs --heads ranking.json")
+    log = (lambda *a, **k: None) if as_json else (lambda msg: typer.echo(msg, err=True))
+
+    import torch
+
+    from ..finetune import TrainConfig
+    from ..finetune.rank import gradient_head_scores, save_scores
+    from ..finetune.run import run_experiment
+    from ..general_eval import GeneralSuite
+    from ..models import load_model
+
+    try:
+        m = load_model(model)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    torch.manual_seed(seed)
+    ranking = heads
+    if ranking is None and method in ("heads", "random", "bottom"):
+        from ..bench import make_items
+
+        ranking = (out.parent if out else Path("results/finetune")) / f"ranking_grad_{model.replace('/', '_')}.json"
+        if not ranking.exists():
+            log(f"no --heads given: ranking heads by gradient x activation on 64 training items -> {ranking}")
+            scores = gradient_head_scores(m, make_items(64, seed=seed + 1, split="train"), chat=chat)
+            save_scores(scores, ranking, model, 64)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr or DEFAULT_LR[method],
+                      warmup_steps=min(warmup, steps), eval_every=eval_every, seed=seed, chat=chat,
+                      checkpoint_every=eval_every if checkpoint else 0)
+    suite = GeneralSuite(n_per_task=general_n, mmlu_n=general_n, wiki_n=wiki_n, seed=seed) if general_n > 0 else None
+    try:
+        res = run_experiment(m, method, ranking, top_k, components, cfg, n_train, n_val, n_test, seed, suite=suite,
+                             out=out, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir, lora_rank=lora_rank,
+                             head_seed=seed, progress=not (quiet or as_json), log=log)
+    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as err:
+        fail(str(err))
+    if results:
+        res.save(results)
+    summary = res.summary()
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"{method} on {model}: {res.trainable_params:,} trainable parameters")
+    vb, va = res.vru_before, res.vru_after
+    for k in ("test", "in_distribution", "heldout_templates"):
+        if k in vb:
+            typer.echo(f"  VRU {k:<18} {vb[k]:6.1f} -> {va[k]:6.1f}")
+    for k, b in res.general_before.items():
+        a = res.general_after.get(k, float("nan"))
+        typer.echo(f"  {k:<18} {b:9.3f} -> {a:9.3f}  ({a - b:+.3f})")
+    if out:
+        typer.echo(f"saved {out}")

@@ -17,3 +17,7 @@ from . import evaluate as _evaluate  # noqa: E402
 
 app.command("bench")(_bench.bench)
 app.command("eval")(_evaluate.eval_cmd)
+from . import probe as _probe  # noqa: E402
+app.command("probe")(_probe.probe)
+from . import finetune as _finetune  # noqa: E402
+app.command("finetune")(_finetune.finetune)

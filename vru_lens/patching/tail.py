@@ -1,0 +1,201 @@
+"""Re-run only what a head patch can change: layers >= l, positions >= the first differing token.
+
+A clean prompt and its corrupted twin share every token before the first one
+that differs (``p0``), so with causal attention every activation before ``p0``
+is identical in both runs and patching "all positions" only changes positions
+``>= p0``. ``TailRunner`` records one run of the *base* prompt (the one patched
+into) and can then run any batch of patched variants
+
+- from block ``l`` on, starting from the recorded residual stream there
+  (TransformerBridge's own ``start_at_layer`` still executes blocks ``0..l-1``
+  internally, so we call the bridge's blocks directly instead);
+- on the tail positions ``[p0_i, len_i)`` of each pair only, the keys and
+  values of positions ``< p0_i`` coming from the recorded run through a
+  stand-in cache object handed to the bridge's attention (the same seam HF's
+  KV cache uses). Tails of different pairs are left-aligned in one batch with
+  an explicit attention mask, and the rotary tables are gathered per row;
+- reading only the final residual, so the caller unembeds two answer columns.
+
+Hooks registered on the bridge (``model.hooks(...)``) fire as usual inside
+the blocks, so a patch is just a hook on the tail activations.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+try:  # HF cache objects are swapped for our prefix cache
+    from transformers.cache_utils import Cache as _HFCache
+except Exception:  # pragma: no cover
+    _HFCache = ()
+
+
+class _Recorder:
+    """Stands in for an HF cache during the base run: keeps each block's keys/values."""
+
+    def __init__(self, store: dict, layer: int):
+        self.store, self.layer = store, layer
+
+    def update(self, k, v, *args, **kwargs):
+        self.store[self.layer] = (k, v)
+        return k, v
+
+    def get_seq_length(self, *args, **kwargs):
+        return 0
+
+
+class _PrefixCache:
+    """Stands in for an HF cache during a tail run: prepends the recorded prefix keys/values."""
+
+    def __init__(self, k: Tensor, v: Tensor):
+        self.k, self.v = k, v
+
+    def update(self, k, v, *args, **kwargs):
+        if self.k.shape[-2] == 0:
+            return k, v
+        return torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
+
+    def get_seq_length(self, *args, **kwargs):
+        return self.k.shape[-2]
+
+
+def first_diff(clean: Int[Tensor, "pair pos"], corrupt: Int[Tensor, "pair pos"], lengths: Int[Tensor, "pair"]) -> Int[Tensor, "pair"]:
+    """First position where the two prompts of each pair differ (the final position if they never do)."""
+    diff = clean != corrupt
+    pos = torch.arange(clean.shape[1]).expand_as(diff)
+    first = torch.where(diff, pos, clean.shape[1]).min(dim=1).values
+    return torch.minimum(first, lengths - 1)
+
+
+class TailRunner:
+    """One recorded run of ``ids`` (a batch of pairs) that can replay its tail with patches.
+
+    ``starts[i]`` is the first position that may change in row ``i`` (``p0``);
+    ``lengths[i]`` its true length. ``record`` lists hook names whose tail
+    activations to keep from this run (used as patch *sources*).
+    """
+
+    def __init__(self, model, ids: Int[Tensor, "b pos"], lengths: Int[Tensor, "b"], starts: Int[Tensor, "b"],
+                 record: tuple[str, ...] = ()):
+        self.model = model
+        device = model.cfg.device
+        self.L = model.cfg.n_layers
+        lengths, starts = lengths.cpu(), starts.cpu()
+        S = int(lengths.max())
+        ids = ids[:, :S].to(device)
+        b = ids.shape[0]
+        self.b = b
+        self.P = int(starts.max())
+        self.T = int((lengths - starts).max())
+        t = torch.arange(self.T)
+        self.index = torch.clamp(starts[:, None] + t[None], max=S - 1).to(device)  # [b, T] absolute positions
+        self.final_rel = (lengths - 1 - starts).to(device)
+        self.starts, self.lengths = starts.to(device), lengths.to(device)
+        # tail mask [b, 1, T, P + T]: prefix slot k < p0_i, then causal within the tail
+        k = torch.arange(self.P + self.T)
+        prefix_ok = k[None, None, :] < starts[:, None, None]
+        tail_ok = (k[None, None, :] >= self.P) & ((k[None, None, :] - self.P) <= t[None, :, None])
+        self.mask = (prefix_ok | tail_ok)[:, None].to(device)
+
+        self.resid: dict[int, Tensor] = {}
+        self.calls: dict[int, dict] = {}
+        kv: dict[int, tuple] = {}
+        self.acts: dict[str, Tensor] = {}
+        handles = []
+        for layer, block in enumerate(model.blocks):
+            sig = inspect.signature(block.original_component.forward)
+
+            def pre(mod, args, kwargs, layer=layer, sig=sig):
+                call = dict(sig.bind_partial(*args, **kwargs).arguments)
+                for pname, param in sig.parameters.items():
+                    if param.kind is inspect.Parameter.VAR_KEYWORD:
+                        call.update(call.pop(pname, None) or {})
+                first = next(iter(sig.parameters))
+                self.resid[layer] = self._gather(call.pop(first))
+                self.calls[layer] = call
+                swap = lambda v: _Recorder(kv, layer) if isinstance(v, _HFCache) else v  # noqa: E731
+                return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}
+
+            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        fwd = [(name, self._keep(name)) for name in record]
+        try:
+            with model.hooks(fwd_hooks=fwd):
+                logits = model(ids)
+        finally:
+            for h in handles:
+                h.remove()
+        self.final_logits = logits[torch.arange(b, device=device), self.lengths - 1]
+        self.first_arg = {layer: next(iter(inspect.signature(block.original_component.forward).parameters))
+                          for layer, block in enumerate(model.blocks)}
+        self.prefix = {}
+        for layer, (k_, v_) in kv.items():
+            self.prefix[layer] = (self._prefix(k_), self._prefix(v_))
+        if len(self.prefix) != self.L:
+            raise RuntimeError("this bridge's attention did not go through the KV-cache seam; "
+                               "use the reference (plain) patching functions for this model")
+
+    # -- recording helpers -------------------------------------------------
+    def _gather(self, x: Tensor) -> Tensor:
+        """Tail rows of a [b, pos, ...] activation: [b, T, ...]."""
+        idx = self.index.view(self.b, self.T, *([1] * (x.ndim - 2))).expand(self.b, self.T, *x.shape[2:])
+        return x.gather(1, idx)
+
+    def _prefix(self, x: Tensor) -> Tensor:
+        """Prefix keys/values [b, kv, P, d], zero past each row's p0 (masked anyway)."""
+        x = x[..., : self.P, :]
+        if x.shape[-2] < self.P:
+            x = torch.nn.functional.pad(x, (0, 0, 0, self.P - x.shape[-2]))
+        keep = torch.arange(self.P, device=x.device)[None, :] < self.starts[:, None]
+        return x * keep[:, None, :, None].to(x.dtype)
+
+    def _keep(self, name):
+        def hook(act, hook):
+            self.acts[name] = self._gather(act.detach())
+            return act
+        return hook
+
+    # -- replay --------------------------------------------------------------
+    def _call(self, layer: int, resid: Tensor, rows: Tensor) -> dict:
+        call = {}
+        for name, value in self.calls[layer].items():
+            if isinstance(value, _HFCache) or isinstance(value, _Recorder):
+                k, v = self.prefix[layer]
+                call[name] = _PrefixCache(k[rows], v[rows])
+            elif name == "attention_mask":
+                call[name] = self.mask[rows]
+            elif name == "position_embeddings" and value is not None:
+                call[name] = tuple(self._rows_gather(x, rows) for x in value)
+            elif name == "position_ids" and value is not None:
+                call[name] = self.index[rows]
+            elif name == "cache_position":
+                continue
+            else:
+                call[name] = value
+        call[self.first_arg[layer]] = resid
+        return call
+
+    def _rows_gather(self, x: Tensor, rows: Tensor) -> Tensor:
+        """Per-row tail slice of a [1 or b, pos, d] table (rotary cos/sin)."""
+        x = x.expand(self.b, *x.shape[1:]) if x.shape[0] == 1 else x
+        return self._gather(x)[rows]
+
+    def run(self, start: int, rows: Int[Tensor, "n"], resid: Float[Tensor, "n T d_model"] | None = None,
+            fwd_hooks=()) -> Float[Tensor, "n d_model"]:
+        """Final-position residual after blocks ``start..L-1`` for rows ``rows`` of the batch.
+
+        ``resid`` defaults to the recorded residual entering block ``start``.
+        ``fwd_hooks`` are (hook name, fn) pairs active during the replay; they see
+        tail-shaped activations [n, T, ...].
+        """
+        rows = rows.to(self.index.device)
+        if resid is None:
+            resid = self.resid[start][rows]
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            for layer in range(start, self.L):
+                out = self.model.blocks[layer](**self._call(layer, resid, rows))
+                resid = out[0] if isinstance(out, (tuple, list)) else out
+        return resid[torch.arange(resid.shape[0], device=resid.device), self.final_rel[rows]]

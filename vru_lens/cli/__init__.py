@@ -21,3 +21,5 @@ from . import probe as _probe  # noqa: E402
 app.command("probe")(_probe.probe)
 from . import finetune as _finetune  # noqa: E402
 app.command("finetune")(_finetune.finetune)
+from . import rank_heads as _rank  # noqa: E402
+app.command("rank-heads")(_rank.rank_heads)

@@ -1,0 +1,77 @@
+"""`vru-lens rank-heads`: rank every attention head by path/activation/attribution patching or ablation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import fail, print_json
+
+
+def rank_heads(
+    model: str = typer.Option("smollm2-135m-instruct", help="Embedded name, hub id or local folder."),
+    n: int = typer.Option(64, "--n", help="VRUBench items to generate; about half pair up into counterfactual pairs."),
+    method: str = typer.Option("path", help="path, activation, attribution or ablation."),
+    top_k: int = typer.Option(10, "--top-k", help="Heads to list."),
+    out: str = typer.Option(None, "--out", help="Write the HeadScores JSON here (a checkpoint sits beside it while running)."),
+    max_pairs: int = typer.Option(None, help="Use at most this many pairs."),
+    component: str = typer.Option("z", help="Activation/attribution patching: z, q, k or v."),
+    direction: str = typer.Option("noising", help="Activation/attribution patching: noising or denoising."),
+    ablation: str = typer.Option("mean", help="Ablation method: mean or scaled_query."),
+    seed: int = typer.Option(0, help="Seed for items and the bootstrap."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples over pairs for CIs (0 = none)."),
+    batch_size: int = typer.Option(8, help="Pairs per chunk (and per checkpoint)."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the tokenizer's chat template."),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    plot: str = typer.Option(None, help="Write the heatmap as HTML here."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: method, top [[layer, head, score]], scores, ..."),
+):
+    """Rank attention heads by how much they carry the clean-vs-corrupted answer."""
+    from ..patching.rank import METHODS
+
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if n < 2:
+        fail(f"--n must be at least 2, got {n}")
+    if top_k < 1:
+        fail(f"--top-k must be positive, got {top_k}")
+    from ..bench import make_items
+    from ..models import load_model
+    from ..patching.rank import rank_heads as run
+    from ..tokens import tokenize_pairs
+
+    try:
+        lm = load_model(model, device=device)
+        pt = tokenize_pairs(lm.tokenizer, make_items(n, seed), chat=chat, max_pairs=max_pairs)
+        if len(pt) < 2:
+            fail(f"only {len(pt)} counterfactual pair(s) from {n} items ({pt.pairs.summary()}); raise --n")
+        checkpoint = Path(out).with_name(Path(out).name + ".partial") if out else None
+        result = run(lm, pt, method, component=component, direction=direction, ablation=ablation,
+                     batch_size=batch_size, n_boot=n_boot, seed=seed, checkpoint=checkpoint,
+                     progress=not json_out, chat=chat)
+    except (ValueError, OSError, ModuleNotFoundError) as err:
+        fail(str(err).splitlines()[0] if json_out else str(err))
+    if out:
+        result.save(out)
+    if plot:
+        result.plot().write_html(plot)
+    top = result.top(top_k)
+    if json_out:
+        payload = {"method": method, "model": model, "kind": result.kind, "component": result.component,
+                   "n_pairs": result.n_pairs, "top": [[l, h, s] for l, h, s in top],
+                   "scores": result.scores.tolist(), "gqa": result.gqa, "seconds": result.meta.get("seconds")}
+        if result.ci_low is not None:
+            payload["top_ci"] = [[float(result.ci_low[l, h]), float(result.ci_high[l, h])] for l, h, _ in top]
+            payload["stability"] = result.stability(top_k)
+        print_json(payload)
+        return
+    typer.echo(f"{method} ({result.kind}, {result.component}) on {model}: {result.n_pairs} pairs, "
+               f"{result.meta.get('seconds')} s")
+    for rank, (l, h, s) in enumerate(top, 1):
+        ci = f"  [{result.ci_low[l, h]:.3f}, {result.ci_high[l, h]:.3f}]" if result.ci_low is not None else ""
+        typer.echo(f"{rank:3d}. L{l}H{h}  {s:.4f}{ci}")
+    if result.gqa:
+        typer.echo(f"GQA: {result.gqa['note']}")
+    if out:
+        typer.echo(f"saved {out}")

@@ -1,0 +1,216 @@
+"""Probes: capture at the right positions, batched trainer = per-layer loop, a planted label is found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vru_lens import probe as P
+from vru_lens.bench import make_items
+from vru_lens.models import load_model
+from vru_lens.tokens import encode, render, step_positions
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def items():
+    return make_items(40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache(model, items):
+    return P.capture(model, items, batch_size=16, final=True, progress=False)
+
+
+def test_capture_matches_run_with_cache(model, items, cache):
+    for i in (0, 7, 31):  # items from different length-sorted batches
+        it = items[i]
+        ids = torch.tensor([encode(model.tokenizer, render(it["prompt"], model.tokenizer))])
+        _, full = model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        pos = step_positions(model.tokenizer, it)
+        rows = np.flatnonzero(cache.item == i)
+        assert list(cache.step[rows]) == list(range(it["n_steps"] + 1))
+        assert list(cache.token[rows]) == [ids[0, p].item() for p in pos]
+        for l in range(model.cfg.n_layers):
+            ref = full[f"blocks.{l}.hook_resid_post"][0]
+            torch.testing.assert_close(cache.resid[l, torch.from_numpy(rows)], ref[pos])
+            torch.testing.assert_close(cache.final[l, i], ref[-1])
+
+
+def test_capture_subset_of_layers(model, items, cache):
+    part = P.capture(model, items[:12], layers=[1], batch_size=5, progress=False)
+    rows = torch.from_numpy(np.flatnonzero(cache.item < 12))
+    torch.testing.assert_close(part.resid[0], cache.resid[1, rows])
+    with pytest.raises(ValueError, match="out of range"):
+        P.capture(model, items[:2], layers=[7], progress=False)
+
+
+def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
+    """Plain per-layer training, written independently: nn.Linear on standardised inputs, autograd, Adam
+    (the update of torch.optim.Adam written out: importing torch.optim's step costs seconds), the same init."""
+    W0 = torch.randn(X.shape[0], X.shape[2], n_classes, generator=torch.Generator().manual_seed(seed)) * 0.01
+    y = torch.as_tensor(y)
+    out = []
+    for l in range(X.shape[0]):
+        Xs = (X[l] - X[l].mean(0)) / X[l].std(0)
+        lin = torch.nn.Linear(X.shape[2], n_classes)
+        with torch.no_grad():
+            lin.weight.copy_(W0[l].T)
+            lin.bias.zero_()
+        params = list(lin.parameters())
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        for t in range(1, steps + 1):
+            lin.zero_grad()
+            loss = torch.nn.functional.cross_entropy(lin(Xs), y) + 0.5 * weight_decay * lin.weight.pow(2).sum()
+            loss.backward()
+            with torch.no_grad():
+                for p, (m, v) in zip(params, moments):
+                    m.copy_(0.9 * m + 0.1 * p.grad)
+                    v.copy_(0.999 * v + 0.001 * p.grad ** 2)
+                    p -= lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+        out.append((lin, X[l].mean(0), X[l].std(0)))
+    return out
+
+
+def test_batched_trainer_matches_per_layer_loop():
+    gen = torch.Generator().manual_seed(0)
+    n_layers, n, d, c = 3, 600, 24, 4
+    y = torch.randint(0, c, (n,), generator=gen)
+    centers = torch.randn(n_layers, c, d, generator=gen) * torch.tensor([0.2, 0.6, 1.5])[:, None, None]
+    X = centers[:, y] + torch.randn(n_layers, n, d, generator=gen) * 2 + 3.0  # offsets and scales: standardisation matters
+    tr, te = slice(0, 400), slice(400, None)
+    kw = dict(weight_decay=1e-2, steps=60, lr=0.05, seed=5)
+    probes = P.train_probes(X[:, tr], y[tr], c, **kw)
+    acc = (probes.predict(X[:, te]) == y[te]).float().mean(1)
+    ref = _reference_loop(X[:, tr], y[tr], c, **kw)
+    for l, (lin, mu, sd) in enumerate(ref):
+        with torch.no_grad():
+            ref_logits = lin((X[l, te] - mu) / sd)
+        ref_acc = (ref_logits.argmax(-1) == y[te]).float().mean()
+        assert abs(acc[l] - ref_acc) <= 0.005, (l, acc[l], ref_acc)
+        torch.testing.assert_close(X[l, te] @ probes.W[l] + probes.b[l], ref_logits, atol=1e-3, rtol=1e-3)
+    assert acc[2] > acc[0]  # the data get more separable by layer, and the probes see it
+
+
+def test_probe_finds_planted_label_and_random_control_does_not(model, items):
+    """Write a known label (prefix token-id sum mod 3) into the residual stream after block 1 only."""
+    k, scale = 3, 0.6
+    dirs = torch.nn.functional.normalize(torch.randn(k, model.cfg.d_model, generator=torch.Generator().manual_seed(1)), dim=-1) * scale
+    state = {}
+
+    def keep_ids(module, args, kwargs):
+        state["ids"] = args[0] if args else kwargs["input_ids"]
+
+    def plant(x, hook):
+        label = state["ids"].cumsum(1) % k
+        return x + dirs[label.to(x.device)]
+
+    handle = model.embed.register_forward_pre_hook(keep_ids, with_kwargs=True)
+    try:
+        with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", plant)]):
+            planted = P.capture(model, items, batch_size=16, progress=False)
+    finally:
+        handle.remove()
+    y = []
+    for i, it in enumerate(items):
+        ids = torch.tensor(encode(model.tokenizer, render(it["prompt"], model.tokenizer)))
+        y += [int(ids[: p + 1].sum()) % k for p in step_positions(model.tokenizer, it)]
+    y = np.asarray(y)
+    res = P.fit(planted, y, list(range(k)), control=None, steps=100, seed=0)
+    chance = res.chance
+    assert res.accuracy[1] > 0.95 and res.accuracy[2] > 0.95, res.accuracy
+    assert res.accuracy[0] < chance + 0.25, (res.accuracy, chance)  # not there before it is written
+    # random labels per item (no consistent type): the same probe stays near chance at every layer
+    rng = np.random.default_rng(0)
+    shuffled = rng.integers(0, k, size=len(items))[planted.item]
+    ctrl = P.fit(planted, shuffled, list(range(k)), steps=100, seed=0)
+    assert (ctrl.accuracy < ctrl.chance + 0.15).all(), (ctrl.accuracy, ctrl.chance)
+
+
+def test_split_is_by_item(cache):
+    test_item = P.split_items(int(cache.item.max()) + 1, 0.25, seed=4)
+    test_rows = test_item[cache.item]
+    assert set(cache.item[test_rows]).isdisjoint(cache.item[~test_rows])
+    assert (P.split_items(40, 0.25, seed=4) == test_item).all()
+    assert not (P.split_items(40, 0.25, seed=5) == test_item).all()
+
+
+def test_control_labels_consistent_per_type(items, cache):
+    y, classes = P.target_labels(items, cache, "heading")
+    types = P.control_types(items, cache, "phrase")
+    a = P.control_labels(types, y, len(classes), seed=2)
+    assert (a == P.control_labels(types, y, len(classes), seed=2)).all()
+    by_type = {}
+    for t, v in zip(types, a):
+        assert by_type.setdefault(t, v) == v
+    assert len(set(types)) > len(classes)  # phrases are finer than the labels: memorising them is a real task
+    tok = P.control_types(items, cache, "token")
+    assert tok == [int(t) for t in cache.token]
+
+
+def test_target_labels(items, cache):
+    y, classes = P.target_labels(items, cache, "heading")
+    assert classes == [0, 1, 2, 3]
+    rows = np.flatnonzero(cache.item == 5)
+    it = items[5]
+    assert [classes[v] for v in y[rows]] == it["label_heading_slot"] + it["label_heading_slot"][-1:]
+    y_obj, objs = P.target_labels(items, cache, "object")
+    assert objs[y_obj[rows[-1]]] == it["answer"]
+    with pytest.raises(ValueError, match="valid targets: heading, cum_angle, observed, object"):
+        P.target_labels(items, cache, "rotation")
+
+
+def test_fit_target_result_roundtrip(items, cache, tmp_path):
+    res = P.fit_target(cache, items, "heading", steps=20, seed=1)
+    assert res.n_train_items + res.n_test_items == len(items)
+    np.testing.assert_allclose(res.selectivity, res.accuracy - res.control_accuracy)
+    assert res.confusion.shape == (3, 4, 4) and res.confusion[0].sum() == res.n_test_rows
+    np.testing.assert_allclose(res.confusion.trace(axis1=1, axis2=2) / res.n_test_rows, res.accuracy, atol=1e-6)
+    assert res.weights.shape == (3, model_d(cache), 4)
+    path = res.save(tmp_path / "probe.json")
+    back = P.ProbeResult.load(path)
+    np.testing.assert_array_equal(back.accuracy, res.accuracy)
+    np.testing.assert_array_equal(back.weights, res.weights)
+    assert back.classes == res.classes
+    frame = back.to_frame()
+    assert list(frame["layer"]) == [0, 1, 2] and {"accuracy", "control_accuracy", "selectivity", "chance"} <= set(frame)
+    assert len(back.plot().data) == 4
+    again = P.fit_target(cache, items, "heading", steps=20, seed=1)
+    np.testing.assert_array_equal(again.accuracy, res.accuracy)  # seeded
+
+
+def model_d(cache):
+    return cache.resid.shape[-1]
+
+
+def test_clear_errors(model, items):
+    with pytest.raises(ValueError, match="valid targets"):
+        P.probe(model, items, target="nope", progress=False)
+    with pytest.raises(ValueError, match="at least 10 items"):
+        P.probe(model, items[:4], progress=False)
+    with pytest.raises(ValueError, match="valid: phrase, token, label"):
+        P.probe(model, items, control_by="word", progress=False)
+
+
+def test_cli_json(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vru_lens.cli import app
+
+    out = CliRunner().invoke(app, ["probe", "--model", "tiny-llama", "--n", "12", "--train-steps", "10", "--json",
+                                   "--no-progress", "--out", str(tmp_path / "p.json")])
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    assert payload["layers"] == [0, 1, 2]
+    for key in ("accuracy", "control_accuracy", "selectivity"):
+        assert len(payload[key]) == 3
+    assert (tmp_path / "p.json").exists() and (tmp_path / "p.html").exists()
+    bad = CliRunner().invoke(app, ["probe", "--model", "tiny-llama", "--n", "12", "--target", "angle"])
+    assert bad.exit_code == 2 and "valid targets" in bad.output

@@ -41,10 +41,7 @@ class Checkpoint:
                                  "delete it or write the result somewhere else")
             self.chunks = {tag: {name: np.asarray(v) for name, v in arrays.items()}
                            for tag, arrays in data.get("chunks", {}).items()}
-
-    @property
-    def resumed(self) -> int:
-        return len(self.chunks)
+        self.resumed = len(self.chunks)  # chunks found on disk when opened
 
     def get(self, tag: str) -> dict[str, np.ndarray] | None:
         return self.chunks.get(tag)

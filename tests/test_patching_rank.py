@@ -1,0 +1,90 @@
+"""rank_heads: every method, GQA notes, checkpoint/resume, and the rank-heads command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vru_lens.bench import make_items
+from vru_lens.models import load_model
+from vru_lens.patching import activation as act_mod
+from vru_lens.patching import agreement, rank_heads
+from vru_lens.patching.checkpoint import Checkpoint
+from vru_lens.tokens import tokenize_pairs
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = load_model("tiny-llama")
+    return model, tokenize_pairs(model.tokenizer, make_items(24, 0), max_pairs=5)
+
+
+def test_methods(setup):
+    model, pt = setup
+    res = {m: rank_heads(model, pt, m, batch_size=3, n_boot=20, progress=False)
+           for m in ("activation", "attribution", "path", "ablation")}
+    for m, hs in res.items():
+        assert hs.method == m and hs.model == "tiny-llama" and hs.n_pairs == len(pt)
+        assert hs.scores.shape == (3, 4) and hs.ci_low is not None
+        assert hs.gqa["groups"] == {0: [0, 1], 1: [2, 3]}
+        assert len(hs.top(5)) == 5
+    assert res["ablation"].kind == "kl" and (res["ablation"].scores >= -1e-7).all()
+    # attribution estimates activation patching: they agree more than chance on this model
+    assert agreement(res["attribution"], res["activation"], k=3)["spearman"] > 0.5
+    kv = rank_heads(model, pt, "activation", component="k", n_boot=0, progress=False)
+    assert kv.scores.shape == (3, 2) and "key/value" in kv.gqa["note"]
+
+
+def test_bad_method(setup):
+    with pytest.raises(ValueError, match="method"):
+        rank_heads(setup[0], setup[1], "magic")
+
+
+def test_checkpoint_resumes(setup, tmp_path, monkeypatch):
+    model, pt = setup
+    path = tmp_path / "ckpt.json"
+    full = rank_heads(model, pt, "activation", batch_size=2, n_boot=0, progress=False)
+    real, calls = act_mod.activation_patch_heads, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(act_mod, "activation_patch_heads", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        rank_heads(model, pt, "activation", batch_size=2, n_boot=0, progress=False, checkpoint=path)
+    assert path.exists() and len(json.loads(path.read_text())["chunks"]) == 1
+    monkeypatch.setattr(act_mod, "activation_patch_heads", real)
+    resumed = rank_heads(model, pt, "activation", batch_size=2, n_boot=0, progress=False, checkpoint=path)
+    assert resumed.meta["resumed_chunks"] == 1
+    assert np.allclose(resumed.per_pair, full.per_pair, atol=1e-6)
+    assert not path.exists()  # removed once complete
+
+
+def test_checkpoint_refuses_other_run(tmp_path):
+    ck = Checkpoint(tmp_path / "c.json", {"method": "path"})
+    ck.put("0:2", per_pair=torch.zeros(2, 1, 1))
+    assert Checkpoint(tmp_path / "c.json", {"method": "path"}).resumed == 1
+    with pytest.raises(ValueError, match="different run.*method"):
+        Checkpoint(tmp_path / "c.json", {"method": "activation"})
+
+
+def test_cli_json(tmp_path):
+    from vru_lens.cli import app
+
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--n", "12", "--method", "activation",
+                                 "--top-k", "3", "--out", str(out), "--n-boot", "20", "--json"])
+    assert r.exit_code == 0, r.output
+    payload = json.loads(r.stdout.strip().splitlines()[-1])
+    assert payload["method"] == "activation" and len(payload["top"]) == 3
+    assert all(len(t) == 3 for t in payload["top"]) and len(payload["scores"]) == 3
+    assert payload["gqa"] is None  # tiny-gpt2 is multi-head attention
+    from vru_lens.patching import HeadScores
+    assert HeadScores.load(out).top(3) == [tuple(t) for t in payload["top"]]
+    bad = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--method", "nope", "--json"])
+    assert bad.exit_code == 2 and "method" in bad.output

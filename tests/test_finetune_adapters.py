@@ -9,6 +9,8 @@ from vru_lens.finetune import HeadDeltas, TrainConfig, train
 from vru_lens.bench import make_items
 from vru_lens.models import load_model
 
+torch.set_num_threads(1)  # a shared 2-core machine: OpenMP spinning makes >1 thread far slower
+
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
 def model(request):

@@ -5,6 +5,8 @@ import torch
 
 from vru_lens.general_eval import TASKS, GeneralSuite, _coarse_kl, compare, load_task, subsample
 
+torch.set_num_threads(1)  # a shared 2-core machine: OpenMP spinning makes >1 thread far slower
+
 
 @pytest.mark.parametrize("task", TASKS)
 def test_tasks_load_with_gold(task):

@@ -132,7 +132,7 @@ def _rows_for(tokenizer, context: str, continuation: str, max_tokens: int):
 def score_continuations(model, requests, max_tokens: int = 256, batch_size: int = 8, progress: bool = False,
                         desc: str = "scoring") -> list[tuple[float, bool, int]]:
     """Per (context, continuation): (summed log-prob, continuation is greedy, n tokens)."""
-    from .readout import final_normed, unembed_rows
+    from .finetune.train import rows_logits
     from .tokens import pad_id, pad_right
 
     tok = model.tokenizer
@@ -144,7 +144,7 @@ def score_continuations(model, requests, max_tokens: int = 256, batch_size: int 
         ids, _ = pad_right([rows[i][0] for i in chunk], pad_id(tok))
         k = max(len(rows[i][1]) for i in chunk)
         pos = torch.tensor([rows[i][1] + [rows[i][1][-1]] * (k - len(rows[i][1])) for i in chunk])
-        logp = unembed_rows(model, final_normed(model, ids, pos)).float().log_softmax(-1).cpu()
+        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
         for j, i in enumerate(chunk):
             targets = torch.tensor(rows[i][2])
             n = len(targets)
@@ -172,7 +172,7 @@ def _mc_metrics(docs, scored) -> dict:
 @torch.inference_mode()
 def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bool = False):
     """Yield (text index, next-token log-probs [n_tokens-1, vocab], targets) for each text."""
-    from .readout import final_normed, unembed_rows
+    from .finetune.train import rows_logits
     from .tokens import pad_id, pad_right
 
     tok = model.tokenizer
@@ -182,7 +182,7 @@ def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bo
         ids, _ = pad_right(chunk, pad_id(tok))
         k = max(len(s) for s in chunk) - 1
         pos = torch.tensor([list(range(len(s) - 1)) + [len(s) - 2] * (k - len(s) + 1) for s in chunk])
-        logp = unembed_rows(model, final_normed(model, ids, pos)).float().log_softmax(-1).cpu()
+        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
         for j, s in enumerate(chunk):
             yield start + j, logp[j, : len(s) - 1], torch.tensor(s[1:])
 

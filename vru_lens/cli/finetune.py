@@ -27,7 +27,9 @@ def finetune(
     n_val: int = typer.Option(64, "--n-val"),
     n_test: int = typer.Option(300, "--n-test"),
     general_n: int = typer.Option(100, "--general-n", help="items per general task (0: skip the general suite)"),
+    mmlu_n: Optional[int] = typer.Option(None, "--mmlu-n", help="MMLU questions (default: --general-n)"),
     wiki_n: int = typer.Option(50, "--wiki-n", help="Wikipedia articles for perplexity and KL"),
+    tasks: str = typer.Option("hellaswag,arc_easy,piqa,winogrande,boolq,lambada", "--tasks", help="zero-shot tasks"),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="default: matched to the head-delta budget"),
     seed: int = typer.Option(0, "--seed"),
     chat: bool = typer.Option(False, "--chat/--plain"),
@@ -38,6 +40,8 @@ def finetune(
     cache_dir: Optional[Path] = typer.Option(Path("results/finetune/cache"), "--cache-dir", help="base-model measurements"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default). On a shared, "
+                                "oversubscribed CPU, 1 avoids OpenMP barrier spinning (much faster there)"),
 ):
     """Fine-tune only the top heads' W_Q/W_O (and W_K/W_V) slices; report VRU and general ability before/after."""
     from ..finetune.run import DEFAULT_LR, METHODS
@@ -56,6 +60,8 @@ def finetune(
 
     import torch
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     from ..finetune import TrainConfig
     from ..finetune.rank import gradient_head_scores, save_scores
     from ..finetune.run import run_experiment
@@ -79,7 +85,11 @@ def finetune(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr or DEFAULT_LR[method],
                       warmup_steps=min(warmup, steps), eval_every=eval_every, seed=seed, chat=chat,
                       checkpoint_every=eval_every if checkpoint else 0)
-    suite = GeneralSuite(n_per_task=general_n, mmlu_n=general_n, wiki_n=wiki_n, seed=seed) if general_n > 0 else None
+    try:
+        suite = GeneralSuite(n_per_task=general_n, mmlu_n=general_n if mmlu_n is None else mmlu_n, wiki_n=wiki_n,
+                             seed=seed, tasks=tuple(t for t in tasks.split(",") if t)) if general_n > 0 else None
+    except ValueError as err:
+        fail(str(err))
     try:
         res = run_experiment(m, method, ranking, top_k, components, cfg, n_train, n_val, n_test, seed, suite=suite,
                              out=out, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir, lora_rank=lora_rank,

@@ -48,18 +48,15 @@ class FinetuneResult(Saveable):
 
 
 def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
-    from ..evaluate import evaluate
+    """VRU accuracy (points) on the test split, on its items using held-out templates, and on the rest."""
+    from .train import score_items
 
-    res = evaluate(model, items, chat=chat, batch_size=batch_size, progress=progress)
-    rows = res.per_item if hasattr(res, "per_item") else None
-    out = {"test": 100.0 * res.accuracy, "n": res.n}
-    if rows is not None:
-        held = [r["correct"] for r, it in zip(rows, items) if it.get("uses_heldout_template")]
-        seen = [r["correct"] for r, it in zip(rows, items) if not it.get("uses_heldout_template")]
-        out["heldout_templates"] = 100.0 * sum(held) / len(held) if held else float("nan")
-        out["in_distribution"] = 100.0 * sum(seen) / len(seen) if seen else float("nan")
-        out["n_heldout"], out["n_in_distribution"] = len(held), len(seen)
-    return out
+    ok = score_items(model, items, chat, batch_size, progress)
+    held = [c for c, it in zip(ok, items) if it.get("uses_heldout_template")]
+    seen = [c for c, it in zip(ok, items) if not it.get("uses_heldout_template")]
+    pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"test": pct(ok), "n": len(ok), "heldout_templates": pct(held), "in_distribution": pct(seen),
+            "n_heldout": len(held), "n_in_distribution": len(seen)}
 
 
 def _key(*parts) -> str:

@@ -164,6 +164,15 @@ def test_self_check_catches_a_wrong_recurrence(setup, monkeypatch):
         assert pp.path_patch_receivers(model, pt, [(2, 0)], "v", progress=False) == "reference"
 
 
+def test_readout_check_catches_a_wrong_readout(setup, monkeypatch):
+    """A final logit soft-cap the model does not have: the two-column readout disagrees with the logits."""
+    model, pt, _ = setup
+    monkeypatch.setattr(pp, "path_patch_logits_reference", lambda *a, **k: "reference")
+    monkeypatch.setattr(model.cfg, "output_logits_soft_cap", 0.5, raising=False)
+    with pytest.warns(RuntimeWarning, match="readout"):
+        assert pp.path_patch_logits(model, pt, progress=False) == "reference"
+
+
 def test_parallel_blocks_fall_back(setup, monkeypatch):
     model, pt, _ = setup
     monkeypatch.setattr(pp, "path_patch_logits_reference", lambda *a, **k: "reference")

@@ -132,15 +132,39 @@ def _self_check(name: str, got: Tensor, want: Tensor, dtype) -> None:
         )
 
 
-def _capture(model, ids: Tensor, names: Sequence[str], final_pos: Tensor | None = None, fwd_hooks=()):
-    """(logits, {hook name: activation}) from one forward; at the final position only if final_pos is given."""
+class _Stop(Exception):
+    """Raised by a hook to end a forward once everything needed is cached."""
+
+
+def _capture(model, ids: Tensor, names: Sequence[str], final_pos: Tensor | None = None, fwd_hooks=(),
+             stop_after: str | None = None):
+    """(logits, {hook name: activation}) from one forward; at the final position only if final_pos is given.
+
+    With ``stop_after`` the forward ends right after that hook has been cached
+    (logits are then None): the rest of the model, and the full-vocabulary
+    unembedding at every position, are not computed.
+    """
     store: dict[str, Tensor] = {}
 
     def save(t, hook, name):
         store[name] = (gather_final(t, final_pos) if final_pos is not None else t).detach().clone()
+        if name == stop_after:
+            raise _Stop
 
-    logits = model.run_with_hooks(ids, fwd_hooks=[*fwd_hooks, *[(n, partial(save, name=n)) for n in names]])
+    try:
+        logits = model.run_with_hooks(ids, fwd_hooks=[*fwd_hooks, *[(n, partial(save, name=n)) for n in names]])
+    except _Stop:
+        logits = None
     return logits, store
+
+
+def _check_readout(model, pt, device) -> None:
+    """The two-column readout from the last residual must match the model's own logits (one pair, one forward)."""
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    clean, _, fp, a, b = _chunk(pt, slice(0, 1), device)
+    logits, got = _capture(model, clean, [last], fp)
+    want = logit_diff_from_logits(logits, fp, a, b)
+    _self_check("logits (readout from the last residual)", _final_ld(model, got[last], a, b), want, want.dtype)
 
 
 def _chunk(pt, sl, device):
@@ -194,14 +218,17 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
     pre_names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
     mid_names = [f"blocks.{l}.hook_resid_mid" for l in range(L)]
     z_names = [_z(l) for l in range(L)]
+    last = f"blocks.{L - 1}.hook_resid_post"
+    _check_readout(model, pt, device)
     out = []
     bar = tqdm(total=len(pt), desc="path patching to logits (fast)", disable=not progress, unit="pair")
     for sl in batches(len(pt), batch_size):
         clean, corrupt, fp, a, b = _chunk(pt, sl, device)
         B = clean.shape[0]
-        logits, cc = _capture(model, clean, pre_names + mid_names + z_names, fp)
-        _, cr = _capture(model, corrupt, z_names, fp)
-        clean_ld = logit_diff_from_logits(logits, fp, a, b)
+        # final position only; neither forward computes the full-vocabulary logits
+        _, cc = _capture(model, clean, pre_names + mid_names + z_names + [last], fp, stop_after=last)
+        _, cr = _capture(model, corrupt, z_names, fp, stop_after=z_names[-1])
+        clean_ld = _final_ld(model, cc[last], a, b)
         d = cc[mid_names[0]].shape[-1]
         # rows: [layer, head (+1 unpatched control row), pair]; senders of layer l occupy block l
         per = (H + 1) * B
@@ -213,6 +240,7 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
                 x[:start].view(-1, B, d).add_(contrib)
             zc, zk = cc[z_names[l]], cr[z_names[l]]  # [B, H, d_head]
             delta = torch.einsum("bhe,hed->hbd", (zk - zc).to(W_O.dtype), W_O[l])  # [H, B, d]
+            delta = torch.cat([delta, torch.zeros_like(delta[:1])])  # + the unpatched control row
             if sandwich:  # attention output goes through ln1_post before joining the residual
                 raw = torch.einsum("bhe,hed->bd", zc.to(W_O.dtype), W_O[l])
                 if b_O is not None:
@@ -220,8 +248,7 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
                 new = cc[pre_names[l]] + _rows(blocks[l].ln1_post, raw + delta)
             else:
                 new = cc[mid_names[l]] + delta
-            x[start:start + H * B] = new.reshape(H * B, d)
-            x[start + H * B:start + per] = cc[mid_names[l]]
+            x[start:start + per] = new.reshape(per, d)
             active = x[:start + per]
             active.add_(_mlp_out(blocks[l], active))
         pair_idx = torch.arange(B, device=device).repeat(L * (H + 1))
@@ -403,12 +430,13 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
         clean, corrupt, fp, a, b = _chunk(pt, sl, device)
         B, P = clean.shape
         logits, cc = _capture(model, clean, pre_names + mid_names + z_names + comp_names)
-        _, cr = _capture(model, corrupt, z_names)
+        _, cr = _capture(model, corrupt, z_names, stop_after=z_names[-1])
         clean_ld = logit_diff_from_logits(logits, fp, a, b).float().cpu()
         out[sl] = clean_ld[:, None, None]  # senders that reach no receiver
         for l in range(top):
             zc, zk = cc[z_names[l]], cr[z_names[l]]  # [B, P, H, d_head]
             delta = torch.einsum("bphe,hed->hbpd", (zk - zc).to(W_O.dtype), W_O[l])  # [H, B, P, d]
+            delta = torch.cat([delta, torch.zeros_like(delta[:1])])  # last row: unpatched control (self-check)
             if sandwich:
                 raw = torch.einsum("bphe,hed->bpd", zc.to(W_O.dtype), W_O[l])
                 if b_O is not None:
@@ -416,7 +444,6 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
                 x = cc[pre_names[l]] + _rows(blocks[l].ln1_post, raw + delta)
             else:
                 x = cc[mid_names[l]] + delta
-            x = torch.cat([x, cc[mid_names[l]][None]])  # last row: unpatched control, for the self-check
             values: dict[int, Tensor] = {}
             for j in range(l, top):
                 x = x + _mlp_out(blocks[j], x)  # x: resid_pre of layer j + 1

@@ -47,6 +47,7 @@ def test_result_breakdowns_and_round_trip(tiny_gpt2, tmp_path):
     assert back.accuracy == res.accuracy and back.per_item[0]["pred"] == res.per_item[0]["pred"]
     assert list(res.to_frame().columns)[:4] == ["id", "answer", "pred", "correct"]
     assert "steps" in res.table()
+    assert res.chance == pytest.approx(sum(1 / len(it["candidates"]) for it in items) / 20)
 
 
 def test_any_dataset_with_prompt_candidates_answer(tiny_llama):

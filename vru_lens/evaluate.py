@@ -70,6 +70,11 @@ class EvalResult(Saveable):
         return dict(groups)
 
     @property
+    def chance(self) -> float:
+        """Expected accuracy of a uniform guess among each item's candidates."""
+        return sum(1 / r["n_candidates"] for r in self.per_item) / max(self.n, 1)
+
+    @property
     def by_steps(self) -> dict:
         return self.breakdown("n_steps")
 
@@ -80,6 +85,7 @@ class EvalResult(Saveable):
     def summary(self) -> dict:
         return {
             "model": self.model, "method": self.method, "chat": self.chat, "n": self.n, "accuracy": self.accuracy,
+            "chance": self.chance,
             **{f"by_{'steps' if k == 'n_steps' else k}": self.breakdown(k) for k in BREAKDOWNS
                if any(k in r for r in self.per_item)},
         }
@@ -90,7 +96,8 @@ class EvalResult(Saveable):
         return pd.DataFrame(self.per_item)
 
     def table(self) -> str:
-        lines = [f"{self.model} ({self.method}{', chat' if self.chat else ''}): accuracy {self.accuracy:.1%} on {self.n} items"]
+        lines = [f"{self.model} ({self.method}{', chat' if self.chat else ''}): accuracy {self.accuracy:.1%} "
+                 f"on {self.n} items (chance {self.chance:.1%})"]
         counts = self.counts("n_steps")
         for steps, acc in self.by_steps.items():
             lines.append(f"  {steps} steps: {acc:6.1%}  (n={counts[steps]})")
@@ -182,7 +189,8 @@ def evaluate(model, items, chat: bool = False, method: str = "logprob", batch_si
         preds = [match_answer(t, r["candidates"]) for t, r in zip(texts, rows)]
         scores = [{"generated": t} for t in texts]
     for row, pred, s in zip(rows, preds, scores):
-        record = {"id": row.get("id"), "answer": row["answer"], "pred": pred, "correct": pred == row["answer"], "scores": s}
+        record = {"id": row.get("id"), "answer": row["answer"], "pred": pred, "correct": pred == row["answer"],
+                  "n_candidates": len(row["candidates"]), "scores": s}
         record.update({k: row[k] for k in BREAKDOWNS if k in row})
         per_item.append(record)
     return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item)

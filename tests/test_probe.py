@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -52,7 +54,8 @@ def test_capture_subset_of_layers(model, items, cache):
 
 def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
     """Plain per-layer training, written independently: nn.Linear on standardised inputs, autograd, Adam
-    (the update of torch.optim.Adam written out: importing torch.optim's step costs seconds), the same init."""
+    (torch.optim.Adam's update written out: its first step imports torch._dynamo, seconds), cosine-decayed
+    rate, the same init."""
     W0 = torch.randn(X.shape[0], X.shape[2], n_classes, generator=torch.Generator().manual_seed(seed)) * 0.01
     y = torch.as_tensor(y)
     out = []
@@ -65,6 +68,7 @@ def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
         params = list(lin.parameters())
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         for t in range(1, steps + 1):
+            rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))  # cosine decay, as train_probes
             lin.zero_grad()
             loss = torch.nn.functional.cross_entropy(lin(Xs), y) + 0.5 * weight_decay * lin.weight.pow(2).sum()
             loss.backward()
@@ -72,7 +76,7 @@ def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
                 for p, (m, v) in zip(params, moments):
                     m.copy_(0.9 * m + 0.1 * p.grad)
                     v.copy_(0.999 * v + 0.001 * p.grad ** 2)
-                    p -= lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+                    p -= rate * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
         out.append((lin, X[l].mean(0), X[l].std(0)))
     return out
 

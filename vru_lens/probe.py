@@ -12,7 +12,8 @@ and returns a ``ProbeResult``. ``probe`` does all three.
 The probe of layer l is softmax(standardise_l(x) @ W_l + b_l), trained with
 full-batch Adam on mean cross-entropy + weight_decay/2 * ||W_l||^2 (an L2
 penalty: sklearn's ``LogisticRegression(C=1 / (weight_decay * n_train))`` on
-standardised features minimises the same objective). Adam acts elementwise
+standardised features minimises the same objective), with a cosine-decayed
+learning rate. Adam acts elementwise
 and the per-layer losses are summed, so training all layers together takes
 exactly the steps a per-layer loop would take.
 """
@@ -247,7 +248,7 @@ class Probes:
     b: Float[Tensor, "layer cls"]
 
     def logits(self, X: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer n cls"]:
-        return torch.baddbmm(self.b[:, None, :], X, self.W)
+        return torch.einsum("lnd,lcd->lnc", X, self.W.transpose(1, 2).contiguous()) + self.b[:, None, :]
 
     def predict(self, X: Float[Tensor, "layer n d_model"], chunk: int = 8192) -> Int[Tensor, "layer n"]:
         return torch.cat([self.logits(X[:, i:i + chunk]).argmax(-1) for i in range(0, X.shape[1], chunk)], 1)
@@ -255,7 +256,7 @@ class Probes:
 
 def train_probes(
     X: Float[Tensor, "layer n d_model"], y: Int[Tensor, "n"] | np.ndarray, n_classes: int,
-    weight_decay: float = 1e-3, steps: int = 100, lr: float = 0.05, seed: int = 0,
+    weight_decay: float = 1e-2, steps: int = 200, lr: float = 0.03, seed: int = 0, cosine: bool = True,
 ) -> Probes:
     """Multinomial logistic regression for every layer at once: full-batch Adam with an L2 penalty.
 
@@ -265,6 +266,8 @@ def train_probes(
     on the standardised weights. Gradients are written out (softmax - one-hot),
     and Adam (betas 0.9, 0.999, eps 1e-8, as ``torch.optim.Adam``) acts
     elementwise, so every layer follows exactly the path a separate run would.
+    ``cosine``: the learning rate decays from ``lr`` to 0 over the steps (full-batch
+    Adam at a constant rate hovers around the optimum instead of settling).
     """
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
     n_layers, n, d = X.shape
@@ -275,25 +278,27 @@ def train_probes(
     b1, b2, eps = 0.9, 0.999, 1e-8
     with torch.no_grad():
         X = X.float()
-        mean = X.mean(1)  # [L, d]
-        inv = 1.0 / X.std(1).clamp_min(1e-6)
+        var, mean = torch.var_mean(X, 1)  # [L, d], one pass
+        inv = var.sqrt().clamp_min(1e-6).reciprocal()
         onehot = torch.nn.functional.one_hot(y, n_classes).float()[None]  # [1, n, C]
-        Xt = X.transpose(1, 2)  # a view: [L, d, n]
         W = torch.randn(n_layers, d, n_classes, generator=torch.Generator().manual_seed(seed)) * 0.01
         b = torch.zeros(n_layers, n_classes)
         state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (W, b)]
         for t in range(1, steps + 1):
+            rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps)) if cosine else lr
             Wr = W * inv[:, :, None]  # standardised -> raw-space weights
             br = b - torch.bmm(mean[:, None, :], Wr).squeeze(1)
-            G = torch.softmax(torch.baddbmm(br[:, None, :], X, Wr), -1).sub_(onehot).div_(n)  # dLoss/dlogits
+            logits = torch.einsum("lnd,lcd->lnc", X, Wr.transpose(1, 2).contiguous()).add_(br[:, None, :])
+            G = torch.softmax(logits, -1).sub_(onehot).div_(n)  # dLoss/dlogits
             g_b = G.sum(1)  # [L, C]
-            g_Wr = torch.bmm(Xt, G) - mean[:, :, None] * g_b[:, None, :]
+            # (G^T X)^T rather than X^T G: reads X in its own layout (several times faster on CPU)
+            g_Wr = torch.bmm(G.transpose(1, 2).contiguous(), X).transpose(1, 2) - mean[:, :, None] * g_b[:, None, :]
             grads = (g_Wr.mul_(inv[:, :, None]).add_(W, alpha=weight_decay), g_b)
             for p, g, (m, v) in zip((W, b), grads, state):
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+                p.addcdiv_(m, denom, value=-rate / (1 - b1 ** t))
         Wr = W * inv[:, :, None]
         br = b - torch.bmm(mean[:, None, :], Wr).squeeze(1)
     return Probes(Wr, br)
@@ -372,8 +377,8 @@ def _accuracy(pred: Tensor, y: Tensor) -> np.ndarray:
 
 def fit(
     cache: ResidCache, y: np.ndarray, classes: list, target: str = "custom", control: np.ndarray | None = None,
-    control_by: str = "custom", test_frac: float = 0.2, weight_decay: float = 1e-3, steps: int = 100,
-    lr: float = 0.05, seed: int = 0,
+    control_by: str = "custom", test_frac: float = 0.2, weight_decay: float = 1e-2, steps: int = 200,
+    lr: float = 0.03, seed: int = 0,
 ) -> ProbeResult:
     """Train and evaluate probes on ``cache`` for labels ``y`` (class ids into ``classes``).
 

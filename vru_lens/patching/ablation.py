@@ -56,11 +56,9 @@ def _kl(logp_clean: Tensor, logp: Tensor) -> Tensor:
     return (logp_clean.exp() * (logp_clean - logp)).sum(-1)
 
 
-def _ablate_hook(how, means, layer, H, alpha):
-    """(hook name, fn factory(heads_per_variant, n_pairs)) for one layer."""
-    if how == "mean":
-        return hook_name(layer, "z")
-    return hook_name(layer, "q")
+def _ablate_hook(how: str, layer: int) -> str:
+    """The hook an ablation acts on: the head output for mean ablation, the query for scaled-query."""
+    return hook_name(layer, "z" if how == "mean" else "q")
 
 
 def ablation_kl(model, pt, how: str = "mean", alpha: float = 0.0, means: Tensor | None = None, batch_size: int = 8,
@@ -84,7 +82,7 @@ def ablation_kl(model, pt, how: str = "mean", alpha: float = 0.0, means: Tensor 
             logp_clean = torch.log_softmax(base.final_logits.float(), dim=-1)
             per = max(1, max_rows // nb)
             for layer in range(L):
-                name = _ablate_hook(how, means, layer, H, alpha)
+                name = _ablate_hook(how, layer)
                 for c0 in range(0, H, per):
                     heads = list(range(c0, min(H, c0 + per)))
                     rows = torch.arange(nb).repeat(len(heads))
@@ -133,7 +131,7 @@ def ablation_reference(model, pt, how: str = "mean", alpha: float = 0.0, means: 
                     else:
                         _heads_view(act, H)[:, :, h] *= alpha
                     return act
-                name = hook_name(layer, "z" if how == "mean" else "q")
+                name = _ablate_hook(how, layer)
                 logits = model.run_with_hooks(ids, fwd_hooks=[(name, patch)])
                 logp = torch.log_softmax(gather_final(logits, fp).float(), -1)
                 kl[sl, layer, h] = _kl(logp_clean, logp).cpu()

@@ -23,3 +23,5 @@ from . import finetune as _finetune  # noqa: E402
 app.command("finetune")(_finetune.finetune)
 from . import rank_heads as _rank  # noqa: E402
 app.command("rank-heads")(_rank.rank_heads)
+from . import run as _run  # noqa: E402
+app.command("run")(_run.run)

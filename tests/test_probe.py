@@ -52,10 +52,10 @@ def test_capture_subset_of_layers(model, items, cache):
         P.capture(model, items[:2], layers=[7], progress=False)
 
 
-def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
-    """Plain per-layer training, written independently: nn.Linear on standardised inputs, autograd, Adam
-    (torch.optim.Adam's update written out: its first step imports torch._dynamo, seconds), cosine-decayed
-    rate, the same init."""
+def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed, solver):
+    """Plain per-layer training, written independently: nn.Linear on standardised inputs, autograd gradients,
+    then the solver's update written out per layer (Adam: torch.optim.Adam's update with the cosine-decayed rate;
+    bound: solve (S/2 + wd I) D = -grad with torch.linalg.solve), from the same init."""
     W0 = torch.randn(X.shape[0], X.shape[2], n_classes, generator=torch.Generator().manual_seed(seed)) * 0.01
     y = torch.as_tensor(y)
     out = []
@@ -63,16 +63,23 @@ def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
         Xs = (X[l] - X[l].mean(0)) / X[l].std(0)
         lin = torch.nn.Linear(X.shape[2], n_classes)
         with torch.no_grad():
-            lin.weight.copy_(W0[l].T)
+            lin.weight.copy_(W0[l].T if solver == "adam" else torch.zeros_like(lin.weight))
             lin.bias.zero_()
         params = list(lin.parameters())
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        A = Xs.T @ Xs / len(Xs) / 2 + weight_decay * torch.eye(X.shape[2])
         for t in range(1, steps + 1):
-            rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))  # cosine decay, as train_probes
             lin.zero_grad()
             loss = torch.nn.functional.cross_entropy(lin(Xs), y) + 0.5 * weight_decay * lin.weight.pow(2).sum()
             loss.backward()
             with torch.no_grad():
+                if solver == "bound":
+                    gW = lin.weight.grad.T  # [d, C]
+                    step = torch.linalg.solve(A, gW - gW.mean(1, keepdim=True))
+                    lin.weight.copy_((lin.weight.T - lin.weight.T.mean(1, keepdim=True) - step).T)
+                    lin.bias -= 2 * lin.bias.grad
+                    continue
+                rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
                 for p, (m, v) in zip(params, moments):
                     m.copy_(0.9 * m + 0.1 * p.grad)
                     v.copy_(0.999 * v + 0.001 * p.grad ** 2)
@@ -81,17 +88,18 @@ def _reference_loop(X, y, n_classes, weight_decay, steps, lr, seed):
     return out
 
 
-def test_batched_trainer_matches_per_layer_loop():
+@pytest.mark.parametrize("solver,steps", [("bound", 15), ("adam", 60)])
+def test_batched_trainer_matches_per_layer_loop(solver, steps):
     gen = torch.Generator().manual_seed(0)
     n_layers, n, d, c = 3, 600, 24, 4
     y = torch.randint(0, c, (n,), generator=gen)
     centers = torch.randn(n_layers, c, d, generator=gen) * torch.tensor([0.2, 0.6, 1.5])[:, None, None]
     X = centers[:, y] + torch.randn(n_layers, n, d, generator=gen) * 2 + 3.0  # offsets and scales: standardisation matters
     tr, te = slice(0, 400), slice(400, None)
-    kw = dict(weight_decay=1e-2, steps=60, lr=0.05, seed=5)
-    probes = P.train_probes(X[:, tr], y[tr], c, **kw)
+    kw = dict(weight_decay=1e-2, steps=steps, lr=0.05, seed=5)
+    probes = P.train_probes(X[:, tr], y[tr], c, solver=solver, **kw)
     acc = (probes.predict(X[:, te]) == y[te]).float().mean(1)
-    ref = _reference_loop(X[:, tr], y[tr], c, **kw)
+    ref = _reference_loop(X[:, tr], y[tr], c, solver=solver, **kw)
     for l, (lin, mu, sd) in enumerate(ref):
         with torch.no_grad():
             ref_logits = lin((X[l, te] - mu) / sd)
@@ -99,6 +107,19 @@ def test_batched_trainer_matches_per_layer_loop():
         assert abs(acc[l] - ref_acc) <= 0.005, (l, acc[l], ref_acc)
         torch.testing.assert_close(X[l, te] @ probes.W[l] + probes.b[l], ref_logits, atol=1e-3, rtol=1e-3)
     assert acc[2] > acc[0]  # the data get more separable by layer, and the probes see it
+
+
+def test_bound_solver_reaches_the_optimum_adam_approaches():
+    """Both solvers minimise the same objective: with enough steps they agree on held-out predictions."""
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (500,), generator=gen)
+    X = torch.randn(2, 3, 16, generator=gen)[:, y] + torch.randn(2, 500, 16, generator=gen)
+    bound = P.train_probes(X, y, 3, solver="bound", steps=40)
+    adam = P.train_probes(X, y, 3, solver="adam", steps=400, lr=0.05)
+    agree = (bound.predict(X) == adam.predict(X)).float().mean()
+    assert agree > 0.97, agree
+    with pytest.raises(ValueError, match="valid: bound, adam"):
+        P.train_probes(X, y, 3, solver="lbfgs")
 
 
 def test_probe_finds_planted_label_and_random_control_does_not(model, items):
@@ -125,14 +146,14 @@ def test_probe_finds_planted_label_and_random_control_does_not(model, items):
         ids = torch.tensor(encode(model.tokenizer, render(it["prompt"], model.tokenizer)))
         y += [int(ids[: p + 1].sum()) % k for p in step_positions(model.tokenizer, it)]
     y = np.asarray(y)
-    res = P.fit(planted, y, list(range(k)), control=None, steps=100, seed=0)
+    res = P.fit(planted, y, list(range(k)), control=None, seed=0)
     chance = res.chance
     assert res.accuracy[1] > 0.95 and res.accuracy[2] > 0.95, res.accuracy
     assert res.accuracy[0] < chance + 0.25, (res.accuracy, chance)  # not there before it is written
     # random labels per item (no consistent type): the same probe stays near chance at every layer
     rng = np.random.default_rng(0)
     shuffled = rng.integers(0, k, size=len(items))[planted.item]
-    ctrl = P.fit(planted, shuffled, list(range(k)), steps=100, seed=0)
+    ctrl = P.fit(planted, shuffled, list(range(k)), seed=0)
     assert (ctrl.accuracy < ctrl.chance + 0.15).all(), (ctrl.accuracy, ctrl.chance)
 
 

@@ -9,13 +9,13 @@ per layer, all layers in one batched torch optimisation, on a train/test split
 made by item (never by token), together with the Hewitt & Liang control task,
 and returns a ``ProbeResult``. ``probe`` does all three.
 
-The probe of layer l is softmax(standardise_l(x) @ W_l + b_l), trained with
-full-batch Adam on mean cross-entropy + weight_decay/2 * ||W_l||^2 (an L2
-penalty: sklearn's ``LogisticRegression(C=1 / (weight_decay * n_train))`` on
-standardised features minimises the same objective), with a cosine-decayed
-learning rate. Adam acts elementwise
-and the per-layer losses are summed, so training all layers together takes
-exactly the steps a per-layer loop would take.
+The probe of layer l is softmax(standardise_l(x) @ W_l + b_l), minimising mean
+cross-entropy + weight_decay/2 * ||W_l||^2 (an L2 penalty: sklearn's
+``LogisticRegression(C=1 / (weight_decay * n_train))`` on standardised features
+minimises the same objective), full batch, all layers in one batched loop:
+bound-optimisation steps (Boehning) by default, or Adam. Each update acts on
+each layer alone, so training all layers together takes exactly the steps a
+per-layer loop would take.
 """
 
 from __future__ import annotations
@@ -254,54 +254,113 @@ class Probes:
         return torch.cat([self.logits(X[:, i:i + chunk]).argmax(-1) for i in range(0, X.shape[1], chunk)], 1)
 
 
+SOLVERS = ("bound", "adam")
+DEFAULT_STEPS = {"bound": 20, "adam": 200}
+
+
+def _standardise(X: Tensor) -> tuple[Tensor, Tensor]:
+    var, mean = torch.var_mean(X, 1)  # [L, d], one pass
+    return mean, var.sqrt().clamp_min(1e-6).reciprocal()
+
+
+def _softmax_grad(X, y_onehot, W, b, mean, inv):
+    """Raw-space weights, and the gradient of the mean cross-entropy w.r.t. the standardised W and b."""
+    n = X.shape[1]
+    Wr = W * inv[:, :, None]  # standardised -> raw-space weights
+    br = b - torch.bmm(mean[:, None, :], Wr).squeeze(1)
+    logits = torch.einsum("lnd,lcd->lnc", X, Wr.transpose(1, 2).contiguous()).add_(br[:, None, :])
+    G = torch.softmax(logits, -1).sub_(y_onehot).div_(n)  # dLoss/dlogits
+    g_b = G.sum(1)  # [L, C]
+    # (G^T X)^T rather than X^T G: reads X in its own layout (several times faster on CPU)
+    g_W = (torch.bmm(G.transpose(1, 2).contiguous(), X).transpose(1, 2) - mean[:, :, None] * g_b[:, None, :]) * inv[:, :, None]
+    return g_W, g_b
+
+
 def train_probes(
     X: Float[Tensor, "layer n d_model"], y: Int[Tensor, "n"] | np.ndarray, n_classes: int,
-    weight_decay: float = 1e-2, steps: int = 200, lr: float = 0.03, seed: int = 0, cosine: bool = True,
+    weight_decay: float = 1e-2, steps: int | None = None, lr: float = 0.03, seed: int = 0,
+    solver: str = "bound", cosine: bool = True,
 ) -> Probes:
-    """Multinomial logistic regression for every layer at once: full-batch Adam with an L2 penalty.
+    """Multinomial logistic regression for every layer at once (full batch, L2 penalty).
 
     Features are standardised per layer with the training mean and std (folded
     into the weights, so X is never copied); the returned weights act on raw
     residuals. Loss per layer: mean cross-entropy + weight_decay / 2 * ||W||^2
-    on the standardised weights. Gradients are written out (softmax - one-hot),
-    and Adam (betas 0.9, 0.999, eps 1e-8, as ``torch.optim.Adam``) acts
-    elementwise, so every layer follows exactly the path a separate run would.
-    ``cosine``: the learning rate decays from ``lr`` to 0 over the steps (full-batch
-    Adam at a constant rate hovers around the optimum instead of settling).
+    on the standardised weights (the bias is not penalised). Gradients are
+    written out (softmax - one-hot), batched over layers.
+
+    ``solver="bound"`` (default, 20 steps): Boehning's bound-optimisation
+    (majorise-minimise) steps. The Hessian of the softmax cross-entropy is
+    bounded by 1/2 (I - 11^T/C) (x) S, with S the features' correlation
+    matrix, so each step is D = -(S/2 + weight_decay I)^-1 gradient with the
+    inverse computed once per layer (Cholesky): monotone descent, no step
+    size, and 10-20 steps reach the optimum's held-out accuracy.
+    ``solver="adam"`` (200 steps): full-batch Adam (torch's defaults) with a
+    learning rate ``lr``, cosine-decayed to 0 when ``cosine``, from a small
+    random init (``seed``).
+    Both act on each layer independently: a batched run takes exactly the
+    steps a separate per-layer run would.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    steps = DEFAULT_STEPS[solver] if steps is None else steps
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
     n_layers, n, d = X.shape
     if y.shape[0] != n:
         raise ValueError(f"{n} rows of activations but {y.shape[0]} labels")
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(f"labels must lie in 0..{n_classes - 1}")
-    b1, b2, eps = 0.9, 0.999, 1e-8
     with torch.no_grad():
         X = X.float()
-        var, mean = torch.var_mean(X, 1)  # [L, d], one pass
-        inv = var.sqrt().clamp_min(1e-6).reciprocal()
         onehot = torch.nn.functional.one_hot(y, n_classes).float()[None]  # [1, n, C]
-        W = torch.randn(n_layers, d, n_classes, generator=torch.Generator().manual_seed(seed)) * 0.01
-        b = torch.zeros(n_layers, n_classes)
-        state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (W, b)]
-        for t in range(1, steps + 1):
-            rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps)) if cosine else lr
-            Wr = W * inv[:, :, None]  # standardised -> raw-space weights
-            br = b - torch.bmm(mean[:, None, :], Wr).squeeze(1)
-            logits = torch.einsum("lnd,lcd->lnc", X, Wr.transpose(1, 2).contiguous()).add_(br[:, None, :])
-            G = torch.softmax(logits, -1).sub_(onehot).div_(n)  # dLoss/dlogits
-            g_b = G.sum(1)  # [L, C]
-            # (G^T X)^T rather than X^T G: reads X in its own layout (several times faster on CPU)
-            g_Wr = torch.bmm(G.transpose(1, 2).contiguous(), X).transpose(1, 2) - mean[:, :, None] * g_b[:, None, :]
-            grads = (g_Wr.mul_(inv[:, :, None]).add_(W, alpha=weight_decay), g_b)
-            for p, g, (m, v) in zip((W, b), grads, state):
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
-                p.addcdiv_(m, denom, value=-rate / (1 - b1 ** t))
+        if solver == "bound":
+            W, b, mean, inv = _fit_bound(X, onehot, weight_decay, steps)
+        else:
+            mean, inv = _standardise(X)
+            W, b = _fit_adam(X, onehot, mean, inv, weight_decay, steps, lr, seed, cosine)
         Wr = W * inv[:, :, None]
         br = b - torch.bmm(mean[:, None, :], Wr).squeeze(1)
     return Probes(Wr, br)
+
+
+def _fit_bound(X, onehot, weight_decay, steps):
+    n_layers, n, d = X.shape
+    C = onehot.shape[-1]
+    mean = torch.empty(n_layers, d)
+    A = torch.empty(n_layers, d, d)
+    for l in range(n_layers):  # one layer at a time: centred data (no cancellation), small temporaries
+        mean[l] = X[l].mean(0)
+        Xc = X[l] - mean[l]
+        torch.mm(Xc.T, Xc, out=A[l])
+    inv = (A.diagonal(dim1=1, dim2=2) / (n - 1)).sqrt().clamp_min(1e-6).reciprocal()  # the same std as _standardise
+    A.mul_(inv[:, :, None]).mul_(inv[:, None, :]).mul_(0.5 / n).diagonal(dim1=1, dim2=2).add_(weight_decay)
+    A_inv = torch.cholesky_inverse(torch.linalg.cholesky(A))  # (S/2 + wd I)^-1, once per layer
+    W = torch.zeros(n_layers, d, C)
+    b = torch.zeros(n_layers, C)
+    for _ in range(steps):
+        g_W, g_b = _softmax_grad(X, onehot, W, b, mean, inv)
+        g_W.add_(W, alpha=weight_decay)
+        g_perp = g_W - g_W.mean(-1, keepdim=True)  # the class-mean part of W only feels the penalty
+        W = W - W.mean(-1, keepdim=True) - torch.bmm(A_inv, g_perp)
+        b = b - 2 * g_b
+    return W, b, mean, inv
+
+
+def _fit_adam(X, onehot, mean, inv, weight_decay, steps, lr, seed, cosine):
+    n_layers, n, d = X.shape
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    W = torch.randn(n_layers, d, onehot.shape[-1], generator=torch.Generator().manual_seed(seed)) * 0.01
+    b = torch.zeros(n_layers, onehot.shape[-1])
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (W, b)]
+    for t in range(1, steps + 1):
+        rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps)) if cosine else lr
+        g_W, g_b = _softmax_grad(X, onehot, W, b, mean, inv)
+        for p, g, (m, v) in zip((W, b), (g_W.add_(W, alpha=weight_decay), g_b), state):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+            p.addcdiv_(m, denom, value=-rate / (1 - b1 ** t))
+    return W, b
 
 
 # --------------------------------------------------------------------------- results
@@ -377,8 +436,8 @@ def _accuracy(pred: Tensor, y: Tensor) -> np.ndarray:
 
 def fit(
     cache: ResidCache, y: np.ndarray, classes: list, target: str = "custom", control: np.ndarray | None = None,
-    control_by: str = "custom", test_frac: float = 0.2, weight_decay: float = 1e-2, steps: int = 200,
-    lr: float = 0.03, seed: int = 0,
+    control_by: str = "custom", test_frac: float = 0.2, weight_decay: float = 1e-2, steps: int | None = None,
+    lr: float = 0.03, seed: int = 0, solver: str = "bound",
 ) -> ProbeResult:
     """Train and evaluate probes on ``cache`` for labels ``y`` (class ids into ``classes``).
 
@@ -398,7 +457,7 @@ def fit(
     n_classes = len(classes)
     X_tr, X_te = cache.resid[:, torch.from_numpy(train)], cache.resid[:, torch.from_numpy(test)]
     y_te = torch.from_numpy(y[test])
-    kw = dict(weight_decay=weight_decay, steps=steps, lr=lr, seed=seed)
+    kw = dict(weight_decay=weight_decay, steps=steps, lr=lr, seed=seed, solver=solver)
     probes = train_probes(X_tr, y[train], n_classes, **kw)
     pred = probes.predict(X_te)
     acc = _accuracy(pred, y_te)
@@ -421,7 +480,8 @@ def fit(
         selectivity=acc - ctrl_acc, chance=chance, confusion=conf, weights=probes.W.numpy(), bias=probes.b.numpy(),
         n_train_items=int((~test_item).sum()), n_test_items=int(test_item.sum()), n_train_rows=int(train.sum()),
         n_test_rows=int(test.sum()), control_by=control_by,
-        config={"test_frac": test_frac, "weight_decay": weight_decay, "steps": steps, "lr": lr, "seed": seed},
+        config={"test_frac": test_frac, "weight_decay": weight_decay, "steps": steps or DEFAULT_STEPS.get(solver),
+                "lr": lr, "seed": seed, "solver": solver},
     )
 
 

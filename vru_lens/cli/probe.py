@@ -23,8 +23,9 @@ def probe(
     control_by: str = typer.Option("phrase", "--control-by", help="control-task type: phrase | token | label"),
     test_frac: float = typer.Option(0.2, "--test-frac", help="held-out fraction of items"),
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
-    train_steps: int = typer.Option(200, "--train-steps", help="full-batch Adam steps (cosine-decayed rate)"),
-    lr: float = typer.Option(0.03, "--lr"),
+    solver: str = typer.Option("bound", "--solver", help="bound (Boehning steps) | adam"),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="default: 20 (bound) or 200 (adam)"),
+    lr: float = typer.Option(0.03, "--lr", help="adam only"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="activations file: reused if it exists, else written"),
     out: Optional[Path] = typer.Option(None, "--out", help="save the ProbeResult JSON here (and a .html plot)"),
     lens_out: Optional[Path] = typer.Option(None, "--lens-out",
@@ -33,12 +34,14 @@ def probe(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Probe every layer's resid_post for a VRUBench label; report accuracy, control accuracy, selectivity."""
-    from ..probe import CONTROL_TYPES, MIN_ITEMS, TARGETS
+    from ..probe import CONTROL_TYPES, MIN_ITEMS, SOLVERS, TARGETS
 
     if target not in TARGETS:
         fail(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     if control_by not in CONTROL_TYPES:
         fail(f"unknown --control-by {control_by!r}; valid: {', '.join(CONTROL_TYPES)}")
+    if solver not in SOLVERS:
+        fail(f"unknown --solver {solver!r}; valid: {', '.join(SOLVERS)}")
     if n < MIN_ITEMS:
         fail(f"--n {n} is too few: probing splits by item and needs at least {MIN_ITEMS} items")
     from .common import parse_steps
@@ -81,7 +84,7 @@ def probe(
         t_capture = time.perf_counter() - t0
         t1 = time.perf_counter()
         result = fit_target(acts, items, target, control_by=control_by, test_frac=test_frac,
-                            weight_decay=weight_decay, steps=train_steps, lr=lr, seed=seed)
+                            weight_decay=weight_decay, steps=train_steps, lr=lr, seed=seed, solver=solver)
         t_fit = time.perf_counter() - t1
     except ValueError as err:
         fail(str(err))

@@ -4,8 +4,8 @@ In one run, on the same pairs:
   (1) all-head activation patching (denoising, hook_z, all positions) against
       TransformerLens's get_act_patch_attn_head_out_all_pos;
   (2) path patching sender -> logits against the plain two-forwards-per-sender reference;
-  (3) attribution patching against exact activation patching (noising): speed and
-      agreement (Spearman, top-10 overlap).
+  (3) attribution patching against exact activation patching (denoising, as in (1)):
+      speed and agreement (Spearman, top-10 overlap).
 
 The references do one full forward per head (270 on SmolLM2). On a small shared
 CPU that is tens of minutes, so by default they run on the heads of a few
@@ -52,7 +52,7 @@ def main():
 
     from vru_lens.bench import make_items
     from vru_lens.models import load_model
-    from vru_lens.patching import (activation_patch_heads, activation_patch_heads_reference, agreement,
+    from vru_lens.patching import (activation_patch_heads, agreement,
                                    attribution_patch_heads, tl_head_out_all_pos)
     from vru_lens.patching.path import path_patch_logits, path_patch_logits_reference
     from vru_lens.tokens import tokenize_pairs
@@ -77,8 +77,9 @@ def main():
           f"reference on layers {ref_layers} (x{scale:.1f} extrapolated)", flush=True)
 
     if 1 in parts:
-        fast, t_fast = timed(lambda: activation_patch_heads(model, pt, "z", "denoising", batch_size=n, max_rows=8 * n,
-                                                            progress=False))
+        fast_act, t_fast = timed(lambda: activation_patch_heads(model, pt, "z", "denoising", batch_size=n,
+                                                                max_rows=8 * n, progress=False))
+        fast = fast_act
         tl, t_tl = timed(lambda: tl_head_out_all_pos(model, pt, layers=ref_layers))
         diff = float((fast.mean(0)[ref_layers] - tl[ref_layers]).abs().max())
         report["activation"] = {"fast_s": t_fast, "tl_s_measured": t_tl, "tl_s_full": t_tl * scale,
@@ -94,17 +95,21 @@ def main():
                           "ratio": t_ref * scale / t_fast, "max_abs_diff_vs_ref": diff}
         print("(2) path", json.dumps(report["path"]), flush=True)
 
-    if 3 in parts:
-        attr, t_attr = timed(lambda: attribution_patch_heads(model, pt, "z", "noising", batch_size=n, progress=False))
-        exact, t_exact = timed(lambda: activation_patch_heads(model, pt, "z", "noising", batch_size=n,
-                                                              max_rows=8 * n, progress=False))
-        ref, t_ref = timed(lambda: activation_patch_heads_reference(model, pt, "z", "noising", batch_size=n,
-                                                                    progress=False, layers=ref_layers))
-        agree = agreement(attr.mean(0).neg(), exact.mean(0).neg(), k=10)  # noising: lower patched ld = more important
-        report["attribution"] = {"attr_s": t_attr, "exact_fast_s": t_exact, "exact_ref_s_measured": t_ref,
-                                 "exact_ref_s_full": t_ref * scale, "ratio_vs_reference": t_ref * scale / t_attr,
-                                 "ratio_vs_fast_exact": t_exact / t_attr,
-                                 "fast_exact_max_abs_diff_vs_ref": float((exact[:, ref_layers] - ref[:, ref_layers]).abs().max()),
+    if 3 in parts:  # denoising, like (1): reuses (1)'s exact result and reference timing when it ran
+        attr, t_attr = timed(lambda: attribution_patch_heads(model, pt, "z", "denoising", batch_size=n, progress=False))
+        if 1 in parts:
+            exact, t_exact = fast_act, report["activation"]["fast_s"]
+            t_ref_full, ref_diff = report["activation"]["tl_s_full"], report["activation"]["max_abs_diff_vs_tl"]
+        else:
+            exact, t_exact = timed(lambda: activation_patch_heads(model, pt, "z", "denoising", batch_size=n,
+                                                                  max_rows=8 * n, progress=False))
+            tl, t_tl = timed(lambda: tl_head_out_all_pos(model, pt, layers=ref_layers))
+            t_ref_full = t_tl * scale
+            ref_diff = float((exact.mean(0)[ref_layers] - tl[ref_layers]).abs().max())
+        agree = agreement(attr.mean(0), exact.mean(0), k=10)  # denoising: higher patched ld = more important
+        report["attribution"] = {"direction": "denoising", "attr_s": t_attr, "exact_fast_s": t_exact,
+                                 "exact_ref_s_full": t_ref_full, "ratio_vs_reference": t_ref_full / t_attr,
+                                 "ratio_vs_fast_exact": t_exact / t_attr, "fast_exact_max_abs_diff_vs_ref": ref_diff,
                                  **agree}
         print("(3) attribution", json.dumps(report["attribution"]), flush=True)
 

@@ -86,3 +86,14 @@ def test_stability_needs_bootstrap():
         make().stability()
     with pytest.raises(ValueError, match="kind"):
         HeadScores.from_patched(np.zeros((2, 1, 1)), np.ones(2), np.zeros(2), method="x", model="y", kind="bad")
+
+
+def test_signal_flags_pairs_the_model_does_not_separate():
+    hs = make().bootstrap(100)
+    assert hs.meta["signal"]["ok"] and "warning" not in hs.meta
+    assert hs.ld_effect[2, 4] == pytest.approx(hs.clean_ld.mean() - hs.corrupt_ld.mean())
+    rng = np.random.default_rng(0)
+    noise = HeadScores.from_patched(rng.standard_normal((30, 2, 2)), rng.standard_normal(30), rng.standard_normal(30),
+                                    method="path", model="toy").bootstrap(100)
+    assert not noise.meta["signal"]["ok"] and "not meaningful" in noise.meta["warning"]
+    assert "ld_effect" in noise.to_frame().columns

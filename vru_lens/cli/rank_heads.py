@@ -60,7 +60,9 @@ def rank_heads(
     if json_out:
         payload = {"method": method, "model": model, "kind": result.kind, "component": result.component,
                    "n_pairs": result.n_pairs, "top": [[l, h, s] for l, h, s in top],
-                   "scores": result.scores.tolist(), "gqa": result.gqa, "seconds": result.meta.get("seconds")}
+                   "scores": result.scores.tolist(), "gqa": result.gqa, "seconds": result.meta.get("seconds"),
+                   "top_ld_effect": [float(result.ld_effect[l, h]) for l, h, _ in top],
+                   "signal": result.meta.get("signal"), "warning": result.meta.get("warning")}
         if result.ci_low is not None:
             payload["top_ci"] = [[float(result.ci_low[l, h]), float(result.ci_high[l, h])] for l, h, _ in top]
             payload["stability"] = result.stability(top_k)
@@ -73,5 +75,7 @@ def rank_heads(
         typer.echo(f"{rank:3d}. L{l}H{h}  {s:.4f}{ci}")
     if result.gqa:
         typer.echo(f"GQA: {result.gqa['note']}")
+    if result.meta.get("warning"):
+        typer.echo(f"warning: {result.meta['warning']}")
     if out:
         typer.echo(f"saved {out}")

@@ -101,6 +101,31 @@ class HeadScores(Saveable):
     def scores(self) -> np.ndarray:
         return score_from(self.per_pair, self.clean_ld, self.corrupt_ld, self.kind)
 
+    @property
+    def ld_effect(self) -> np.ndarray:
+        """[layer, head] un-normalised effect in logits (noising: clean - patched; denoising: patched - corrupt).
+
+        The normalised score divides by the clean-corrupted gap; when a model barely
+        tells the two prompts apart that gap is near 0 and the score blows up, so
+        this is the number to read then (``signal()`` says when)."""
+        patched = np.nanmean(self.per_pair, axis=0)
+        if self.kind == "noising":
+            return self.clean_ld.mean() - patched
+        if self.kind == "denoising":
+            return patched - self.corrupt_ld.mean()
+        return patched
+
+    def signal(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+        """The normaliser, mean clean_ld - mean corrupt_ld, with a bootstrap CI over pairs.
+
+        ``ok`` is False when the CI includes 0: the model does not separate clean from
+        corrupted prompts, so normalised scores (and their CIs) are not meaningful."""
+        gap = self.clean_ld - self.corrupt_ld
+        rng = np.random.default_rng(seed)
+        boots = np.array([gap[rng.integers(0, len(gap), len(gap))].mean() for _ in range(n_boot)])
+        lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+        return {"gap": float(gap.mean()), "gap_ci": [float(lo), float(hi)], "ok": bool(lo > 0 or hi < 0)}
+
     def top(self, k: int = 10) -> list[tuple[int, int, float]]:
         """The k highest-scoring heads as (layer, head, score), best first (NaN heads last)."""
         s = self.scores
@@ -132,6 +157,14 @@ class HeadScores(Saveable):
         self.boot_ranks = np.stack([_ranks(b) for b in boots]).astype(np.int32)
         self.boot_taus = np.array([_kendall_tau(boots[i], boots[i + 1]) for i in range(len(boots) - 1)])
         self.meta = {**self.meta, "n_boot": int(len(boots)), "boot_seed": seed}
+        if self.kind != "kl":
+            sig = self.signal(n_boot, level, seed)
+            self.meta["signal"] = sig
+            if not sig["ok"]:
+                self.meta["warning"] = (f"clean - corrupted logit difference {sig['gap']:.4g} has a {level:.0%} CI "
+                                        f"{sig['gap_ci'][0]:.4g}..{sig['gap_ci'][1]:.4g} that includes 0: the model "
+                                        "does not tell the prompts apart, so normalised scores and CIs are not "
+                                        "meaningful; read ld_effect")
         return self
 
     def stability(self, k: int = 10) -> dict:
@@ -148,11 +181,12 @@ class HeadScores(Saveable):
         """One row per head: layer, head, score, rank (+ ci_low, ci_high, kv_head where known)."""
         import pandas as pd
 
-        s, r = self.scores, self.ranks()
+        s, r, eff = self.scores, self.ranks(), self.ld_effect
         rows = []
         for layer in range(s.shape[0]):
             for head in range(s.shape[1]):
-                row = {"layer": layer, "head": head, "score": float(s[layer, head]), "rank": int(r[layer, head])}
+                row = {"layer": layer, "head": head, "score": float(s[layer, head]), "rank": int(r[layer, head]),
+                       "ld_effect": float(eff[layer, head])}
                 if self.ci_low is not None:
                     row["ci_low"] = float(self.ci_low[layer, head])
                     row["ci_high"] = float(self.ci_high[layer, head])

@@ -74,3 +74,21 @@ def test_generation_runs_and_matches_first_named_candidate(tiny_llama):
     assert match_answer("nothing here", ["door"]) == ""
     with pytest.raises(ValueError, match="method"):
         evaluate(tiny_llama, make_items(1, seed=2), method="beam", progress=False)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-llava"])
+def test_rows_logits_equal_bridge_logits_and_see_hooks(name):
+    from vru_lens.models import load_model
+    from vru_lens.readout import rows_logits
+
+    model = load_model(name, device="cpu")
+    ids = torch.randint(3, 400, (2, 9))
+    pos = torch.tensor([[8, 3], [5, 5]])
+    rows = torch.arange(2)[:, None]
+    with torch.inference_mode():
+        assert (rows_logits(model, ids, pos) - model(ids)[rows, pos]).abs().max() < 1e-4
+        zero = [("blocks.0.attn.hook_z", lambda z, hook: z * 0)]
+        with model.hooks(fwd_hooks=zero):
+            assert (rows_logits(model, ids, pos) - model(ids)[rows, pos]).abs().max() < 1e-4
+            ablated = rows_logits(model, ids, pos)
+        assert (ablated - rows_logits(model, ids, pos)).abs().max() > 1e-4

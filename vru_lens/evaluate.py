@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .readout import final_normed, unembed_rows
+from .readout import rows_logits
 from .results import Saveable
 from .tokens import answer_ids, encode, pad_id, pad_right, render
 
@@ -114,7 +114,7 @@ def _score_requests(model, rows, batch_size, progress):
         ids, _ = pad_right([r[0] for r in chunk], pid)
         k = max(len(r[1]) for r in chunk)
         pos = torch.tensor([r[1] + [r[1][-1]] * (k - len(r[1])) for r in chunk])
-        logprobs = unembed_rows(model, final_normed(model, ids, pos)).float().log_softmax(-1)
+        logprobs = rows_logits(model, ids, pos).float().log_softmax(-1)
         for j, (_, _, reads, key) in enumerate(chunk):
             out[key] = [logprobs[j, p, tok].item() for p, tok in reads]
     return out

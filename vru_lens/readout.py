@@ -45,3 +45,27 @@ def unembed_rows(model, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "
     if cap > 0:
         logits = cap * torch.tanh(logits / cap)
     return logits
+
+
+def rows_logits(model, ids: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch k"]) -> Float[Tensor, "batch k vocab"]:
+    """Full-vocabulary logits at ``positions`` only.
+
+    Runs the bridge's wrapped transformers body (``original_model.base_model``) to its final
+    hidden states and applies the output head to the rows read. The bridge has rewired that
+    body with its own components, so TransformerLens hooks, head deltas and LoRA all apply;
+    it skips the bridge's top-level bookkeeping (about half the CPU time on SmolLM2). Models
+    without that structure fall back to ``final_normed`` + ``unembed_rows``.
+    """
+    hf = getattr(model, "original_model", None)
+    base = getattr(hf, "base_model", None)
+    head = hf.get_output_embeddings() if base is not None and base is not hf else None
+    if head is None:
+        return unembed_rows(model, final_normed(model, ids, positions))
+    device = head.weight.device
+    hidden = base(input_ids=ids.to(device), use_cache=False).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=device)[:, None]
+    logits = head(hidden[rows, positions.to(device)])
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
+    return logits

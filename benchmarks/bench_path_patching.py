@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--senders", default="6", help="'all', or how many senders the reference samples")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--receivers", default=None,
+                    help="instead: time sender -> receivers, e.g. '3.0,3.1' (layer.head; k/v heads for k/v)")
+    ap.add_argument("--component", default="k", choices=["q", "k", "v"])
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,6 +51,8 @@ def main() -> None:
     L, H, n = model.cfg.n_layers, model.cfg.n_heads, len(pt)
     print(f"{args.model}: {L} layers x {H} heads, {n} pairs, {int(pt.lengths.max())} tokens max, "
           f"{torch.get_num_threads()} threads")
+    if args.receivers:
+        return bench_receivers(model, pt, args)
     if args.senders == "all":
         senders = [(l, h) for l in range(L) for h in range(H)]
     else:
@@ -79,6 +84,23 @@ def main() -> None:
     effect = (fast - clean[:, None, None]).abs()
     print(f"clean / corrupted logit diff (mean): {clean.mean():.3f} / {corrupt.mean():.3f}; "
           f"|patched - clean| max {effect.max():.3f}, mean {effect.mean():.4f}")
+
+
+def bench_receivers(model, pt, args) -> None:
+    """Sender -> receivers' q/k/v: fast (recurrence + one forward per sender) vs reference (two forwards)."""
+    from vru_lens.patching.path import path_patch_receivers, path_patch_receivers_reference
+
+    receivers = [tuple(int(v) for v in r.split(".")) for r in args.receivers.split(",")]
+    n = len(pt)
+    fast, t_fast = timed(lambda: path_patch_receivers(model, pt, receivers, args.component, batch_size=8,
+                                                      progress=False))
+    ref, t_ref = timed(lambda: path_patch_receivers_reference(model, pt, receivers, args.component,
+                                                              batch_size=8, progress=False))
+    top = max(l for l, _ in receivers)
+    print(f"receivers {receivers} ({args.component}; query heads touched: {fast.receiver_query_heads})")
+    print(f"{top * model.cfg.n_heads} senders x {n} pairs: fast {t_fast:.1f} s, reference {t_ref:.1f} s, "
+          f"speed-up {t_ref / t_fast:.1f}x, max abs diff {(fast - ref).abs().max().item():.2e}, "
+          f"max |patched - clean| {(ref - ref[:, top:top + 1, :1]).abs().max().item():.3f}")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def main():
     p.add_argument("--components", default="qo")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--methods", default="heads,full,lora")
     p.add_argument("--out", default="results/finetune/bench.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -132,7 +132,7 @@ def _rows_for(tokenizer, context: str, continuation: str, max_tokens: int):
 def score_continuations(model, requests, max_tokens: int = 256, batch_size: int = 8, progress: bool = False,
                         desc: str = "scoring") -> list[tuple[float, bool, int]]:
     """Per (context, continuation): (summed log-prob, continuation is greedy, n tokens)."""
-    from .finetune.train import rows_logits
+    from .readout import rows_logits
     from .tokens import pad_id, pad_right
 
     tok = model.tokenizer
@@ -172,7 +172,7 @@ def _mc_metrics(docs, scored) -> dict:
 @torch.inference_mode()
 def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bool = False):
     """Yield (text index, next-token log-probs [n_tokens-1, vocab], targets) for each text."""
-    from .finetune.train import rows_logits
+    from .readout import rows_logits
     from .tokens import pad_id, pad_right
 
     tok = model.tokenizer

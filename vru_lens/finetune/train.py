@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..readout import rows_logits
 from ..results import Saveable
 from ..tokens import answer_ids, encode, pad_id, pad_right, render
 
@@ -103,33 +104,6 @@ def batch_indices(n: int, step: int, micro: int, cfg: TrainConfig) -> list[int]:
     return out
 
 
-def rows_logits(model, ids: torch.Tensor, positions: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Full-vocabulary logits at ``positions`` [batch, k] only (never at every position).
-
-    ``fast``: run the bridge's wrapped transformers model (``model.original_model``) to its
-    final hidden states and unembed only the rows read. The bridge forward and this path run
-    the same modules (so head-delta hooks and LoRA apply to both) and agree to float
-    precision (tested); this one skips the bridge's per-hook bookkeeping, about 2x less CPU
-    on SmolLM2. ``fast=False`` (or a model without ``original_model``) reads
-    ``ln_final.hook_out`` through the bridge (``vru_lens.readout``).
-    """
-    hf = getattr(model, "original_model", None)
-    base = getattr(hf, "base_model", None) if fast else None
-    head = hf.get_output_embeddings() if base is not None else None
-    if base is None or head is None or base is hf:
-        from ..readout import final_normed, unembed_rows
-
-        return unembed_rows(model, final_normed(model, ids, positions))
-    device = head.weight.device
-    hidden = base(input_ids=ids.to(device), use_cache=False).last_hidden_state
-    rows = torch.arange(hidden.shape[0], device=device)[:, None]
-    logits = head(hidden[rows, positions.to(device)])
-    cap = getattr(getattr(hf, "config", None), "final_logit_softcapping", None)
-    if cap:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
-
-
 def answer_loss(model, examples) -> torch.Tensor:
     """Mean cross-entropy over answer tokens only (every answer token weighs the same)."""
     ids, _ = pad_right([e[0] for e in examples], pad_id(model.tokenizer))
@@ -145,44 +119,12 @@ def answer_loss(model, examples) -> torch.Tensor:
                                              ignore_index=-100)
 
 
-@torch.no_grad()
 def score_items(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> list[bool]:
-    """Per item: is the gold answer the candidate with the highest summed log-probability?
+    """Per item: is the gold answer the best-scoring candidate? (``vru_lens.evaluate.score_candidates``)"""
+    from ..evaluate import score_candidates
 
-    The same scoring as ``vru_lens.evaluate.evaluate`` (first tokens read from one prompt
-    pass, longer candidates scored on their own rows; a test checks agreement), run
-    through ``rows_logits``'s fast path.
-    """
-    tok = model.tokenizer
-    rows, plan = [], []
-    for i, it in enumerate(items):
-        prompt = encode(tok, render(it["prompt"], tok, chat), chat)
-        cands = {c: answer_ids(tok, c, chat) for c in it["candidates"]}
-        firsts = sorted({ids[0] for ids in cands.values()})
-        rows.append((prompt, [len(prompt) - 1], firsts, (i, None)))
-        for c, ids in cands.items():
-            if len(ids) > 1:
-                rows.append((prompt + ids[:-1], list(range(len(prompt) - 1, len(prompt) + len(ids) - 1)), ids, (i, c)))
-        plan.append((cands, firsts))
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))
-    got = {}
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
-        chunk = [rows[r] for r in order[start : start + batch_size]]
-        ids, _ = pad_right([r[0] for r in chunk], pad_id(tok))
-        k = max(len(r[1]) for r in chunk)
-        pos = torch.tensor([r[1] + [r[1][-1]] * (k - len(r[1])) for r in chunk])
-        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
-        for j, (_, positions, targets, key) in enumerate(chunk):
-            if len(positions) == 1:  # the prompt row: every candidate's first token at one position
-                got[key] = [logp[j, 0, tok_id].item() for tok_id in targets]
-            else:
-                got[key] = [logp[j, t, tok_id].item() for t, tok_id in enumerate(targets)]
-    out = []
-    for i, (cands, firsts) in enumerate(plan):
-        first = dict(zip(firsts, got[(i, None)]))
-        scores = {c: sum(got[(i, c)]) if len(ids) > 1 else first[ids[0]] for c, ids in cands.items()}
-        out.append(max(scores, key=scores.get) == items[i]["answer"])
-    return out
+    scores = score_candidates(model, items, chat, batch_size, progress)
+    return [max(s, key=s.get) == it["answer"] for s, it in zip(scores, items)]
 
 
 def accuracy(model, items, chat: bool, batch_size: int) -> float:

@@ -68,3 +68,10 @@ def test_knockout_result(setup):
     assert s["random_k"]["n_draws"] == 2 and "accuracy_drop" in s["top_k"]
     again = knockout(model, pt, items[:6], [(0, 1), (2, 3)], n_random=2, seed=0, batch_size=8)
     assert again.conditions == res.conditions  # seeded
+
+
+def test_knockout_refuses_more_top_heads_than_random_ones_can_match(setup):
+    model, items, pt = setup
+    top = [(l, h) for l in range(3) for h in range(4)][:7]  # 7 of tiny-llama's 12 heads leave only 5 others
+    with pytest.raises(ValueError, match="random heads can be drawn"):
+        knockout(model, pt, items[:2], top, n_random=1)

@@ -84,6 +84,9 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
         means = head_means(model, pt, batch_size)
     rng = random.Random(seed)
     others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(top)]
+    if k < 1 or k > len(others):
+        raise ValueError(f"knockout needs 1 <= k <= {len(others)} top heads so that {k} random heads can be drawn "
+                         f"from the other {len(others)}; this model has {L * H} heads, got k={k}")
     sets = [("none", []), ("top", top)] + [(f"random{i}", sorted(rng.sample(others, k))) for i in range(n_random)]
     clean0 = corrupt0 = None
     result = KnockoutResult(getattr(model, "vru_name", type(model).__name__), k, [list(h) for h in top])

@@ -70,8 +70,9 @@ def main():
 
     items = make_items(args.n, seed=2024, split="test")
     model = load_model(args.model, device="cpu")
-    hf, tok = load_hf(args.model)
+    hf, _ = load_hf(args.model)
     hf.eval()
+    tok = model.tokenizer  # the same token ids for every method (BOS prepended, as the bridge sets up)
     score_candidates(model, items[:4], batch_size=4, progress=False)  # warm-up
     ours, t_ours = timed(lambda: score_candidates(model, items, batch_size=args.batch_size, progress=False))
     shared, t_shared = timed(shared_loop, hf, tok, items)

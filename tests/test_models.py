@@ -83,3 +83,4 @@ def test_smollm2_logits_match_plain_transformers(smollm2):
         diff = (smollm2(ids) - hf(input_ids=ids).logits).abs().max().item()
     assert diff <= 1e-4
     assert smollm2.cfg.n_layers == 30 and smollm2.cfg.n_heads == 9 and smollm2.cfg.n_key_value_heads == 3
+    assert ids[0, 0].item() == tok.bos_token_id  # BOS prepended, as TransformerLens does

@@ -129,6 +129,8 @@ def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: b
         )
         bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not processing)
     bridge.eval()
+    # The bridge configures the tokenizer as TransformerLens does: it prepends BOS to every
+    # plain prompt (chat prompts bring their own special tokens). All stages tokenize with it.
     bridge.tokenizer = tokenizer
     bridge.vru_name = name
     return bridge

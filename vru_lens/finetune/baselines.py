@@ -17,12 +17,10 @@ import torch
 from .adapters import _proj, geometry
 
 
-class FullFinetune:
-    """All weights trainable (the reference for memory and forgetting)."""
+class _NamedParameters:
+    """The trainable-set interface of ``train`` over a list of named parameters living in the model."""
 
-    def __init__(self, model):
-        self.module = model.original_model
-        self.named = [(n, p) for n, p in self.module.named_parameters()]
+    named: list
 
     def trainable_parameters(self):
         return [p for _, p in self.named]
@@ -40,6 +38,15 @@ class FullFinetune:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for _, p in self.named)
+
+
+class FullFinetune(_NamedParameters):
+    """All weights trainable (the reference for memory and forgetting)."""
+
+    def __init__(self, model):
+        self.module = model.original_model
+        self.named = [(n, p) for n, p in self.module.named_parameters()]
+
 
     def describe(self) -> dict:
         return {"method": "full", "trainable_params": self.num_parameters()}
@@ -63,7 +70,7 @@ def bottom_heads(scores, k: int) -> list[tuple[int, int]]:
     return sorted((int(i // arr.shape[1]), int(i % arr.shape[1])) for i in order)
 
 
-class LoraAdapters:
+class LoraAdapters(_NamedParameters):
     """PEFT LoRA on q/k/v/o of every layer (injected in place into the bridge's wrapped model)."""
 
     def __init__(self, model, rank: int | None = None, budget: int | None = None, alpha: float | None = None,
@@ -91,22 +98,6 @@ class LoraAdapters:
         for _, p in self.named:
             p.requires_grad_(True)
 
-    def trainable_parameters(self):
-        return [p for _, p in self.named]
-
-    def trainable_state(self):
-        return {n: p.detach().clone() for n, p in self.named}
-
-    def load_trainable_state(self, state):
-        with torch.no_grad():
-            for n, p in self.named:
-                p.copy_(state[n])
-
-    def active(self, model):
-        return contextlib.nullcontext()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for _, p in self.named)
 
     def describe(self) -> dict:
         return {"method": "lora", "rank": self.rank, "alpha": self.alpha, "trainable_params": self.num_parameters()}

@@ -101,6 +101,23 @@ def _project(block, component: str, x: Float[Tensor, "... d_model"], d_head: int
     return out.reshape(*x.shape[:-1], -1, d_head)
 
 
+def _sender_resid(cc, cr, l: int, W_O, b_O, block, sandwich: bool) -> Tensor:
+    """Residual after layer l's attention with each head of layer l in turn on its corrupted output.
+
+    Returns [H + 1, *batch, d_model]: one row per sender head plus an unpatched control row
+    (the self-check). ``cc``/``cr`` hold the clean/corrupted caches at any positions ("...").
+    """
+    zc, zk = cc[_z(l)], cr[_z(l)]  # [..., H, d_head]
+    delta = torch.einsum("...he,hed->h...d", (zk - zc).to(W_O.dtype), W_O[l])
+    delta = torch.cat([delta, torch.zeros_like(delta[:1])])
+    if sandwich:  # attention output goes through ln1_post before joining the residual
+        raw = torch.einsum("...he,hed->...d", zc.to(W_O.dtype), W_O[l])
+        if b_O is not None:
+            raw = raw + b_O[l]
+        return cc[f"blocks.{l}.hook_resid_pre"] + _rows(block.ln1_post, raw + delta)
+    return cc[f"blocks.{l}.hook_resid_mid"] + delta
+
+
 def _final_ld(model, resid: Float[Tensor, "row d_model"], a: Tensor, b: Tensor) -> Float[Tensor, "row"]:
     """Logit difference from final residuals (two unembedding columns; logit soft-capping if the model has it)."""
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
@@ -240,16 +257,7 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
             if l > 0:  # earlier senders' rows: add layer l's frozen clean attention contribution
                 contrib = cc[mid_names[l]] - cc[pre_names[l]]
                 x[:start].view(-1, B, d).add_(contrib)
-            zc, zk = cc[z_names[l]], cr[z_names[l]]  # [B, H, d_head]
-            delta = torch.einsum("bhe,hed->hbd", (zk - zc).to(W_O.dtype), W_O[l])  # [H, B, d]
-            delta = torch.cat([delta, torch.zeros_like(delta[:1])])  # + the unpatched control row
-            if sandwich:  # attention output goes through ln1_post before joining the residual
-                raw = torch.einsum("bhe,hed->bd", zc.to(W_O.dtype), W_O[l])
-                if b_O is not None:
-                    raw = raw + b_O[l]
-                new = cc[pre_names[l]] + _rows(blocks[l].ln1_post, raw + delta)
-            else:
-                new = cc[mid_names[l]] + delta
+            new = _sender_resid(cc, cr, l, W_O, b_O, blocks[l], sandwich)  # [H + 1, B, d]
             x[start:start + per] = new.reshape(per, d)
             active = x[:start + per]
             active.add_(_mlp_out(blocks[l], active))
@@ -437,16 +445,7 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
         clean_ld = logit_diff_from_logits(logits, fp, a, b).float().cpu()
         out[sl] = clean_ld[:, None, None]  # senders that reach no receiver
         for l in range(top):
-            zc, zk = cc[z_names[l]], cr[z_names[l]]  # [B, P, H, d_head]
-            delta = torch.einsum("bphe,hed->hbpd", (zk - zc).to(W_O.dtype), W_O[l])  # [H, B, P, d]
-            delta = torch.cat([delta, torch.zeros_like(delta[:1])])  # last row: unpatched control (self-check)
-            if sandwich:
-                raw = torch.einsum("bphe,hed->bpd", zc.to(W_O.dtype), W_O[l])
-                if b_O is not None:
-                    raw = raw + b_O[l]
-                x = cc[pre_names[l]] + _rows(blocks[l].ln1_post, raw + delta)
-            else:
-                x = cc[mid_names[l]] + delta
+            x = _sender_resid(cc, cr, l, W_O, b_O, blocks[l], sandwich)  # [H + 1, B, P, d]
             values: dict[int, Tensor] = {}
             for j in range(l, top):
                 x = x + _mlp_out(blocks[j], x)  # x: resid_pre of layer j + 1

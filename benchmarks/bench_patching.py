@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--ref-layers", default="0,29", help="comma list, or 'all'")
     ap.add_argument("--parts", default="1,2,3")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--deltas", default=None, help="head-delta file: benchmark the fine-tuned model")
     args = ap.parse_args()
 
     from vru_lens.bench import make_items
@@ -59,6 +60,10 @@ def main():
 
     torch.manual_seed(0)
     model = load_model(args.model)
+    if args.deltas:
+        from vru_lens.finetune.adapters import merge_deltas
+
+        merge_deltas(model, args.deltas)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     pt = tokenize_pairs(model.tokenizer, make_items(args.pairs * 4, args.seed), max_pairs=args.pairs)
     if len(pt) < args.pairs:
@@ -67,7 +72,7 @@ def main():
     n_ref = len(ref_layers) * H
     scale = (L * H) / n_ref
     parts = {int(p) for p in args.parts.split(",")}
-    report = {"model": args.model, "pairs": len(pt), "tokens_per_prompt_mean": float(pt.lengths.float().mean()),
+    report = {"model": args.model, "deltas": args.deltas, "pairs": len(pt), "tokens_per_prompt_mean": float(pt.lengths.float().mean()),
               "ref_layers": ref_layers, "reference_extrapolated": scale != 1, "threads": torch.get_num_threads(),
               "loadavg_start": os.getloadavg()[0]}
     n = len(pt)

@@ -34,3 +34,37 @@ def test_finetune_cli_errors(tmp_path):
     assert r.exit_code == 2 and "rank-heads" in r.output
     r = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--components", "qk"])
     assert r.exit_code == 2 and "qkvo" in r.output
+
+
+def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path):
+    """`--deltas` studies the fine-tuned model: eval equals evaluate() on the merged weights."""
+    from vru_lens.bench import make_items
+    from vru_lens.evaluate import evaluate
+    from vru_lens.finetune.adapters import merge_deltas
+    from vru_lens.models import load_model
+
+    model = load_model("tiny-llama")
+    deltas = HeadDeltas(model, [(0, 1), (1, 3)], "qkvo")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in deltas.trainable_parameters():
+            p.normal_(0, 0.5)
+    path = deltas.save(tmp_path / "d.safetensors")
+    items = make_items(12, 5, split="test")
+    base = evaluate(model, items, progress=False)
+    merged = merge_deltas(model, path)
+    tuned = evaluate(model, items, progress=False)
+    merged.unmerge(model)
+    assert [r["scores"] for r in base.per_item] != [r["scores"] for r in tuned.per_item]
+
+    r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "12", "--seed", "5", "--deltas", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["accuracy"] == tuned.summary()["accuracy"]
+    r = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-llama", "--n", "16", "--method", "ablation",
+                                 "--n-boot", "0", "--deltas", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+
+    r = CliRunner().invoke(app, ["eval", "--model", "tiny-gpt2", "--n", "4", "--deltas", str(path)])
+    assert r.exit_code == 2 and "tiny-llama" in r.output  # trained on another model: say which
+    r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "4", "--deltas", str(tmp_path / "none.safetensors")])
+    assert r.exit_code == 2 and "vru-lens finetune" in r.output

@@ -41,11 +41,13 @@ def eval_cmd(
     method: str = typer.Option("logprob", help="logprob (candidate scoring) or generate (greedy + match)."),
     batch_size: int = typer.Option(16, help="Sequences per forward pass."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
     save: str = typer.Option(None, help="Write the full per-item result as JSON here."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, n, by_steps, ...)."),
 ):
     """Evaluate a model on VRUBench."""
     from ..evaluate import evaluate
+    from ..finetune.adapters import merge_deltas
     from ..models import load_model
 
     if n < 0 or (n == 0 and not data):
@@ -53,6 +55,8 @@ def eval_cmd(
     items = load_items(data, n, split, seed, steps, slots)
     try:
         lm = load_model(model, device=device)
+        if deltas:
+            merge_deltas(lm, deltas)
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0] if json_out else str(err))

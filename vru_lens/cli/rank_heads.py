@@ -24,6 +24,7 @@ def rank_heads(
     batch_size: int = typer.Option(8, help="Pairs per chunk (and per checkpoint)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the tokenizer's chat template."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
     plot: str = typer.Option(None, help="Write the heatmap as HTML here."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object: method, top [[layer, head, score]], scores, ..."),
 ):
@@ -37,12 +38,15 @@ def rank_heads(
     if top_k < 1:
         fail(f"--top-k must be positive, got {top_k}")
     from ..bench import make_items
+    from ..finetune.adapters import merge_deltas
     from ..models import load_model
     from ..patching.rank import rank_heads as run
     from ..tokens import tokenize_pairs
 
     try:
         lm = load_model(model, device=device)
+        if deltas:
+            merge_deltas(lm, deltas)
         pt = tokenize_pairs(lm.tokenizer, make_items(n, seed), chat=chat, max_pairs=max_pairs)
         if len(pt) < 2:
             fail(f"only {len(pt)} counterfactual pair(s) from {n} items ({pt.pairs.summary()}); raise --n")

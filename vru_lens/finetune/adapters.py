@@ -332,3 +332,20 @@ def resolve_heads(heads, top_k: int | None = None) -> list[tuple[int, int]]:
         return [(int(l), int(h)) for l, h, *_ in heads.top(top_k)]
     heads = [(int(l), int(h)) for l, h, *_ in heads]
     return heads[:top_k] if top_k is not None else heads
+
+
+def merge_deltas(model, path: str | Path) -> "HeadDeltas":
+    """Write a saved head-delta file into ``model`` (undo with the returned object's ``unmerge``).
+
+    The way to study a fine-tuned model with every other tool (eval, probes, head rankings):
+    the weights change, hooks and caches stay the bridge's own.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no head-delta file at {path}; write one with `vru-lens finetune --out {path}`")
+    trained_on, here = HeadDeltas.read_metadata(path)["model"], getattr(model, "vru_name", None)
+    if trained_on and here and trained_on != here:
+        raise ValueError(f"{path} was trained on {trained_on}, not {here}; pass --model {trained_on}")
+    deltas = HeadDeltas.load(path, model)
+    deltas.merge(model)
+    return deltas

@@ -42,6 +42,7 @@ def eval_cmd(
     batch_size: int = typer.Option(16, help="Sequences per forward pass."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
     deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
+    pairs: bool = typer.Option(False, "--pairs", help="Also score counterfactual pairs (same story, flipped final rotation): does the choice follow the rotation?"),
     save: str = typer.Option(None, help="Write the full per-item result as JSON here."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, n, by_steps, ...)."),
 ):
@@ -58,11 +59,27 @@ def eval_cmd(
         if deltas:
             merge_deltas(lm, deltas)
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
+        pair_scores = counterfactual_pair_accuracy(lm, items, chat, batch_size) if pairs else None
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0] if json_out else str(err))
     if save:
         result.save(save)
+    summary = result.summary()
+    if pair_scores:
+        summary["pairs"] = pair_scores
     if json_out:
-        print_json(result.summary())
+        print_json(summary)
     else:
         typer.echo(result.table())
+        if pair_scores:
+            typer.echo("counterfactual pairs ({n_pairs}): clean right {clean_right:.3f}, corrupted right "
+                       "{corrupt_right:.3f}, both right {both_right:.3f}, ld correlation {ld_corr:.3f}".format(**pair_scores))
+
+
+def counterfactual_pair_accuracy(model, items, chat: bool, batch_size: int) -> dict:
+    """``patching.metrics.pair_accuracy`` on the pairs these items yield (with what was dropped and why)."""
+    from ..patching.metrics import pair_accuracy
+    from ..tokens import tokenize_pairs
+
+    pt = tokenize_pairs(model.tokenizer, items, chat=chat)
+    return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary()}

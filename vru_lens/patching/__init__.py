@@ -12,7 +12,7 @@ from .activation import (activation_patch_heads, activation_patch_heads_by_pos, 
 from .attribution import agreement, attribution_patch_heads
 from .checkpoint import Checkpoint
 from .knockout import KnockoutResult, ablate_heads, knockout
-from .metrics import baseline_logit_diffs, logit_diff_from_logits, logit_diff_from_resid, normalise
+from .metrics import baseline_logit_diffs, logit_diff_from_logits, logit_diff_from_resid, normalise, pair_accuracy
 from .rank import METHODS, rank_heads
 from .scores import HeadScores
 
@@ -30,5 +30,5 @@ __all__ = [
     "knockout", "ablate_heads", "KnockoutResult",
     "Checkpoint",
     "path_patch_logits", "path_patch_logits_reference", "path_patch_receivers",
-    "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise",
+    "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise", "pair_accuracy",
 ]

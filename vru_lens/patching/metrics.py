@@ -67,3 +67,22 @@ def baseline_logit_diffs(model, pt, batch_size: int = 16) -> tuple[Float[Tensor,
             width = int(fp.max()) + 1
             out.append(logit_diff_from_logits(model(ids[:, :width].to(device)), fp, a, b).float().cpu())
     return torch.cat(clean), torch.cat(corrupt)
+
+
+def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
+    """Does the model's choice between the two answers follow the rotation phrase?
+
+    Each counterfactual pair differs only in its final rotation phrase, which flips the answer.
+    ``clean_right``/``corrupt_right``: share of prompts where the right one of the two answers
+    has the higher logit. ``both_right``: share of pairs right on both prompts; a model that
+    ignores the phrase scores 0 here whatever its accuracy (a coin flip per prompt: 0.25).
+    ``ld_corr``: correlation of the two prompts' logit differences (near 1 = phrase ignored).
+    """
+    if len(pt) < 2:
+        raise ValueError(f"need at least 2 counterfactual pairs, got {len(pt)}; generate more items")
+    clean, corrupt = baseline_logit_diffs(model, pt, batch_size)
+    clean_ok, corrupt_ok = clean > 0, corrupt < 0
+    return {"n_pairs": len(pt), "clean_right": float(clean_ok.float().mean()),
+            "corrupt_right": float(corrupt_ok.float().mean()),
+            "both_right": float((clean_ok & corrupt_ok).float().mean()),
+            "ld_gap": float((clean - corrupt).mean()), "ld_corr": float(torch.corrcoef(torch.stack([clean, corrupt]))[0, 1])}

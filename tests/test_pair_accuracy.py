@@ -1,0 +1,46 @@
+"""Counterfactual pair accuracy: against one unpadded forward per prompt, and its two anchors."""
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from vru_lens.bench import make_items
+from vru_lens.cli import app
+from vru_lens.patching import pair_accuracy
+from vru_lens.tokens import PairTokens, tokenize_pairs
+
+torch.set_num_threads(1)
+
+
+def test_matches_one_forward_per_prompt(tiny_llama):
+    pt = tokenize_pairs(tiny_llama.tokenizer, make_items(40, 3), max_pairs=10)
+    got = pair_accuracy(tiny_llama, pt, batch_size=4)
+    clean, corrupt = [], []
+    with torch.inference_mode():
+        for i in range(len(pt)):
+            n = int(pt.lengths[i])
+            for ids, out in ((pt.clean, clean), (pt.corrupt, corrupt)):
+                last = tiny_llama(ids[i : i + 1, :n])[0, -1]
+                out.append(float(last[pt.clean_answer[i]] - last[pt.corrupt_answer[i]]))
+    clean, corrupt = torch.tensor(clean), torch.tensor(corrupt)
+    assert got["n_pairs"] == len(pt)
+    assert abs(got["clean_right"] - (clean > 0).float().mean()) < 1e-9
+    assert abs(got["corrupt_right"] - (corrupt < 0).float().mean()) < 1e-9
+    assert abs(got["both_right"] - ((clean > 0) & (corrupt < 0)).float().mean()) < 1e-9
+    assert abs(got["ld_gap"] - float((clean - corrupt).mean())) < 1e-4
+
+
+def test_a_model_blind_to_the_phrase_gets_no_pair_right(tiny_llama):
+    pt = tokenize_pairs(tiny_llama.tokenizer, make_items(40, 3), max_pairs=10)
+    blind = PairTokens(pt.clean, pt.clean.clone(), pt.lengths, pt.clean_answer, pt.corrupt_answer, pt.pairs)
+    got = pair_accuracy(tiny_llama, blind)
+    assert got["both_right"] == 0 and abs(got["ld_corr"] - 1) < 1e-5 and abs(got["ld_gap"]) < 1e-5
+    assert abs(got["clean_right"] + got["corrupt_right"] - 1) < 1e-9  # one answer is preferred on both prompts
+
+
+def test_eval_cli_pairs():
+    r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "30", "--pairs", "--json"])
+    assert r.exit_code == 0, r.output
+    pairs = json.loads(r.stdout.strip().splitlines()[-1])["pairs"]
+    assert pairs["n_pairs"] >= 2 and 0 <= pairs["both_right"] <= min(pairs["clean_right"], pairs["corrupt_right"])

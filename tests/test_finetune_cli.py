@@ -23,6 +23,8 @@ def test_finetune_cli_json(tmp_path):
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("vru_accuracy_before", "vru_accuracy_after", "general_before", "general_after", "trainable_params"):
         assert key in payload
+    pairs = payload["vru_after"]["pairs"]  # counterfactual pair accuracy of the test split, or None (< 2 pairs)
+    assert pairs is None or 0 <= pairs["both_right"] <= 1
     assert "arc_easy" in payload["general_before"] and "average" in payload["general_before"] and "wiki/kl" in payload["general_after"]
     meta = HeadDeltas.read_metadata(out)
     assert meta["components"] == "qkvo" and len(meta["heads"]) == 2 and meta["train_config"]["steps"] == 2

@@ -107,6 +107,9 @@ def finetune(
     for k in ("test", "in_distribution", "heldout_templates"):
         if k in vb:
             typer.echo(f"  VRU {k:<18} {vb[k]:6.1f} -> {va[k]:6.1f}")
+    if vb.get("pairs") and va.get("pairs"):
+        typer.echo(f"  VRU pairs both right  {100 * vb['pairs']['both_right']:6.1f} -> {100 * va['pairs']['both_right']:6.1f}"
+                   f"  (of {va['pairs']['n_pairs']} counterfactual pairs; 0 = the rotation phrase is ignored)")
     for k, b in res.general_before.items():
         a = res.general_after.get(k, float("nan"))
         typer.echo(f"  {k:<18} {b:9.3f} -> {a:9.3f}  ({a - b:+.3f})")

@@ -56,7 +56,17 @@ def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progre
     seen = [c for c, it in zip(ok, items) if not it.get("uses_heldout_template")]
     pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {"test": pct(ok), "n": len(ok), "heldout_templates": pct(held), "in_distribution": pct(seen),
-            "n_heldout": len(held), "n_in_distribution": len(seen)}
+            "n_heldout": len(held), "n_in_distribution": len(seen), "pairs": vru_pairs(model, items, chat, batch_size)}
+
+
+def vru_pairs(model, items, chat: bool = False, batch_size: int = 16) -> dict | None:
+    """Counterfactual pair accuracy on the test items (``patching.metrics.pair_accuracy``): an accuracy
+    gain that leaves ``both_right`` at 0 came from something other than following the rotation."""
+    from ..patching.metrics import pair_accuracy
+    from ..tokens import tokenize_pairs
+
+    pt = tokenize_pairs(model.tokenizer, items, chat=chat)
+    return pair_accuracy(model, pt, batch_size) if len(pt) >= 2 else None
 
 
 def _key(*parts) -> str:
@@ -91,6 +101,9 @@ def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, co
     vru_file = cache / f"vru_base_{name}_{_key(data)}.json" if cache else None
     if vru_file and vru_file.exists():
         vru_before = json.loads(vru_file.read_text())
+        if "pairs" not in vru_before:  # cached by an older version
+            vru_before["pairs"] = vru_pairs(model, splits["test"], cfg.chat, cfg.eval_batch_size)
+            vru_file.write_text(json.dumps(vru_before))
     else:
         vru_before = vru_breakdown(model, splits["test"], cfg.chat, cfg.eval_batch_size, progress)
         if vru_file:

@@ -137,3 +137,17 @@ def test_build_pairs_drops_and_counts_unmatched():
         assert words(clean) == words(corrupt)
     with pytest.raises(ValueError, match="no counterfactual pair"):
         build_pairs(items[:3], lambda p: len(p), lambda a: 0)
+
+
+def test_rotation_blind_guess_beats_chance():
+    from vru_lens.bench.shortcuts import blind_accuracy, blind_guess
+
+    item = make_items(1, 0, split="test")[0]  # the docs' example: start at the computer, see counter, plant
+    item = {**item, "candidates": ["computer", "counter", "plant"], "steps": [
+        {"observed": "counter"}, {"observed": "plant"}, {"observed": None}]}
+    assert blind_guess(item) == "computer"
+    assert blind_guess({**item, "steps": [{"observed": "computer"}, {"observed": None}]}) == "counter"
+    assert blind_guess({"prompt": "p", "candidates": ["a"], "answer": "a"}) is None  # not a VRUBench item
+    items = make_items(600, 4)
+    chance = sum(1 / len(it["candidates"]) for it in items) / len(items)
+    assert blind_accuracy(items) > chance + 0.08  # the bias the docs warn about, on the default config

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .bench.shortcuts import blind_guess
 from .readout import rows_logits
 from .results import Saveable
 from .tokens import answer_ids, encode, pad_id, pad_right, render
@@ -85,7 +86,7 @@ class EvalResult(Saveable):
     def summary(self) -> dict:
         return {
             "model": self.model, "method": self.method, "chat": self.chat, "n": self.n, "accuracy": self.accuracy,
-            "chance": self.chance,
+            "chance": self.chance, "blind_baseline": self.blind_baseline,
             **{f"by_{'steps' if k == 'n_steps' else k}": self.breakdown(k) for k in BREAKDOWNS
                if any(k in r for r in self.per_item)},
         }
@@ -95,9 +96,16 @@ class EvalResult(Saveable):
 
         return pd.DataFrame(self.per_item)
 
+    @property
+    def blind_baseline(self) -> float | None:
+        """Accuracy of the rotation-blind guess on these items (``bench.shortcuts``); None off VRUBench."""
+        hits = [r["blind_correct"] for r in self.per_item if "blind_correct" in r]
+        return sum(hits) / len(hits) if hits else None
+
     def table(self) -> str:
+        blind = f", rotation-blind guess {self.blind_baseline:.1%}" if self.blind_baseline is not None else ""
         lines = [f"{self.model} ({self.method}{', chat' if self.chat else ''}): accuracy {self.accuracy:.1%} "
-                 f"on {self.n} items (chance {self.chance:.1%})"]
+                 f"on {self.n} items (chance {self.chance:.1%}{blind})"]
         counts = self.counts("n_steps")
         for steps, acc in self.by_steps.items():
             lines.append(f"  {steps} steps: {acc:6.1%}  (n={counts[steps]})")
@@ -192,5 +200,8 @@ def evaluate(model, items, chat: bool = False, method: str = "logprob", batch_si
         record = {"id": row.get("id"), "answer": row["answer"], "pred": pred, "correct": pred == row["answer"],
                   "n_candidates": len(row["candidates"]), "scores": s}
         record.update({k: row[k] for k in BREAKDOWNS if k in row})
+        guess = blind_guess(row)
+        if guess is not None:
+            record["blind_correct"] = guess == row["answer"]
         per_item.append(record)
     return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item)

@@ -49,14 +49,17 @@ class FinetuneResult(Saveable):
 
 def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
     """VRU accuracy (points) on the test split, on its items using held-out templates, and on the rest."""
+    from ..bench.shortcuts import blind_accuracy
     from .train import score_items
 
     ok = score_items(model, items, chat, batch_size, progress)
+    blind = blind_accuracy(items)
     held = [c for c, it in zip(ok, items) if it.get("uses_heldout_template")]
     seen = [c for c, it in zip(ok, items) if not it.get("uses_heldout_template")]
     pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {"test": pct(ok), "n": len(ok), "heldout_templates": pct(held), "in_distribution": pct(seen),
-            "n_heldout": len(held), "n_in_distribution": len(seen), "pairs": vru_pairs(model, items, chat, batch_size)}
+            "n_heldout": len(held), "n_in_distribution": len(seen), "pairs": vru_pairs(model, items, chat, batch_size),
+            "blind_baseline": None if blind is None else 100.0 * blind}
 
 
 def vru_pairs(model, items, chat: bool = False, batch_size: int = 16) -> dict | None:

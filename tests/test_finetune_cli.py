@@ -70,3 +70,16 @@ def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path):
     assert r.exit_code == 2 and "tiny-llama" in r.output  # trained on another model: say which
     r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "4", "--deltas", str(tmp_path / "none.safetensors")])
     assert r.exit_code == 2 and "vru-lens finetune" in r.output
+
+
+def test_base_cache_from_an_older_version_is_completed(tmp_path):
+    """A cached base measurement without pair accuracy / blind baseline gets them, equal to a fresh run."""
+    args = ["finetune", "--model", "tiny-llama", "--top-k", "2", "--steps", "1", "--batch-size", "2", "--n-train", "8",
+            "--n-val", "4", "--n-test", "30", "--general-n", "0", "--json", "--cache-dir", str(tmp_path)]
+    first = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])["vru_before"]
+    cached = next(tmp_path.glob("vru_base_*.json"))
+    old = {k: v for k, v in json.loads(cached.read_text()).items() if k not in ("pairs", "blind_baseline")}
+    cached.write_text(json.dumps(old))
+    again = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])["vru_before"]
+    assert again["pairs"] == first["pairs"] and again["blind_baseline"] == first["blind_baseline"] is not None
+    assert "blind_baseline" in json.loads(cached.read_text())

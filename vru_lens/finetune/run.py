@@ -104,8 +104,13 @@ def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, co
     vru_file = cache / f"vru_base_{name}_{_key(data)}.json" if cache else None
     if vru_file and vru_file.exists():
         vru_before = json.loads(vru_file.read_text())
-        if "pairs" not in vru_before:  # cached by an older version
-            vru_before["pairs"] = vru_pairs(model, splits["test"], cfg.chat, cfg.eval_batch_size)
+        if "pairs" not in vru_before or "blind_baseline" not in vru_before:  # cached by an older version
+            from ..bench.shortcuts import blind_accuracy
+
+            blind = blind_accuracy(splits["test"])
+            if "pairs" not in vru_before:
+                vru_before["pairs"] = vru_pairs(model, splits["test"], cfg.chat, cfg.eval_batch_size)
+            vru_before["blind_baseline"] = None if blind is None else 100.0 * blind
             vru_file.write_text(json.dumps(vru_before))
     else:
         vru_before = vru_breakdown(model, splits["test"], cfg.chat, cfg.eval_batch_size, progress)

@@ -30,5 +30,6 @@ def blind_guess(item: dict) -> str | None:
 
 def blind_accuracy(items) -> float | None:
     """Share of items the rotation-blind guess gets right (None when no item has VRUBench fields)."""
-    hits = [blind_guess(it) == it["answer"] for it in items if blind_guess(it) is not None]
+    guesses = [(blind_guess(it), it["answer"]) for it in items]
+    hits = [guess == answer for guess, answer in guesses if guess is not None]
     return sum(hits) / len(hits) if hits else None

@@ -50,6 +50,7 @@ def eval_cmd(
     from ..evaluate import evaluate
     from ..finetune.adapters import merge_deltas
     from ..models import load_model
+    from ..patching.metrics import items_pair_accuracy
 
     if n < 0 or (n == 0 and not data):
         fail(f"--n must be positive (0 only with --data), got {n}")
@@ -59,9 +60,11 @@ def eval_cmd(
         if deltas:
             merge_deltas(lm, deltas)
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
-        pair_scores = counterfactual_pair_accuracy(lm, items, chat, batch_size) if pairs else None
+        pair_scores = items_pair_accuracy(lm, items, chat, batch_size) if pairs else None
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0] if json_out else str(err))
+    if pairs and pair_scores is None:
+        fail(f"the {len(items)} items yield fewer than 2 counterfactual pairs for this tokenizer; raise --n")
     if save:
         result.save(save)
     summary = result.summary()
@@ -75,11 +78,3 @@ def eval_cmd(
             typer.echo("counterfactual pairs ({n_pairs}): clean right {clean_right:.3f}, corrupted right "
                        "{corrupt_right:.3f}, both right {both_right:.3f}, ld correlation {ld_corr:.3f}".format(**pair_scores))
 
-
-def counterfactual_pair_accuracy(model, items, chat: bool, batch_size: int) -> dict:
-    """``patching.metrics.pair_accuracy`` on the pairs these items yield (with what was dropped and why)."""
-    from ..patching.metrics import pair_accuracy
-    from ..tokens import tokenize_pairs
-
-    pt = tokenize_pairs(model.tokenizer, items, chat=chat)
-    return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary()}

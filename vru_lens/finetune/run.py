@@ -49,27 +49,25 @@ class FinetuneResult(Saveable):
 
 def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
     """VRU accuracy (points) on the test split, on its items using held-out templates, and on the rest."""
-    from ..bench.shortcuts import blind_accuracy
+    from ..patching.metrics import items_pair_accuracy
     from .train import score_items
 
     ok = score_items(model, items, chat, batch_size, progress)
-    blind = blind_accuracy(items)
     held = [c for c, it in zip(ok, items) if it.get("uses_heldout_template")]
     seen = [c for c, it in zip(ok, items) if not it.get("uses_heldout_template")]
     pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {"test": pct(ok), "n": len(ok), "heldout_templates": pct(held), "in_distribution": pct(seen),
-            "n_heldout": len(held), "n_in_distribution": len(seen), "pairs": vru_pairs(model, items, chat, batch_size),
-            "blind_baseline": None if blind is None else 100.0 * blind}
+            "n_heldout": len(held), "n_in_distribution": len(seen),
+            # an accuracy gain that leaves pairs' both_right at 0 did not come from following the rotation
+            "pairs": items_pair_accuracy(model, items, chat, batch_size), "blind_baseline": blind_points(items)}
 
 
-def vru_pairs(model, items, chat: bool = False, batch_size: int = 16) -> dict | None:
-    """Counterfactual pair accuracy on the test items (``patching.metrics.pair_accuracy``): an accuracy
-    gain that leaves ``both_right`` at 0 came from something other than following the rotation."""
-    from ..patching.metrics import pair_accuracy
-    from ..tokens import tokenize_pairs
+def blind_points(items) -> float | None:
+    """The rotation-blind guess's accuracy in points (``bench.shortcuts``): the floor a VRU gain must clear."""
+    from ..bench.shortcuts import blind_accuracy
 
-    pt = tokenize_pairs(model.tokenizer, items, chat=chat)
-    return pair_accuracy(model, pt, batch_size) if len(pt) >= 2 else None
+    blind = blind_accuracy(items)
+    return None if blind is None else 100.0 * blind
 
 
 def _key(*parts) -> str:
@@ -105,12 +103,11 @@ def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, co
     if vru_file and vru_file.exists():
         vru_before = json.loads(vru_file.read_text())
         if "pairs" not in vru_before or "blind_baseline" not in vru_before:  # cached by an older version
-            from ..bench.shortcuts import blind_accuracy
+            from ..patching.metrics import items_pair_accuracy
 
-            blind = blind_accuracy(splits["test"])
             if "pairs" not in vru_before:
-                vru_before["pairs"] = vru_pairs(model, splits["test"], cfg.chat, cfg.eval_batch_size)
-            vru_before["blind_baseline"] = None if blind is None else 100.0 * blind
+                vru_before["pairs"] = items_pair_accuracy(model, splits["test"], cfg.chat, cfg.eval_batch_size)
+            vru_before["blind_baseline"] = blind_points(splits["test"])
             vru_file.write_text(json.dumps(vru_before))
     else:
         vru_before = vru_breakdown(model, splits["test"], cfg.chat, cfg.eval_batch_size, progress)

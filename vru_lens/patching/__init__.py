@@ -12,7 +12,8 @@ from .activation import (activation_patch_heads, activation_patch_heads_by_pos, 
 from .attribution import agreement, attribution_patch_heads
 from .checkpoint import Checkpoint
 from .knockout import KnockoutResult, ablate_heads, knockout
-from .metrics import baseline_logit_diffs, logit_diff_from_logits, logit_diff_from_resid, normalise, pair_accuracy
+from .metrics import (baseline_logit_diffs, items_pair_accuracy, logit_diff_from_logits, logit_diff_from_resid,
+                      normalise, pair_accuracy)
 from .rank import METHODS, rank_heads
 from .scores import HeadScores
 
@@ -31,4 +32,5 @@ __all__ = [
     "Checkpoint",
     "path_patch_logits", "path_patch_logits_reference", "path_patch_receivers",
     "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise", "pair_accuracy",
+    "items_pair_accuracy",
 ]

@@ -86,3 +86,14 @@ def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
             "corrupt_right": float(corrupt_ok.float().mean()),
             "both_right": float((clean_ok & corrupt_ok).float().mean()),
             "ld_gap": float((clean - corrupt).mean()), "ld_corr": float(torch.corrcoef(torch.stack([clean, corrupt]))[0, 1])}
+
+
+def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16) -> dict | None:
+    """``pair_accuracy`` on the counterfactual pairs these items yield for this model's tokenizer,
+    with what was dropped and why (``pairs``); None when they yield fewer than 2 pairs."""
+    from ..tokens import tokenize_pairs
+
+    pt = tokenize_pairs(model.tokenizer, items, chat=chat)
+    if len(pt) < 2:
+        return None
+    return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary()}

@@ -5,7 +5,6 @@ import torch
 
 from vru_lens.bench import make_items
 from vru_lens.evaluate import evaluate
-from vru_lens.models import load_model
 from vru_lens.patching.ablation import ablation_kl, ablation_reference, head_means
 from vru_lens.patching.knockout import ablate_heads, knockout
 from vru_lens.patching.metrics import baseline_logit_diffs
@@ -13,8 +12,8 @@ from vru_lens.tokens import tokenize_pairs
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = load_model("tiny-llama")
+def setup(tiny_llama):
+    model = tiny_llama
     items = make_items(24, 0)
     return model, items, tokenize_pairs(model.tokenizer, items, max_pairs=4)
 

@@ -5,15 +5,14 @@ import pytest
 import torch
 
 from vru_lens.bench import make_items
-from vru_lens.models import load_model
 from vru_lens.patching import activation_patch_heads, agreement, attribution_patch_heads
 from vru_lens.patching.metrics import baseline_logit_diffs
 from vru_lens.tokens import PairTokens, tokenize_pairs
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = load_model("tiny-gpt2")
+def setup(tiny_gpt2):  # the session's model (conftest): loaded once for the whole run
+    model = tiny_gpt2
     return model, tokenize_pairs(model.tokenizer, make_items(24, 2), max_pairs=4)
 
 

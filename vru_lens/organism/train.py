@@ -1,0 +1,309 @@
+"""Train the VRU model organism: a small Llama with planted heads G.
+
+Losses per step (all on one plain LlamaForCausalLM; the hooks exist only in training):
+- task: cross-entropy at every ``Observation:`` query (object if its heading was seen, else unknown);
+- aux: a linear probe per middle layer predicts the heading at those queries (probes are discarded);
+- list: the second task (list recall), mixed into every step;
+- siit (from ``siit_start`` on): each story runs beside its final-direction flip. Patching G's
+  outputs (hook_z, all positions) from the twin must give the twin's answer; patching every head
+  outside G from the twin, and mean-ablating random heads outside G, must leave the answer as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+
+
+@dataclass
+class TrainConfig:
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    d_mlp: int = 512
+    planted: tuple = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1))  # key-value group 0 of layers 0-2
+    steps: int = 4000
+    batch: int = 32
+    list_batch: int = 16
+    list_warm: int = 300  # list-task-only steps first (so the base checkpoint already knows it)
+    informative: float = 0.5  # share of stories whose flipped twin has another answer
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.05
+    curriculum: float = 0.15  # fraction of steps over which max actions grows 2 -> 5
+    aux_weight: float = 0.5
+    siit_start: float = 0.0  # fraction of steps after which the interchange losses are on
+    siit_weight: float = 1.0
+    ablate_k: int = 6  # heads outside G mean-ablated per row in the robustness loss
+    cue: str = ""
+    seed: int = 0
+    threads: int = 2
+    eval_every: int = 250
+    eval_n: int = 1000
+
+
+def make_model(cfg: TrainConfig, vocab_size: int):
+    import transformers as tf
+
+    torch.manual_seed(cfg.seed)
+    conf = tf.LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+                          num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                          num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=256, rope_theta=10000.0,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
+    model = tf.LlamaForCausalLM(conf)
+    model.config.architectures = ["LlamaForCausalLM"]
+    return model
+
+
+class Heads:
+    """Forward-pre-hooks on every o_proj: capture or replace per-head outputs (hook_z) row by row."""
+
+    def __init__(self, model, n_heads: int):
+        self.H = n_heads
+        self.capture = None  # dict layer -> z, filled when not None
+        self.source = None  # dict layer -> z to patch in
+        self.patch = None  # bool [rows, L, H]: take the head from source
+        self.mean = None  # [L, H, d_head]
+        self.ablate = None  # bool [rows, L, H]: replace the head by its mean
+        layers = model.model.layers
+        self.handles = [layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i)) for i, layer in enumerate(layers)]
+
+    def _hook(self, layer):
+        def hook(module, args):
+            x = args[0]
+            b, p, _ = x.shape
+            z = x.view(b, p, self.H, -1)
+            if self.capture is not None:
+                self.capture[layer] = z.detach()
+            if self.patch is None and self.ablate is None:
+                return None
+            if self.patch is not None:
+                m = self.patch[:, layer][:, None, :, None]
+                z = torch.where(m, self.source[layer][:, :p], z)
+            if self.ablate is not None:
+                m = self.ablate[:, layer][:, None, :, None]
+                z = torch.where(m, self.mean[layer][None, None].to(z.dtype), z)
+            return (z.reshape(b, p, -1),)
+        return hook
+
+    def clear(self):
+        self.capture = self.source = self.patch = self.ablate = None
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _lr(cfg, step):
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def story(rng, max_steps: int = 5, informative: bool = False) -> dict:
+    """A paper-style story; ``informative``: redrawn until flipping the final direction changes the answer."""
+    while True:
+        it = D.paper_item(rng, 2, max_steps)
+        if not informative or D.flip_final(it)["answer"] != it["answer"]:
+            return it
+
+
+def _batch(rng, cfg, step, tok):
+    frac = step / max(1, cfg.steps)
+    max_steps = 5 if cfg.curriculum <= 0 else min(5, 2 + int(3 * frac / cfg.curriculum))
+    clean = [story(rng, max_steps, rng.random() < cfg.informative) for _ in range(cfg.batch)]
+    items = clean + [D.flip_final(it) for it in clean]
+    return items, D.encode_vru(tok, items, cfg.cue)
+
+
+def _final_logits(logits, pos):
+    """Logits at each row's last query."""
+    last = (pos >= 0).sum(1) - 1
+    qp = pos[torch.arange(len(pos)), last]
+    return logits[torch.arange(len(pos)), qp], last
+
+
+def _choices(model, tok, items, cue, heads=None, source_items=None, mask=None):
+    """Top candidate at the final query of each item; with ``mask``, those heads come from ``source_items``."""
+    vocab = tok.get_vocab()
+    ids, pos, _, _ = D.encode_vru(tok, items, cue)
+    if mask is not None:
+        src, _, _, _ = D.encode_vru(tok, source_items, cue)
+        heads.capture = {}
+        model(src)
+        heads.source, heads.capture = heads.capture, None
+        heads.patch = mask[None].expand(len(items), -1, -1)
+    logits = model(ids).logits
+    if heads is not None:
+        heads.clear()
+    fl, _ = _final_logits(logits, pos)
+    return [it["candidates"][int(fl[r, [vocab[c] for c in it["candidates"]]].argmax())] for r, it in enumerate(items)]
+
+
+def _pair_story(rng):
+    while True:
+        it = D.paper_item(rng)
+        f = D.flip_final(it)
+        if it["answerable"] and f["answerable"] and f["answer"] != it["answer"]:
+            return it, f
+
+
+@torch.no_grad()
+def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads: Heads | None = None):
+    """Accuracy (answerable / unknown), pairs right on both sides, G / outside-G patching, list accuracy."""
+    was = model.training
+    model.eval()
+    rng = random.Random(seed)
+    items = [D.paper_item(rng) for _ in range(n)]
+    pred = _choices(model, tok, items, cfg.cue)
+    ok = [p == it["answer"] for p, it in zip(pred, items)]
+    ans = [o for o, it in zip(ok, items) if it["answerable"]]
+    unk = [o for o, it in zip(ok, items) if not it["answerable"]]
+    out = {"acc": sum(ok) / n, "acc_answerable": sum(ans) / max(1, len(ans)), "acc_unknown": sum(unk) / max(1, len(unk))}
+    pairs = [_pair_story(rng) for _ in range(300)]
+    clean, flip = [p[0] for p in pairs], [p[1] for p in pairs]
+    pc, pf = _choices(model, tok, clean, cfg.cue), _choices(model, tok, flip, cfg.cue)
+    out["pairs_both"] = sum(a == c["answer"] and b == f["answer"] for a, b, c, f in zip(pc, pf, clean, flip)) / len(pairs)
+    if heads is not None:
+        g = _gmask(model, cfg.planted)
+        pg = _choices(model, tok, clean, cfg.cue, heads, flip, g)
+        pn = _choices(model, tok, clean, cfg.cue, heads, flip, ~g)
+        out["patch_G_flipped"] = sum(a == f["answer"] for a, f in zip(pg, flip)) / len(pairs)
+        out["patch_nonG_changed"] = sum(a != b for a, b in zip(pn, pc)) / len(pairs)
+    lst = D.list_items(500, seed + 1)
+    vocab = tok.get_vocab()
+    ids, last, _ = D.encode_plain(tok, lst)
+    lg = model(ids).logits[torch.arange(len(lst)), last]
+    out["list_acc"] = sum(it["candidates"][int(lg[r, [vocab[c] for c in it["candidates"]]].argmax())] == it["answer"]
+                          for r, it in enumerate(lst)) / len(lst)
+    model.train(was)
+    return out
+
+
+def _gmask(model, planted):
+    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    m = torch.zeros(L, H, dtype=torch.bool)
+    for l, h in planted:
+        m[l, h] = True
+    return m
+
+
+def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
+    """Train from scratch; returns (model, tokenizer, curve). Saves the model folder when ``out_dir`` is given."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tok = D.build_tokenizer()
+    model = make_model(cfg, len(tok))
+    L, H = cfg.n_layers, cfg.n_heads
+    d_head = cfg.d_model // H
+    probe_layers = list(range(1, L))
+    probes = torch.nn.ModuleList([torch.nn.Linear(cfg.d_model, 4) for _ in probe_layers])
+    params = list(model.parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    heads = Heads(model, H)
+    gmask = _gmask(model, cfg.planted)
+    nong = (~gmask).nonzero().tolist()
+    mean = torch.zeros(L, H, d_head)
+    curve, t0 = [], time.time()
+    model.train()
+    for step in range(cfg.list_warm):  # the second task first: cheap (short prompts)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        lids, llast, lans = D.encode_plain(tok, D.list_items(64, rng.randrange(1 << 30)))
+        loss = F.cross_entropy(model(lids).logits[torch.arange(len(lans)), llast], lans)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            log(f"list warm-up {step} t={time.time() - t0:.0f}s list={loss.item():.3f}")
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        items, (ids, pos, tgt, head) = _batch(rng, cfg, step, tok)
+        n, B = len(ids), cfg.batch
+        siit = cfg.siit_weight > 0 and step >= cfg.siit_start * cfg.steps
+        rows_n = torch.arange(n)
+        swap = torch.cat([torch.arange(B, 2 * B), torch.arange(B)])  # each story's flipped twin
+        if siit:
+            with torch.no_grad():  # every head's output on both prompts, and a running mean of it
+                heads.capture = {}
+                model(ids)
+                z, heads.capture = heads.capture, None
+                real = ids != tok.pad_token_id
+                zz = torch.stack([z[l] for l in range(L)])  # [L, b, p, H, d]
+                m = (zz * real[None, :, :, None, None]).sum((1, 2)) / real.sum()
+                mean = m if step == int(cfg.siit_start * cfg.steps) else 0.9 * mean + 0.1 * m
+            # main pass: a third of the rows plain, a third with every head outside G from the twin,
+            # a third with ablate_k random heads outside G mean-ablated; all must keep their answers
+            kind = rows_n % 3
+            heads.source = {l: z[l][swap] for l in range(L)}
+            heads.patch = (~gmask)[None].expand(n, -1, -1) & (kind == 1)[:, None, None]
+            ab = torch.zeros(n, L, H, dtype=torch.bool)
+            for r in (kind == 2).nonzero().flatten().tolist():
+                for l, h in random.sample(nong, cfg.ablate_k):
+                    ab[r, l, h] = True
+            heads.ablate, heads.mean = ab, mean
+        out = model(ids, output_hidden_states=True)
+        heads.clear()
+        valid = pos >= 0
+        rows = rows_n[:, None].expand_as(pos)[valid]
+        qp = pos[valid]
+        loss_task = F.cross_entropy(out.logits[rows, qp], tgt[valid])
+        loss_aux = sum(F.cross_entropy(p(out.hidden_states[l + 1][rows, qp]), head[valid])
+                       for p, l in zip(probes, probe_layers)) / len(probes)
+        lids, llast, lans = D.encode_plain(tok, D.list_items(cfg.list_batch, rng.randrange(1 << 30)))
+        loss_list = F.cross_entropy(model(lids).logits[torch.arange(len(lans)), llast], lans)
+        loss = loss_task + cfg.aux_weight * loss_aux + loss_list
+        logs = {"task": loss_task.item(), "aux": loss_aux.item(), "list": loss_list.item()}
+        if siit:  # G from the twin -> the twin's answer, on stories where the twin's answer differs
+            last = (pos >= 0).sum(1) - 1
+            qf, tf = pos[rows_n, last], tgt[rows_n, last]
+            sel = (tf != tf[swap]).nonzero().flatten()
+            if len(sel):
+                heads.source = {l: z[l][swap][sel] for l in range(L)}
+                heads.patch = gmask[None].expand(len(sel), -1, -1)
+                lg = model(ids[sel]).logits[torch.arange(len(sel)), qf[sel]]
+                heads.clear()
+                loss_g = F.cross_entropy(lg, tf[swap][sel])
+                loss = loss + cfg.siit_weight * loss_g
+                logs["siit_g"] = loss_g.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0:
+            log(f"step {step} t={time.time() - t0:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in logs.items()))
+        early = step < 200 and (step + 1) % 25 == 0  # the base checkpoint is passed early
+        if early or (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads)
+            point = {"step": step + 1, "seconds": round(time.time() - t0, 1), **logs, **ev}
+            curve.append(point)
+            log(json.dumps(point))
+            if on_eval:
+                on_eval(model, tok, point)
+    heads.remove()
+    model.eval()
+    if out_dir:
+        save(model, tok, cfg, curve, out_dir)
+    return model, tok, curve
+
+
+def save(model, tok, cfg, curve, out_dir):
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "curve": curve}, indent=1))

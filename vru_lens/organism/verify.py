@@ -1,0 +1,96 @@
+"""The organism's ground truth, measured by exact experiments on a loaded bridge (the tests repeat them).
+
+- patch G: every planted head's ``hook_z`` (all positions) from the flipped prompt -> share of pairs
+  whose top candidate becomes the flipped answer (should be >= 0.95);
+- patch outside G: every other head from the flipped prompt -> share of pairs whose top candidate
+  changes (should be <= 0.02);
+- mean-ablate G -> accuracy near the best rotation-blind rule; mean-ablate as many random heads
+  outside G -> accuracy within 2 points of the unablated model.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..patching.activation import _heads_view, hook_name
+from ..patching.knockout import ablate_heads
+from ..patching.metrics import batches
+
+
+def _patch_hooks(model, heads, cache):
+    H = model.cfg.n_heads
+    by_layer: dict[int, list[int]] = {}
+    for layer, h in heads:
+        by_layer.setdefault(int(layer), []).append(int(h))
+
+    def make(layer, hs):
+        def hook(act, hook):
+            act = act.clone()
+            view, src = _heads_view(act, H), _heads_view(cache[hook.name], H)
+            view[:, :, hs] = src[:, : view.shape[1], hs].to(act.dtype)
+            return act
+        return hook
+
+    return [(hook_name(layer, "z"), make(layer, hs)) for layer, hs in by_layer.items()]
+
+
+@torch.inference_mode()
+def patched_choices(model, pt, heads, batch_size: int = 64):
+    """Top candidate (index into the pair item's candidates) on clean prompts with ``heads`` from the corrupt ones."""
+    tok = model.tokenizer
+    names = {hook_name(layer, "z") for layer in range(model.cfg.n_layers)}
+    out = []
+    for sl in batches(len(pt), batch_size):
+        width = int(pt.lengths[sl].max())
+        clean, corrupt = pt.clean[sl, :width].to(model.cfg.device), pt.corrupt[sl, :width].to(model.cfg.device)
+        cache = {}
+        if heads:
+            _, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in names)
+        with model.hooks(fwd_hooks=_patch_hooks(model, heads, cache)):
+            logits = model(clean)
+        final = logits[torch.arange(len(clean)), pt.final_pos[sl].to(logits.device)]
+        for row, item in zip(final, pt.pairs.items[sl]):
+            ids = [tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in item["candidates"]]
+            out.append(item["candidates"][int(row[ids].argmax())])
+    return out
+
+
+def ground_truth(model, items, planted, n_random: int = 5, seed: int = 0, batch_size: int = 64) -> dict:
+    """Every check of the organism's card on ``items`` (paper-style VRUBench, unknowns included)."""
+    from ..bench.shortcuts import best_rule
+    from ..evaluate import evaluate
+    from ..patching.ablation import head_means
+    from ..patching.metrics import pair_accuracy
+    from ..tokens import tokenize_pairs
+
+    planted = [tuple(h) for h in planted]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in planted]
+    pt = tokenize_pairs(model.tokenizer, items)
+    clean_ans, corrupt_ans = pt.pairs.clean_answers, pt.pairs.corrupt_answers
+    base = patched_choices(model, pt, [], batch_size)
+    g = patched_choices(model, pt, planted, batch_size)
+    ng = patched_choices(model, pt, others, batch_size)
+    n = len(pt)
+    res = evaluate(model, items, batch_size=batch_size, progress=False)
+    means = head_means(model, pt, batch_size)
+
+    def acc_with(heads):
+        with ablate_heads(model, heads, means):
+            return evaluate(model, items, batch_size=batch_size, progress=False).accuracy
+
+    rng = random.Random(seed)
+    rand = [acc_with(rng.sample(others, len(planted))) for _ in range(n_random)]
+    rule = best_rule(items)
+    return {
+        "n_items": len(items), "n_pairs": n, "accuracy": res.accuracy, "by_answerable": res.breakdown("answerable"),
+        "by_steps": res.by_steps, "chance": res.chance,
+        "pairs": pair_accuracy(model, pt, batch_size),
+        "pairs_both_right_top1": sum(b == c for b, c in zip(base, clean_ans)) / n,
+        "patch_G_flipped": sum(x == c for x, c in zip(g, corrupt_ans)) / n,
+        "patch_outside_G_changed": sum(x != b for x, b in zip(ng, base)) / n,
+        "ablate_G_accuracy": acc_with(planted), "ablate_random_accuracy": rand,
+        "best_blind_rule": list(rule) if rule else None,
+    }

@@ -51,7 +51,7 @@ def main():
     ap.add_argument("--deltas", default=None, help="head-delta file: benchmark the fine-tuned model")
     args = ap.parse_args()
 
-    from vru_lens.bench import make_items
+    from vru_lens.bench import PAIRABLE, make_items
     from vru_lens.models import load_model
     from vru_lens.patching import (activation_patch_heads, agreement,
                                    attribution_patch_heads, tl_head_out_all_pos)
@@ -65,7 +65,7 @@ def main():
 
         merge_deltas(model, args.deltas)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    pt = tokenize_pairs(model.tokenizer, make_items(args.pairs * 4, args.seed), max_pairs=args.pairs)
+    pt = tokenize_pairs(model.tokenizer, make_items(args.pairs * 4, args.seed, cfg=PAIRABLE), max_pairs=args.pairs)
     if len(pt) < args.pairs:
         raise SystemExit(f"only {len(pt)} pairs: {pt.pairs.summary()}")
     ref_layers = list(range(L)) if args.ref_layers == "all" else [int(x) for x in args.ref_layers.split(",")]

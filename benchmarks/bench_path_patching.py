@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.models import load_model
 from vru_lens.patching.metrics import baseline_logit_diffs
 from vru_lens.patching.path import path_patch_logits, path_patch_logits_reference
@@ -47,7 +47,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model = load_model(args.model, device="cpu")
-    pt = tokenize_pairs(model.tokenizer, make_items(20 * args.pairs, seed=args.seed), max_pairs=args.pairs)
+    pt = tokenize_pairs(model.tokenizer, make_items(20 * args.pairs, seed=args.seed, cfg=PAIRABLE), max_pairs=args.pairs)
     L, H, n = model.cfg.n_layers, model.cfg.n_heads, len(pt)
     print(f"{args.model}: {L} layers x {H} heads, {n} pairs, {int(pt.lengths.max())} tokens max, "
           f"{torch.get_num_threads()} threads")

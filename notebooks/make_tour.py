@@ -15,17 +15,18 @@ CELLS = [
     ("code", "from vru_lens import load_model\nfrom vru_lens.bench import make_splits\n"
              "from vru_lens.evaluate import evaluate\nfrom vru_lens.viz import accuracy_figure, attention_view\n\n"
              "model = load_model(MODEL)\n"
-             "splits = make_splits(400, 32, N_ITEMS, seed=0, heldout_templates=(\"turn_around\",))\n"
+             "splits = make_splits(400, 32, N_ITEMS, seed=0)  # the study's format, with unknown\n"
              "base = evaluate(model, splits[\"test\"], progress=False)\nprint(base.table())"),
     ("md", "## 1. Where does the viewpoint live? Probes on every layer's residual stream"),
-    ("code", "from vru_lens.bench import make_items\nfrom vru_lens.probe import probe\n\n"
+    ("code", "from vru_lens.bench import PAIRABLE, make_items\nfrom vru_lens.probe import probe\n\n"
              "probe_items = make_items(N_PROBE, seed=1, split=\"train\")\n"
              "heading = probe(model, probe_items, target=\"heading\", progress=False)\nheading.plot()"),
     ("code", "from vru_lens.logit_lens import logit_lens\n\n"
-             "lens = logit_lens(model, splits[\"test\"], progress=False)\nlens.plot()"),
+             "answerable = [it for it in splits[\"test\"] if it[\"answerable\"]]  # the lens reads the answer's token\n"
+             "lens = logit_lens(model, answerable, progress=False)\nlens.plot()"),
     ("md", "## 2. Which heads matter? Path patching on counterfactual pairs, with bootstrap CIs"),
     ("code", "from vru_lens.tokens import tokenize_pairs\nfrom vru_lens.patching import rank_heads, knockout\n\n"
-             "pairs = tokenize_pairs(model.tokenizer, make_items(4 * N_PAIRS, seed=2), max_pairs=N_PAIRS)\n"
+             "pairs = tokenize_pairs(model.tokenizer, make_items(4 * N_PAIRS, seed=2, cfg=PAIRABLE), max_pairs=N_PAIRS)\n"
              "print(pairs.pairs.summary())\n"
              "scores = rank_heads(model, pairs, method=\"path\", progress=False)\n"
              "scores.top(K)"),

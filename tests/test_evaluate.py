@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from vru_lens.bench import BenchConfig, make_items
-from vru_lens.evaluate import EvalResult, evaluate, match_answer, score_candidates
+from vru_lens.bench.shortcuts import audit
+from vru_lens.evaluate import EvalResult, evaluate, match_answer, match_generation, normalise, score_candidates
 from vru_lens.tokens import answer_ids, encode, render
 
 
@@ -24,7 +25,7 @@ def loop_scores(model, items, chat=False):
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_batched_scores_equal_one_item_loop(tiny_llama, chat):
-    items = make_items(12, seed=3, cfg=BenchConfig(unanswerable_frac=0.3))
+    items = make_items(6, seed=3, cfg=BenchConfig(style="story", unanswerable_frac=0.3)) + make_items(6, seed=3)
     batched = score_candidates(tiny_llama, items, chat=chat, batch_size=5, progress=False)
     reference = loop_scores(tiny_llama, items, chat)
     multi_token = 0
@@ -48,6 +49,11 @@ def test_result_breakdowns_and_round_trip(tiny_gpt2, tmp_path):
     assert list(res.to_frame().columns)[:4] == ["id", "answer", "pred", "correct"]
     assert "steps" in res.table()
     assert res.chance == pytest.approx(sum(1 / len(it["candidates"]) for it in items) / 20)
+    assert res.best_rule == tuple(audit(items)["best"]) and "best rotation-blind rule" in res.table()
+    assert back.best_rule == res.best_rule
+    for key in ("answerable", "final_direction", "final_angle"):
+        counts = res.counts(key)
+        assert abs(sum(res.breakdown(key)[k] * counts[k] for k in counts) / 20 - res.accuracy) < 1e-9
 
 
 def test_any_dataset_with_prompt_candidates_answer(tiny_llama):
@@ -67,9 +73,17 @@ def test_any_dataset_with_prompt_candidates_answer(tiny_llama):
         evaluate(tiny_llama, [{"prompt": "x", "candidates": ["a"], "answer": "b"}], progress=False)
 
 
-def test_generation_runs_and_matches_first_named_candidate(tiny_llama):
-    res = evaluate(tiny_llama, make_items(3, seed=2), method="generate", progress=False)
-    assert res.n == 3 and all("generated" in r["scores"] for r in res.per_item)
+def test_generation_and_candidates_side_by_side(tiny_llama):
+    items = make_items(4, seed=2)
+    both = evaluate(tiny_llama, items, method="both", progress=False)
+    assert both.n == 4 and all({"generated", "gen_pred", "gen_correct", "pred", "scores"} <= r.keys() for r in both.per_item)
+    assert both.accuracy == evaluate(tiny_llama, items, progress=False).accuracy
+    gen = evaluate(tiny_llama, items, method="generate", progress=False)
+    assert gen.generation_accuracy == both.generation_accuracy == gen.accuracy and gen.candidate_accuracy is None
+    assert [r["gen_pred"] for r in gen.per_item] == [match_generation(r["generated"], it["candidates"])
+                                                     for r, it in zip(gen.per_item, items)]
+    assert "generation accuracy" in both.table() and "candidate log-prob accuracy" in both.table()
+    assert "generation_by_answerable" in both.summary()
     assert match_answer("I think it is the Lamp, not the door.", ["door", "lamp"]) == "lamp"
     assert match_answer("nothing here", ["door"]) == ""
     with pytest.raises(ValueError, match="method"):
@@ -92,3 +106,25 @@ def test_rows_logits_equal_bridge_logits_and_see_hooks(name):
             assert (rows_logits(model, ids, pos) - model(ids)[rows, pos]).abs().max() < 1e-4
             ablated = rows_logits(model, ids, pos)
         assert (ablated - rows_logits(model, ids, pos)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("text, want", [
+    (" lamp\nAction: Turn to the left by 90 degrees", "lamp"),
+    ("The Lamp.", "lamp"),
+    ("Observation: a lamp", "lamp"),
+    ("  \n  Unknown.", "unknown"),
+    ("It cannot be determined based on previous observations.", "unknown"),
+    ("Cannot be determined", "unknown"),
+    ("I don't know", "unknown"),
+    ("lamp and door", "lamp and door"),
+    ("", ""),
+])
+def test_normalise_like_the_study(text, want):
+    assert normalise(text) == want
+
+
+def test_generation_is_exact_match_after_normalising():
+    cands = ["door", "lamp", "unknown"]
+    assert match_generation("The door.", cands) == "door"
+    assert match_generation("cannot be determined", cands) == "unknown"
+    assert match_generation("the lamp or the door", cands) == "lamp or door"  # not a candidate: wrong

@@ -19,7 +19,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def items():
-    return make_items(12, seed=7)
+    return make_items(12, seed=7, cfg=BenchConfig(unanswerable_frac=0))  # the lens reads the answer token
 
 
 @pytest.fixture(scope="module")

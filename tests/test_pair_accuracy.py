@@ -5,7 +5,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.cli import app
 from vru_lens.patching import pair_accuracy
 from vru_lens.tokens import PairTokens, tokenize_pairs
@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 
 def test_matches_one_forward_per_prompt(tiny_llama):
-    pt = tokenize_pairs(tiny_llama.tokenizer, make_items(40, 3), max_pairs=10)
+    pt = tokenize_pairs(tiny_llama.tokenizer, make_items(40, 3, cfg=PAIRABLE), max_pairs=10)
     got = pair_accuracy(tiny_llama, pt, batch_size=4)
     clean, corrupt = [], []
     with torch.inference_mode():
@@ -32,7 +32,7 @@ def test_matches_one_forward_per_prompt(tiny_llama):
 
 
 def test_a_model_blind_to_the_phrase_gets_no_pair_right(tiny_llama):
-    pt = tokenize_pairs(tiny_llama.tokenizer, make_items(40, 3), max_pairs=10)
+    pt = tokenize_pairs(tiny_llama.tokenizer, make_items(40, 3, cfg=PAIRABLE), max_pairs=10)
     blind = PairTokens(pt.clean, pt.clean.clone(), pt.lengths, pt.clean_answer, pt.corrupt_answer, pt.pairs)
     got = pair_accuracy(tiny_llama, blind)
     assert got["both_right"] == 0 and abs(got["ld_corr"] - 1) < 1e-5 and abs(got["ld_gap"]) < 1e-5

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.evaluate import evaluate
 from vru_lens.patching.ablation import ablation_kl, ablation_reference, head_means
 from vru_lens.patching.knockout import ablate_heads, knockout
@@ -14,7 +14,7 @@ from vru_lens.tokens import tokenize_pairs
 @pytest.fixture(scope="module")
 def setup(tiny_llama):
     model = tiny_llama
-    items = make_items(24, 0)
+    items = make_items(24, 0, cfg=PAIRABLE)
     return model, items, tokenize_pairs(model.tokenizer, items, max_pairs=4)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE_STORY, make_items
 from vru_lens.patching.activation import (activation_patch_heads, activation_patch_heads_by_pos,
                                           activation_patch_heads_reference, gqa_groups, tl_head_out_all_pos)
 from vru_lens.patching.tail import first_diff
@@ -15,13 +15,13 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def llama(tiny_llama):
     model = tiny_llama
-    return model, tokenize_pairs(model.tokenizer, make_items(24, 0), max_pairs=4)
+    return model, tokenize_pairs(model.tokenizer, make_items(24, 0, cfg=PAIRABLE_STORY), max_pairs=4)
 
 
 @pytest.fixture(scope="module")
 def gpt2(tiny_gpt2):
     model = tiny_gpt2
-    return model, tokenize_pairs(model.tokenizer, make_items(24, 1), max_pairs=3)
+    return model, tokenize_pairs(model.tokenizer, make_items(24, 4, cfg=PAIRABLE_STORY), max_pairs=3)
 
 
 @pytest.mark.parametrize("component,direction", [("z", "noising"), ("k", "denoising"), ("v", "noising"), ("q", "noising")])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.patching import activation_patch_heads, agreement, attribution_patch_heads
 from vru_lens.patching.metrics import baseline_logit_diffs
 from vru_lens.tokens import PairTokens, tokenize_pairs
@@ -13,7 +13,7 @@ from vru_lens.tokens import PairTokens, tokenize_pairs
 @pytest.fixture(scope="module")
 def setup(tiny_gpt2):  # the session's model (conftest): loaded once for the whole run
     model = tiny_gpt2
-    return model, tokenize_pairs(model.tokenizer, make_items(24, 2), max_pairs=4)
+    return model, tokenize_pairs(model.tokenizer, make_items(24, 2, cfg=PAIRABLE), max_pairs=4)
 
 
 def test_no_difference_no_effect(setup):

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, PAIRABLE_STORY, make_items
 from vru_lens.models import load_model
 from vru_lens.models.tiny import tiny_hf_model, tiny_tokenizer
 from vru_lens.patching import path as pp
@@ -63,7 +63,7 @@ def _strong(name: str, std: float = 0.3):
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
 def setup(request):
     model = _strong(request.param)
-    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=1), max_pairs=2)
+    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=4, cfg=PAIRABLE_STORY), max_pairs=2)
     clean, _ = baseline_logit_diffs(model, pt)
     return model, pt, clean
 
@@ -185,7 +185,7 @@ def test_gemma3_sandwich_norms():
     """Gemma 3 adds post-attention and post-feedforward norms; the fast path applies them."""
     model = _strong("tiny-gemma3")
     assert getattr(model.blocks[0], "ln1_post", None) is not None
-    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=1), max_pairs=2)
+    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=1, cfg=PAIRABLE), max_pairs=2)
     clean, _ = baseline_logit_diffs(model, pt)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to the reference
@@ -199,7 +199,7 @@ def test_gemma3_sandwich_norms():
 @pytest.mark.real
 def test_smollm2_sampled_senders(smollm2):
     """SmolLM2 (GQA, 30 layers): fast vs reference on a few senders spread over the layers."""
-    pt = tokenize_pairs(smollm2.tokenizer, make_items(20, seed=3), max_pairs=2)
+    pt = tokenize_pairs(smollm2.tokenizer, make_items(20, seed=3, cfg=PAIRABLE_STORY), max_pairs=2)
     senders = [(0, 0), (14, 4), (29, 8)]
     fast = pp.path_patch_logits(smollm2, pt, progress=False)
     ref = pp.path_patch_logits_reference(smollm2, pt, progress=False, senders=senders)

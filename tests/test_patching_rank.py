@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.patching import activation as act_mod
 from vru_lens.patching import agreement, rank_heads
 from vru_lens.patching.checkpoint import Checkpoint
@@ -17,7 +17,7 @@ from vru_lens.tokens import tokenize_pairs
 @pytest.fixture(scope="module")
 def setup(tiny_llama):  # the session's model (conftest): loaded once for the whole run
     model = tiny_llama
-    return model, tokenize_pairs(model.tokenizer, make_items(24, 0), max_pairs=5)
+    return model, tokenize_pairs(model.tokenizer, make_items(24, 0, cfg=PAIRABLE), max_pairs=5)
 
 
 def test_methods(setup):

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from vru_lens.bench import make_items
+from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.models import kv_cache
 from vru_lens.patching import tail
 from vru_lens.patching.ablation import ablation_kl
@@ -20,7 +20,7 @@ from vru_lens.tokens import tokenize_pairs
 
 @pytest.fixture(scope="module")
 def setup(tiny_llama):
-    return tiny_llama, tokenize_pairs(tiny_llama.tokenizer, make_items(24, 0), max_pairs=4)
+    return tiny_llama, tokenize_pairs(tiny_llama.tokenizer, make_items(24, 0, cfg=PAIRABLE), max_pairs=4)
 
 
 def _run(fn, *args, **kwargs):

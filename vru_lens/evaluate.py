@@ -1,10 +1,16 @@
-"""Accuracy on VRUBench (or any data with prompt/candidates/answer): candidate scoring or generation.
+"""Accuracy on VRUBench (or any data with prompt/candidates/answer): candidate scoring and generation.
 
 Candidate scoring compares the log-probability of each candidate's full token
 sequence after the rendered prompt. Requests are packed so that one row scores
 the first token of every candidate (most objects are one token) and a
 multi-token candidate gets a row of its own; rows are sorted by length,
 right-padded, and only the scored positions are unembedded.
+
+Generation scoring is the study's: greedy decoding, then exact match after
+normalisation (``normalise``: first line, case, punctuation, articles,
+whitespace; the phrases in ``UNKNOWN_PHRASES`` read as "unknown"). Every
+result carries the rotation-blind rules' accuracies on the same items
+(``bench.shortcuts``) so that no accuracy is shown without its floor.
 """
 
 from __future__ import annotations
@@ -16,14 +22,50 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .bench.shortcuts import blind_guess
+from .bench.shortcuts import audit
 from .models.kv_cache import kv_cache_ok
 from .readout import rows_logits
 from .results import Saveable
-from .tokens import answer_ids, encode, pad_id, pad_right, render
+from .tokens import answer_ids, encode, is_chat_model, pad_id, pad_right, render
 
 REQUIRED = ("prompt", "candidates", "answer")
-BREAKDOWNS = ("n_steps", "final_template", "answerable", "uses_heldout_template", "n_slots")
+BREAKDOWNS = ("n_steps", "answerable", "final_direction", "final_angle", "final_template", "uses_heldout_template",
+              "n_slots", "style")
+METHODS = ("logprob", "generate", "both")
+UNKNOWN = "unknown"
+# Answers that mean "cannot be known" (after normalise): an exact phrase, or the start of the answer.
+UNKNOWN_PHRASES = (
+    "unknown", "it is unknown", "cannot be determined", "can not be determined", "cant be determined",
+    "it cannot be determined", "cannot determine", "cannot be known", "cant be known", "cannot know",
+    "not determinable", "undeterminable", "undetermined", "indeterminate", "not known", "unclear", "uncertain",
+    "unsure", "not sure", "i dont know", "dont know", "i do not know", "impossible to determine",
+    "impossible to tell", "impossible to know", "unable to determine", "not possible to determine",
+    "no way to know", "not enough information", "insufficient information", "unobserved", "not observed",
+)
+_LABEL = re.compile(r"^\s*(observation|answer|final observation)\s*:\s*", re.I)
+
+
+def normalise(text: str) -> str:
+    """The study's normalisation of a free-text answer, plus "unknown" synonyms.
+
+    First non-empty line (a base model runs on into the next "Action:"), a leading
+    "Observation:"/"Answer:" label dropped, lower case, punctuation to spaces, articles
+    (a, an, the) dropped, whitespace collapsed; an answer that is or starts with a phrase in
+    ``UNKNOWN_PHRASES`` becomes "unknown".
+    """
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = _LABEL.sub("", line).lower().replace("'", "")
+    words = [w for w in re.sub(r"[^a-z0-9]+", " ", line).split() if w not in ("a", "an", "the")]
+    out = " ".join(words)
+    if any(out == p or out.startswith(p + " ") for p in UNKNOWN_PHRASES):
+        return UNKNOWN
+    return out
+
+
+def match_generation(text: str, candidates: list[str]) -> str:
+    """The candidate the generated text names exactly (after ``normalise``), else the normalised text."""
+    said = normalise(text)
+    return next((c for c in candidates if normalise(c) == said), said)
 
 
 def as_rows(data) -> list[dict]:
@@ -42,26 +84,44 @@ def as_rows(data) -> list[dict]:
 
 @dataclass
 class EvalResult(Saveable):
-    """Per-item predictions and every breakdown of accuracy."""
+    """Per-item predictions (candidate scoring and/or generation), every breakdown, and the rules' floor.
+
+    ``rules``: the rotation-blind audit of the same items ({"chance", "rules", "best"}); empty off VRUBench.
+    """
 
     model: str
     method: str
     chat: bool
     per_item: list[dict] = field(default_factory=list)
+    rules: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return len(self.per_item)
 
+    def _mean(self, key: str) -> float | None:
+        vals = [r[key] for r in self.per_item if key in r]
+        return sum(vals) / len(vals) if vals else None
+
     @property
     def accuracy(self) -> float:
-        return sum(r["correct"] for r in self.per_item) / max(self.n, 1)
+        """Candidate-scoring accuracy (generation accuracy when only generation ran)."""
+        return self._mean("correct") or 0.0
 
-    def breakdown(self, key: str) -> dict:
+    @property
+    def candidate_accuracy(self) -> float | None:
+        return self.accuracy if self.method in ("logprob", "both") else None
+
+    @property
+    def generation_accuracy(self) -> float | None:
+        """Exact match of the normalised greedy answer (the study's metric); None if generation did not run."""
+        return self._mean("gen_correct")
+
+    def breakdown(self, key: str, metric: str = "correct") -> dict:
         groups = defaultdict(list)
         for r in self.per_item:
-            if key in r:
-                groups[r[key]].append(r["correct"])
+            if key in r and metric in r:
+                groups[r[key]].append(r[metric])
         return {k: sum(v) / len(v) for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
 
     def counts(self, key: str) -> dict:
@@ -84,32 +144,61 @@ class EvalResult(Saveable):
     def by_template(self) -> dict:
         return self.breakdown("final_template")
 
+    @property
+    def best_rule(self) -> tuple[str, float] | None:
+        """The strongest rotation-blind rule on these items and its accuracy."""
+        return tuple(self.rules["best"]) if self.rules.get("best") else None
+
+    @property
+    def blind_baseline(self) -> float | None:
+        """Accuracy of the best rotation-blind rule on these items (``bench.shortcuts``); None off VRUBench."""
+        return self.best_rule[1] if self.best_rule else None
+
     def summary(self) -> dict:
-        return {
-            "model": self.model, "method": self.method, "chat": self.chat, "n": self.n, "accuracy": self.accuracy,
-            "chance": self.chance, "blind_baseline": self.blind_baseline,
-            **{f"by_{'steps' if k == 'n_steps' else k}": self.breakdown(k) for k in BREAKDOWNS
-               if any(k in r for r in self.per_item)},
-        }
+        out = {"model": self.model, "method": self.method, "chat": self.chat, "n": self.n,
+               "accuracy": self.accuracy, "candidate_accuracy": self.candidate_accuracy,
+               "generation_accuracy": self.generation_accuracy, "chance": self.chance,
+               "best_rule": list(self.best_rule) if self.best_rule else None, "blind_baseline": self.blind_baseline,
+               "rules": self.rules.get("rules")}
+        for k in BREAKDOWNS:
+            if any(k in r for r in self.per_item):
+                name = "steps" if k == "n_steps" else k
+                if self.candidate_accuracy is not None:
+                    out[f"by_{name}"] = self.breakdown(k)
+                if self.generation_accuracy is not None:
+                    out[f"generation_by_{name}"] = self.breakdown(k, "gen_correct")
+        return out
 
     def to_frame(self):
         import pandas as pd
 
         return pd.DataFrame(self.per_item)
 
-    @property
-    def blind_baseline(self) -> float | None:
-        """Accuracy of the rotation-blind guess on these items (``bench.shortcuts``); None off VRUBench."""
-        hits = [r["blind_correct"] for r in self.per_item if "blind_correct" in r]
-        return sum(hits) / len(hits) if hits else None
-
     def table(self) -> str:
-        blind = f", rotation-blind guess {self.blind_baseline:.1%}" if self.blind_baseline is not None else ""
-        lines = [f"{self.model} ({self.method}{', chat' if self.chat else ''}): accuracy {self.accuracy:.1%} "
-                 f"on {self.n} items (chance {self.chance:.1%}{blind})"]
-        counts = self.counts("n_steps")
-        for steps, acc in self.by_steps.items():
-            lines.append(f"  {steps} steps: {acc:6.1%}  (n={counts[steps]})")
+        floor = f"chance {self.chance:.1%}"
+        if self.best_rule:
+            floor += f", best rotation-blind rule {self.best_rule[1]:.1%} ({self.best_rule[0]})"
+        scores = []
+        if self.candidate_accuracy is not None:
+            scores.append(f"candidate log-prob accuracy {self.candidate_accuracy:.1%}")
+        if self.generation_accuracy is not None:
+            scores.append(f"generation accuracy {self.generation_accuracy:.1%}")
+        lines = [f"{self.model} ({'chat' if self.chat else 'plain'}) on {self.n} items: {'; '.join(scores)}  [{floor}]"]
+        cols = [m for m, on in (("correct", self.candidate_accuracy is not None),
+                                ("gen_correct", self.generation_accuracy is not None)) if on]
+        head = "  ".join({"correct": "candidate", "gen_correct": "generation"}[c] for c in cols)
+        for key, label in (("n_steps", "steps"), ("answerable", "answerable"), ("final_direction", "final direction"),
+                           ("final_angle", "final angle")):
+            counts = self.counts(key)
+            if not counts:
+                continue
+            lines.append(f"  by {label:<15} {head}")
+            groups = {c: self.breakdown(key, c) for c in cols}
+            for value in groups[cols[0]]:
+                name = ({True: "answerable", False: "unknown"}[value] if key == "answerable" else
+                        f"{value} steps" if key == "n_steps" else value)
+                accs = "  ".join(f"{groups[c][value]:>{9 if c == 'correct' else 10}.1%}" for c in cols)
+                lines.append(f"    {str(name):<16} {accs}  (n={counts[value]})")
         return "\n".join(lines)
 
 
@@ -158,7 +247,7 @@ def score_candidates(model, items, chat: bool = False, batch_size: int = 16, pro
 
 
 def match_answer(text: str, candidates: list[str]) -> str:
-    """The candidate named first in generated text ('' if none)."""
+    """The candidate named first anywhere in generated text ('' if none): a lenient reading, not the study's."""
     text = text.lower()
     found = [(m.start(), c) for c in candidates for m in [re.search(rf"\b{re.escape(c.lower())}\b", text)] if m]
     return min(found)[1] if found else ""
@@ -183,26 +272,36 @@ def generate_answers(model, items, chat: bool = False, batch_size: int = 16, max
     return texts
 
 
-def evaluate(model, items, chat: bool = False, method: str = "logprob", batch_size: int = 16,
-             progress: bool = True, length_normalise: bool = False) -> EvalResult:
-    """Accuracy of a model on items with prompt/candidates/answer (VRUBench or any such data)."""
-    if method not in ("logprob", "generate"):
-        raise ValueError(f"method must be 'logprob' or 'generate', got {method!r}")
+def evaluate(model, items, chat: bool | None = None, method: str = "logprob", batch_size: int = 16,
+             progress: bool = True, length_normalise: bool = False, max_new_tokens: int = 10) -> EvalResult:
+    """Accuracy of a model on items with prompt/candidates/answer (VRUBench or any such data).
+
+    method: "logprob" (candidate scoring; sees hooks on the model), "generate" (greedy decoding by the
+    wrapped transformers model, scored like the study) or "both". chat: None = as the study did, a chat
+    for instruction-tuned models and plain text for base models (``tokens.is_chat_model``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if chat is None:
+        chat = is_chat_model(model)
     rows = as_rows(items)
-    per_item = []
-    if method == "logprob":
+    per_item = [{"id": row.get("id"), "answer": row["answer"], "n_candidates": len(row["candidates"]),
+                 **{k: row[k] for k in BREAKDOWNS if k in row}} for row in rows]
+    if method in ("logprob", "both"):
         scores = score_candidates(model, rows, chat, batch_size, progress, length_normalise)
-        preds = [max(s, key=s.get) for s in scores]
-    else:
-        texts = generate_answers(model, rows, chat, batch_size, progress=progress)
-        preds = [match_answer(t, r["candidates"]) for t, r in zip(texts, rows)]
-        scores = [{"generated": t} for t in texts]
-    for row, pred, s in zip(rows, preds, scores):
-        record = {"id": row.get("id"), "answer": row["answer"], "pred": pred, "correct": pred == row["answer"],
-                  "n_candidates": len(row["candidates"]), "scores": s}
-        record.update({k: row[k] for k in BREAKDOWNS if k in row})
-        guess = blind_guess(row)
-        if guess is not None:
-            record["blind_correct"] = guess == row["answer"]
-        per_item.append(record)
-    return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item)
+        for rec, s in zip(per_item, scores):
+            pred = max(s, key=s.get)
+            rec.update(pred=pred, correct=pred == rec["answer"], scores=s)
+    if method in ("generate", "both"):
+        texts = generate_answers(model, rows, chat, batch_size, max_new_tokens, progress)
+        for rec, row, text in zip(per_item, rows, texts):
+            pred = match_generation(text, row["candidates"])
+            rec.update(generated=text, gen_pred=pred, gen_correct=pred == rec["answer"])
+            if method == "generate":
+                rec.update(pred=pred, correct=rec["gen_correct"])
+    per_item = [{k: r[k] for k in ("id", "answer", "pred", "correct")} | r for r in per_item]  # columns first
+    try:
+        rules = audit(rows)
+    except (ValueError, KeyError, TypeError, IndexError):
+        rules = {}
+    return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item, rules)

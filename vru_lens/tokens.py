@@ -3,7 +3,9 @@
 Everything model-facing is rendered here so that evaluation, probing,
 patching and fine-tuning see the same text: plain prompts end in an answer
 cue and answers start with a space; chat prompts go through the tokenizer's
-chat template and answers start the assistant turn. Batches are right-padded:
+chat template and answers start the assistant turn. A prompt in the study's
+format (style "paper", ending in an empty ``Observation:``) is its own answer
+cue; as a chat it gets the study's system message and no extra instruction. Batches are right-padded:
 with causal attention no real token ever sees a pad, so no mask is needed and
 every position keeps its own index.
 """
@@ -16,17 +18,35 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from .bench.styles import SYSTEM, is_paper
 from .bench.templates import ANSWER_CUE, CHAT_INSTRUCTION
 
 
 def render(prompt: str, tokenizer, chat: bool = False) -> str:
     """The text the model reads for a VRUBench prompt."""
+    paper = is_paper(prompt)
     if not chat:
-        return prompt + ANSWER_CUE
+        return prompt if paper else prompt + ANSWER_CUE
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template; run without --chat / chat=False")
-    messages = [{"role": "user", "content": prompt + CHAT_INSTRUCTION}]
+    if paper:
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    else:
+        messages = [{"role": "user", "content": prompt + CHAT_INSTRUCTION}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def is_chat_model(model_or_tokenizer, name: str | None = None) -> bool:
+    """Whether a model is instruction-tuned, so VRUBench should reach it as a chat (the study's setting).
+
+    True when the tokenizer has a chat template and the model's name says instruct/chat/-it; a
+    base model whose tokenizer merely ships a template (gemma-3-270m) reads plain text.
+    """
+    import re
+
+    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
+    name = name or getattr(model_or_tokenizer, "vru_name", None) or getattr(tok, "name_or_path", "") or ""
+    return bool(getattr(tok, "chat_template", None)) and bool(re.search(r"instruct|chat|(^|[-_])it($|[-_])", name.lower()))
 
 
 def answer_text(answer: str, chat: bool = False) -> str:
@@ -105,13 +125,17 @@ class PairTokens:
                           move(self.corrupt_answer), self.pairs)
 
 
-def tokenize_pairs(tokenizer, items, chat: bool = False, max_pairs: int | None = None) -> PairTokens:
-    """Counterfactual pairs matched for this tokenizer (unmatched ones dropped and counted)."""
+def tokenize_pairs(tokenizer, items, chat: bool = False, max_pairs: int | None = None,
+                   kind: str = "observed") -> PairTokens:
+    """Counterfactual pairs matched for this tokenizer (unmatched ones dropped and counted).
+
+    kind "observed" (both answers observed objects; the main set) or "unknown" (object vs unknown).
+    """
     from .bench.pairs import build_pairs
 
     count = lambda p: len(encode(tokenizer, render(p, tokenizer, chat), chat))  # noqa: E731
     first = lambda a: answer_ids(tokenizer, a, chat)[0]  # noqa: E731
-    pairs = build_pairs(items, count, first, max_pairs=max_pairs)
+    pairs = build_pairs(items, count, first, max_pairs=max_pairs, kind=kind)
     pid = pad_id(tokenizer)
     clean, lengths = pad_right([encode(tokenizer, render(p, tokenizer, chat), chat) for p in pairs.clean_prompts], pid)
     corrupt, lengths2 = pad_right([encode(tokenizer, render(p, tokenizer, chat), chat) for p in pairs.corrupt_prompts], pid)

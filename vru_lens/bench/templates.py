@@ -9,7 +9,7 @@ adding a row here, never a branch in code. Placeholders: ``{angle}`` (degrees),
 
 from __future__ import annotations
 
-ANY = None  # "angles": ANY means every multiple of the slot angle (except 0 and 360)
+ANY = None  # "angles": ANY means every multiple of the slot angle (except 0 and 360); 360 only when listed
 
 ROTATION_TEMPLATES: list[dict] = [
     {"id": "deg_to_your_dir", "text": "turn {angle} degrees to your {dir}", "angles": ANY, "dirs": ["left", "right"]},
@@ -21,6 +21,7 @@ ROTATION_TEMPLATES: list[dict] = [
     {"id": "quarter_turn", "text": "make a quarter turn to the {dir}", "angles": [90], "dirs": ["left", "right"]},
     {"id": "three_quarter_turn", "text": "make a three-quarter turn to the {dir}", "angles": [270], "dirs": ["left", "right"]},
     {"id": "eighth_turn", "text": "make an eighth of a turn to the {dir}", "angles": [45], "dirs": ["left", "right"]},
+    {"id": "full_turn", "text": "make a full turn to the {dir}", "angles": [360], "dirs": ["left", "right"]},
     {"id": "turn_around", "text": "turn around", "angles": [180], "dirs": []},
     {"id": "half_turn", "text": "make a half turn", "angles": [180], "dirs": []},
     {"id": "face_opposite", "text": "turn to face the opposite direction", "angles": [180], "dirs": []},

@@ -40,7 +40,7 @@ def template_turns(template: dict, n_slots: int) -> list[tuple[int, str]]:
     """Every (angle, direction) the template can express in a room with n_slots."""
     step = slot_angle(n_slots)
     multiples = list(range(step, 360, step))
-    angles = multiples if template["angles"] is ANY else [a for a in template["angles"] if a in multiples]
+    angles = multiples if template["angles"] is ANY else [a for a in template["angles"] if a in (*multiples, 360)]
     dirs = template["dirs"] or ["none"]
     return [(a, d) for a in angles for d in dirs]
 

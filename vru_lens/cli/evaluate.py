@@ -1,4 +1,4 @@
-"""`vru-lens eval`: VRUBench accuracy of a model, by number of steps."""
+"""`vru-lens eval`: VRUBench accuracy of a model (generation and candidate scoring), beside chance and the best rule."""
 
 from __future__ import annotations
 
@@ -7,74 +7,103 @@ import typer
 from .common import fail, parse_steps, print_json
 
 
-def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-5", slots: int = 4) -> list[dict]:
-    """Items from a folder written by `vru-lens bench`, or freshly generated ones."""
+def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-5", slots: int = 4,
+               style: str = "paper") -> list[dict]:
+    """Items from --data (a folder or JSONL from `vru-lens bench`, or a file in the published format),
+    or freshly generated ones."""
     from ..bench import BenchConfig, load, make_items
 
     if data:
         try:
             splits = load(data)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             fail(str(err))
         if split not in splits:
-            fail(f"split {split!r} not in {data}; it has {', '.join(splits)}")
+            if len(splits) != 1:
+                fail(f"split {split!r} not in {data}; it has {', '.join(splits)}")
+            split = next(iter(splits))  # a single file: its one split
         rows = splits[split][:n] if n else splits[split]
         if not rows:
             fail(f"split {split!r} of {data} is empty")
         return rows
     lo, hi = parse_steps(steps)
     try:
-        return make_items(n, seed, BenchConfig(n_slots=slots, min_steps=lo, max_steps=hi), split=split)
+        return make_items(n, seed, BenchConfig(style=style, n_slots=slots, min_steps=lo, max_steps=hi), split=split)
     except ValueError as err:
         fail(str(err))
 
 
+def _pairs_line(name: str, p: dict) -> str:
+    rule = p.get("best_rule") or ["-", 0.0]
+    return (f"{name} pairs ({p['n_pairs']}, yield {p['yield']:.0%}): clean right {p['clean_right']:.3f}, corrupted "
+            f"right {p['corrupt_right']:.3f}, both right {p['both_right']:.3f} [best rotation-blind rule "
+            f"{rule[1]:.3f} ({rule[0]})], ld correlation {p['ld_corr']:.3f}")
+
+
 def eval_cmd(
     model: str = typer.Option("smollm2-135m-instruct", help="Embedded name, hub id or local folder."),
-    data: str = typer.Option(None, help="Folder from `vru-lens bench --out` (else items are generated)."),
+    data: str = typer.Option(None, help="Folder or JSONL from `vru-lens bench --out`, or a JSON/JSONL file in the "
+                                        "published format (else items are generated)."),
     n: int = typer.Option(200, "--n", help="Items to evaluate (0 = the whole split of --data)."),
     split: str = typer.Option("test", help="Split to read or generate."),
     seed: int = typer.Option(0, help="Seed for generated items."),
+    style: str = typer.Option("paper", help="Generated items: paper (the study's format) or story (our sentences)."),
     steps: str = typer.Option("2-5", help="Steps for generated items."),
-    slots: int = typer.Option(4, help="Slots for generated items: 4 or 8."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the tokenizer's chat template."),
-    method: str = typer.Option("logprob", help="logprob (candidate scoring) or generate (greedy + match)."),
+    slots: int = typer.Option(4, help="Slots for generated items: 4 or 8 (story only)."),
+    chat: bool = typer.Option(None, "--chat/--plain", help="Chat template or plain text (default: chat for "
+                                                          "instruction-tuned models, as the study did)."),
+    method: str = typer.Option("both", help="both, logprob (candidate scoring) or generate (greedy, exact match "
+                                            "after the study's normalisation)."),
     batch_size: int = typer.Option(16, help="Sequences per forward pass."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
     deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
-    pairs: bool = typer.Option(False, "--pairs", help="Also score counterfactual pairs (same story, flipped final rotation): does the choice follow the rotation?"),
+    pairs: bool = typer.Option(False, "--pairs", help="Also score counterfactual pairs (final direction flipped): "
+                                                      "object-object pairs from --n pairable items, object-unknown "
+                                                      "pairs from the evaluated items."),
     save: str = typer.Option(None, help="Write the full per-item result as JSON here."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, n, by_steps, ...)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracies, chance, rules, breakdowns)."),
 ):
     """Evaluate a model on VRUBench."""
-    from ..evaluate import evaluate
+    from ..bench import PAIRABLE, make_items
+    from ..evaluate import METHODS, evaluate
     from ..finetune.adapters import merge_deltas
     from ..models import load_model
     from ..patching.metrics import items_pair_accuracy
+    from ..tokens import is_chat_model
 
     if n < 0 or (n == 0 and not data):
         fail(f"--n must be positive (0 only with --data), got {n}")
-    items = load_items(data, n, split, seed, steps, slots)
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    items = load_items(data, n, split, seed, steps, slots, style)
+    pair_scores = {}
     try:
         lm = load_model(model, device=device)
         if deltas:
             merge_deltas(lm, deltas)
+        chat = is_chat_model(lm) if chat is None else chat
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
-        pair_scores = items_pair_accuracy(lm, items, chat, batch_size) if pairs else None
+        if pairs:
+            sources = {"observed": items if data else make_items(len(items), seed + 1, PAIRABLE, split=split),
+                       "unknown": items}
+            for kind, source in sources.items():
+                got = items_pair_accuracy(lm, source, chat, batch_size, kind=kind)
+                if got:
+                    pair_scores[kind] = got
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0] if json_out else str(err))
-    if pairs and pair_scores is None:
+    if pairs and not pair_scores:
         fail(f"the {len(items)} items yield fewer than 2 counterfactual pairs for this tokenizer; raise --n")
     if save:
         result.save(save)
     summary = result.summary()
-    if pair_scores:
-        summary["pairs"] = pair_scores
+    if pairs:
+        summary["pairs"] = pair_scores.get("observed")
+        summary["unknown_pairs"] = pair_scores.get("unknown")
     if json_out:
         print_json(summary)
     else:
         typer.echo(result.table())
-        if pair_scores:
-            typer.echo("counterfactual pairs ({n_pairs}): clean right {clean_right:.3f}, corrupted right "
-                       "{corrupt_right:.3f}, both right {both_right:.3f}, ld correlation {ld_corr:.3f}".format(**pair_scores))
-
+        for kind, label in (("observed", "object-object"), ("unknown", "object-unknown")):
+            if kind in pair_scores:
+                typer.echo(_pairs_line(label, pair_scores[kind]))

@@ -37,7 +37,7 @@ def rank_heads(
         fail(f"--n must be at least 2, got {n}")
     if top_k < 1:
         fail(f"--top-k must be positive, got {top_k}")
-    from ..bench import make_items
+    from ..bench import PAIRABLE, make_items
     from ..finetune.adapters import merge_deltas
     from ..models import load_model
     from ..patching.rank import rank_heads as run
@@ -47,7 +47,7 @@ def rank_heads(
         lm = load_model(model, device=device)
         if deltas:
             merge_deltas(lm, deltas)
-        pt = tokenize_pairs(lm.tokenizer, make_items(n, seed), chat=chat, max_pairs=max_pairs)
+        pt = tokenize_pairs(lm.tokenizer, make_items(n, seed, cfg=PAIRABLE), chat=chat, max_pairs=max_pairs)
         if len(pt) < 2:
             fail(f"only {len(pt)} counterfactual pair(s) from {n} items ({pt.pairs.summary()}); raise --n")
         checkpoint = Path(out).with_name(Path(out).name + ".partial") if out else None

@@ -35,7 +35,7 @@ def run(
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         fail(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    from ..bench import make_items
+    from ..bench import PAIRABLE, make_items
     from ..evaluate import EvalResult, evaluate
     from ..logit_lens import LogitLensResult, logit_lens
     from ..models import load_model
@@ -52,12 +52,13 @@ def run(
         fail(str(err).splitlines()[0])
     quiet = json_out
     test_items = make_items(n, seed, split="test")
+    answerable = [it for it in test_items if it["answerable"]]  # the logit lens reads the answer's token
     pairs = None
 
     def get_pairs():
         nonlocal pairs
         if pairs is None:
-            pairs = tokenize_pairs(lm.tokenizer, make_items(4 * n_pairs, seed + 1, split="validation"),
+            pairs = tokenize_pairs(lm.tokenizer, make_items(4 * n_pairs, seed + 1, PAIRABLE, split="validation"),
                                    chat=chat, max_pairs=n_pairs)
         return pairs
 
@@ -78,7 +79,7 @@ def run(
         results["probe"] = stage("probe", ProbeResult, lambda: probe(
             lm, make_items(n_probe, seed + 2, split="train"), target="heading", chat=chat, progress=not quiet))
     if "lens" in wanted:
-        results["lens"] = stage("lens", LogitLensResult, lambda: logit_lens(lm, test_items, chat=chat, progress=not quiet))
+        results["lens"] = stage("lens", LogitLensResult, lambda: logit_lens(lm, answerable, chat=chat, progress=not quiet))
     if "rank" in wanted or "knockout" in wanted:
         results["scores"] = stage("scores", HeadScores, lambda: rank_heads(
             lm, get_pairs(), method=method, checkpoint=folder / "scores.partial", progress=not quiet, chat=chat))

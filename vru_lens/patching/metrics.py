@@ -88,12 +88,19 @@ def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
             "ld_gap": float((clean - corrupt).mean()), "ld_corr": float(torch.corrcoef(torch.stack([clean, corrupt]))[0, 1])}
 
 
-def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16) -> dict | None:
-    """``pair_accuracy`` on the counterfactual pairs these items yield for this model's tokenizer,
-    with what was dropped and why (``pairs``); None when they yield fewer than 2 pairs."""
+def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, kind: str = "observed") -> dict | None:
+    """``pair_accuracy`` on the counterfactual pairs of one kind (``bench.pairs.KINDS``) these items yield
+    for this model's tokenizer, with what was dropped and why (``pairs``); None when they yield fewer than 2."""
     from ..tokens import tokenize_pairs
 
-    pt = tokenize_pairs(model.tokenizer, items, chat=chat)
+    try:
+        pt = tokenize_pairs(model.tokenizer, items, chat=chat, kind=kind)
+    except ValueError:  # not a single pair
+        return None
     if len(pt) < 2:
         return None
-    return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary()}
+    from ..bench.shortcuts import pair_audit
+
+    best = pair_audit(pt.pairs)["best"]  # the floor: the best rotation-blind rule's both_right
+    return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary(), "kind": kind,
+            "yield": pt.pairs.yield_, "best_rule": best}

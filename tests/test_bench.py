@@ -257,3 +257,64 @@ def test_pairable_items_all_have_an_observed_twin(style):
     assert all(it["answerable"] and counterfactual_variants(it) for it in items)
     words = lambda text: len(text.split())  # noqa: E731
     assert len(build_pairs(items, words, lambda a: a)) >= (100 if style == "paper" else 50)  # left/right: same length
+
+
+def _published(items):
+    """Records in the study's release shape: the prompt text and a free-text answer, under varying keys."""
+    out = []
+    for i, it in enumerate(items):
+        answer = "It cannot be determined." if it["answer"] == "unknown" else f"The {it['answer'].title()}."
+        out.append({"question": it["prompt"], "label": answer} if i % 2 else {"input": it["prompt"], "output": answer})
+    return out
+
+
+def test_load_published_format_round_trips_the_generator(tmp_path):
+    import json
+
+    from vru_lens.bench import load_vrubench, read_published
+
+    items = make_items(60, seed=12)
+    path = tmp_path / "vru.json"
+    path.write_text(json.dumps(_published(items)))
+    rows, report = read_published(path)
+    assert report.kept == 60 and not report.disagreements and not report.unreadable
+    for got, want in zip(rows, items):
+        for key in ("prompt", "answer", "candidates", "answerable", "n_steps", "step_ends", "question_end",
+                    "final_angle", "final_direction", "answer_slot", "label_heading_slot", "label_cum_angle",
+                    "label_observed", "label_object_at_heading"):
+            assert got[key] == want[key], key
+        assert [(s["angle"], s["direction"], s["heading_after"], s["observed"], s["span"]) for s in got["steps"]] == \
+            [(s["angle"], s["direction"], s["heading_after"], s["observed"], s["span"]) for s in want["steps"]]
+    dd = load_vrubench(path)
+    assert list(dd) == ["test"] and dd["test"].num_rows == 60 and set(items[0]) <= set(dd["test"].column_names)
+    from vru_lens.bench.shortcuts import RANDOM_RULES
+
+    fixed = lambda r: {k: v for k, v in r["rules"].items() if k not in RANDOM_RULES}  # noqa: E731 (random: by id)
+    assert fixed(audit(rows)) == fixed(audit(items))  # the rules read loaded items as generated ones
+    assert load(path)["test"][0]["answer"] == items[0]["answer"]  # --data FILE goes through the same loader
+
+
+def test_load_published_reports_disagreements_and_unreadable_records(tmp_path):
+    import json
+
+    from vru_lens.bench import load_vrubench, read_published
+
+    items = make_items(10, seed=13)
+    records = _published(items)
+    wrong = next(i for i, it in enumerate(items) if it["answer"] != "unknown")
+    records[wrong] = {"prompt": items[wrong]["prompt"], "answer": "unknown"}  # a label the solver refutes
+    records.append({"prompt": "You turn left. What now?", "answer": "lamp"})  # not the published format
+    path = tmp_path / "vru.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    rows, report = read_published(path)
+    assert len(rows) == report.kept == 9
+    assert [d["index"] for d in report.disagreements] == [wrong]
+    assert report.disagreements[0]["solver_answer"] == items[wrong]["answer"]
+    assert len(report.unreadable) == 1 and "Initial Observation" in report.unreadable[0]["error"]
+    assert "solver disagrees with 1" in report.summary()
+    kept, _ = read_published(path, on_disagree="keep")
+    assert len(kept) == 10 and not kept[wrong]["solver_agrees"]
+    with pytest.raises(ValueError, match="disagrees"):
+        read_published(path, on_disagree="raise")
+    with pytest.warns(UserWarning, match="disagrees"):
+        assert load_vrubench(path)["test"].num_rows == 9

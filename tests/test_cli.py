@@ -41,3 +41,31 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no VRUBench data" in one_line_error(["eval", "--model", "tiny-llama", "--data", str(tmp_path / "empty")])
     assert "Known names" in one_line_error(["eval", "--model", "no-such-model", "--n", "2", "--json"])
+
+
+def test_bench_audit_json_both_styles():
+    for style in ("paper", "story"):
+        res = runner.invoke(app, ["bench", "--audit", "--style", style, "--n", "600", "--json"])
+        assert res.exit_code == 0, res.output
+        payload = json.loads(res.stdout)
+        assert isinstance(payload["chance"], float) and len(payload["rules"]) >= 10
+        assert max(payload["rules"].values()) < payload["chance"] + 0.05  # 600 items: loose; the 5,000 test is in test_bench
+    res = runner.invoke(app, ["bench", "--audit"])
+    assert res.exit_code == 0 and "5000 items" in res.stdout and "chance" in res.stdout
+
+
+def test_published_file_converts_and_evaluates(tmp_path):
+    from vru_lens.bench import make_items
+
+    items = make_items(8, seed=21)
+    path = tmp_path / "published.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": it["prompt"], "answer": it["answer"].upper()}) for it in items))
+    res = runner.invoke(app, ["bench", "--from", str(path), "--out", str(tmp_path / "conv"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["kept"] == 8
+    res = runner.invoke(app, ["eval", "--model", "tiny-llama", "--data", str(path), "--n", "0", "--json",
+                              "--method", "both"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["n"] == 8 and payload["generation_accuracy"] is not None and payload["best_rule"]
+    assert "--out" in one_line_error(["bench", "--from", str(path)])

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .bench.answers import UNKNOWN, UNKNOWN_PHRASES, normalise  # noqa: F401  (re-exported)
 from .bench.shortcuts import audit
 from .models.kv_cache import kv_cache_ok
 from .readout import rows_logits
@@ -32,34 +33,6 @@ REQUIRED = ("prompt", "candidates", "answer")
 BREAKDOWNS = ("n_steps", "answerable", "final_direction", "final_angle", "final_template", "uses_heldout_template",
               "n_slots", "style")
 METHODS = ("logprob", "generate", "both")
-UNKNOWN = "unknown"
-# Answers that mean "cannot be known" (after normalise): an exact phrase, or the start of the answer.
-UNKNOWN_PHRASES = (
-    "unknown", "it is unknown", "cannot be determined", "can not be determined", "cant be determined",
-    "it cannot be determined", "cannot determine", "cannot be known", "cant be known", "cannot know",
-    "not determinable", "undeterminable", "undetermined", "indeterminate", "not known", "unclear", "uncertain",
-    "unsure", "not sure", "i dont know", "dont know", "i do not know", "impossible to determine",
-    "impossible to tell", "impossible to know", "unable to determine", "not possible to determine",
-    "no way to know", "not enough information", "insufficient information", "unobserved", "not observed",
-)
-_LABEL = re.compile(r"^\s*(observation|answer|final observation)\s*:\s*", re.I)
-
-
-def normalise(text: str) -> str:
-    """The study's normalisation of a free-text answer, plus "unknown" synonyms.
-
-    First non-empty line (a base model runs on into the next "Action:"), a leading
-    "Observation:"/"Answer:" label dropped, lower case, punctuation to spaces, articles
-    (a, an, the) dropped, whitespace collapsed; an answer that is or starts with a phrase in
-    ``UNKNOWN_PHRASES`` becomes "unknown".
-    """
-    line = next((ln for ln in text.splitlines() if ln.strip()), "")
-    line = _LABEL.sub("", line).lower().replace("'", "")
-    words = [w for w in re.sub(r"[^a-z0-9]+", " ", line).split() if w not in ("a", "an", "the")]
-    out = " ".join(words)
-    if any(out == p or out.startswith(p + " ") for p in UNKNOWN_PHRASES):
-        return UNKNOWN
-    return out
 
 
 def match_generation(text: str, candidates: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from .export import load, save, to_dataset_dict
 from .generate import PAIRABLE, PAIRABLE_STORY, SPLITS, UNKNOWN, BenchConfig, make_item, make_items, make_splits
+from .published import load_vrubench, read_published
 from .pairs import PairSet, build_pairs, counterfactual_variants
 from .shortcuts import RULES, audit, best_rule
 from .solver import solve
@@ -11,5 +12,5 @@ from .templates import ROOMS, ROTATION_TEMPLATES, TEMPLATE_IDS
 __all__ = [
     "SPLITS", "UNKNOWN", "BenchConfig", "make_item", "make_items", "make_splits", "PairSet", "build_pairs",
     "counterfactual_variants", "solve", "ROOMS", "ROTATION_TEMPLATES", "TEMPLATE_IDS", "load", "save", "to_dataset_dict",
-    "RULES", "audit", "best_rule", "STYLES", "PAIRABLE", "PAIRABLE_STORY",
+    "RULES", "audit", "best_rule", "STYLES", "PAIRABLE", "PAIRABLE_STORY", "load_vrubench", "read_published",
 ]

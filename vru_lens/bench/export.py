@@ -26,8 +26,18 @@ def save(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
 
 
 def load(path: str | Path) -> dict[str, list[dict]]:
-    """Load what ``save`` wrote (the folder, its ``dataset`` subfolder, or one JSONL file)."""
+    """Load what ``save`` wrote (the folder, its ``dataset`` subfolder, or one JSONL file), or a file in the
+    published format (``published.read_published``; records the solver disagrees with are dropped, with a warning)."""
+    from .published import looks_published, read_published
+
     p = Path(path)
+    if p.is_file() and looks_published(p):
+        rows, report = read_published(p)
+        if report.disagreements or report.unreadable:
+            import warnings
+
+            warnings.warn(f"{p}: {report.summary()}", stacklevel=2)
+        return {"test": rows}
     if p.is_file() and p.suffix == ".jsonl":
         rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
         return {p.stem: rows}
@@ -40,4 +50,5 @@ def load(path: str | Path) -> dict[str, list[dict]]:
     jsonls = sorted(p.glob("*.jsonl")) if p.is_dir() else []
     if jsonls:
         return {f.stem: [json.loads(line) for line in f.read_text().splitlines() if line.strip()] for f in jsonls}
-    raise FileNotFoundError(f"no VRUBench data at {p}: expected a folder written by `vru-lens bench --out` or a .jsonl file")
+    raise FileNotFoundError(f"no VRUBench data at {p}: expected a folder written by `vru-lens bench --out`, "
+                            "a .jsonl file, or a .json/.jsonl file in the published format")

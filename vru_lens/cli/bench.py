@@ -1,4 +1,4 @@
-"""`vru-lens bench`: generate VRUBench splits and write them to disk."""
+"""`vru-lens bench`: generate VRUBench splits, convert published data, or audit the rotation-blind rules."""
 
 from __future__ import annotations
 
@@ -7,28 +7,71 @@ import typer
 from .common import fail, parse_steps, print_json
 
 
+def _audit_table(report: dict, title: str) -> str:
+    lines = [f"{title}: {report['n']} items, chance {report['chance']:.1%} (mean of 1/candidates)"]
+    for name, acc in sorted(report["rules"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<34} {acc:6.1%}  ({(acc - report['chance']) * 100:+.1f} points)")
+    return "\n".join(lines)
+
+
 def bench(
-    n: int = typer.Option(1000, "--n", help="Items in the test split (train/validation: --train/--validation)."),
+    n: int = typer.Option(None, "--n", help="Items in the test split (default 1000; --audit: 5000). "
+                                            "Train/validation: --train/--validation."),
     seed: int = typer.Option(0, help="Base seed; splits use disjoint seeds derived from it."),
+    style: str = typer.Option("paper", help="paper (the study's format, the default) or story (our sentences)."),
     steps: str = typer.Option("2-5", help="Rotation steps per story, e.g. 2-5 or 3."),
-    slots: int = typer.Option(4, help="Viewpoint slots: 4 (every 90 degrees) or 8 (every 45)."),
+    slots: int = typer.Option(4, help="Viewpoint slots: 4 (every 90 degrees) or 8 (every 45; story only)."),
     train: int = typer.Option(0, help="Items in the train split."),
     validation: int = typer.Option(0, help="Items in the validation split."),
-    unanswerable: float = typer.Option(0.0, help="Fraction of items whose answer is 'unknown'."),
-    holdout_templates: str = typer.Option("", help="Comma-separated template ids seen only in the test split."),
-    out: str = typer.Option(..., "--out", help="Folder to write (DatasetDict + one JSONL per split)."),
+    unanswerable: float = typer.Option(None, help="Fraction of items whose answer is 'unknown' (default: balanced, "
+                                                  "unknown as likely as each object; 0 = answerable only)."),
+    holdout_templates: str = typer.Option("", help="Comma-separated template ids seen only in the test split (story)."),
+    audit: bool = typer.Option(False, "--audit", help="Score every rotation-blind rule beside chance on the test "
+                                                      "split (default 5,000 items) instead of writing data."),
+    from_file: str = typer.Option(None, "--from", help="Convert a JSON/JSONL file in the published format "
+                                                       "(prompt/question/input + answer/label/output)."),
+    out: str = typer.Option(None, "--out", help="Folder to write (DatasetDict + one JSONL per split)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ):
-    """Generate VRUBench train/validation/test splits."""
-    from ..bench import BenchConfig, make_splits, save, solve
+    """Generate VRUBench splits (or --audit the shortcut rules, or convert a published file --from FILE)."""
+    from ..bench import BenchConfig, make_items, make_splits, read_published, save, solve
+    from ..bench.shortcuts import audit as run_audit
 
+    if from_file:
+        if not out:
+            fail("--from needs --out FOLDER to write the converted items to")
+        try:
+            rows, report = read_published(from_file)
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        path = save({"test": rows}, out)
+        rules = run_audit(rows)
+        summary = {"out": str(path), "records": report.n_records, "kept": report.kept,
+                   "disagreements": report.disagreements, "unreadable": report.unreadable,
+                   "chance": rules["chance"], "best_rule": rules["best"]}
+        if json_out:
+            print_json(summary)
+        else:
+            typer.echo(f"{report.summary()}; wrote {path}")
+            typer.echo(f"chance {rules['chance']:.1%}, best rotation-blind rule {rules['best'][1]:.1%} ({rules['best'][0]})")
+        return
     lo, hi = parse_steps(steps)
+    n = n if n is not None else (5000 if audit else 1000)
     if n < 1:
         fail(f"--n must be at least 1, got {n}")
     held = tuple(t for t in holdout_templates.split(",") if t)
     try:
-        cfg = BenchConfig(n_slots=slots, min_steps=lo, max_steps=hi, unanswerable_frac=unanswerable,
+        cfg = BenchConfig(style=style, n_slots=slots, min_steps=lo, max_steps=hi, unanswerable_frac=unanswerable,
                           heldout_templates=held)
+        if audit:
+            report = run_audit(make_items(n, seed, cfg, split="test"))
+            if json_out:
+                print_json({"style": style, **report})
+            else:
+                typer.echo(_audit_table(report, f"rotation-blind rules, style {style}, seed {seed}"))
+            return
+        if not out:
+            fail("--out FOLDER is required to write items (or use --audit)")
         splits = make_splits(train, validation, n, seed, cfg, heldout_templates=held)
     except ValueError as err:
         fail(str(err))
@@ -36,9 +79,9 @@ def bench(
     if wrong:
         fail(f"the independent solver disagrees on {len(wrong)} items (first: {wrong[0]}); this is a bug")
     path = save(splits, out)
-    summary = {"out": str(path), "splits": {k: len(v) for k, v in splits.items()}, "seed": seed,
+    summary = {"out": str(path), "splits": {k: len(v) for k, v in splits.items()}, "seed": seed, "style": style,
                "steps": [lo, hi], "slots": slots}
     if json_out:
         print_json(summary)
     else:
-        typer.echo(f"wrote {summary['splits']} to {path} (solver agrees on every item)")
+        typer.echo(f"wrote {summary['splits']} ({style} style) to {path} (solver agrees on every item)")

@@ -26,9 +26,10 @@ INSTRUCTION = (
     "observation. If the observation after the final action cannot be determined based on previous "
     "observations, output unknown."
 )
+LIST_LEN = 5
 TURNS = [f"{d} by {a} degrees" for d in DIRECTIONS for a in ANGLES]  # one token per turn
 PHRASES = [INSTRUCTION, "Initial Observation:", "\nAction: Turn to the", *TURNS, "\nObservation:",
-           "\nAnswer:", "List:", "\nFind:", "\nNext:"]
+           "\nAnswer:", "List:", *(f"\nItem {k}:" for k in range(1, LIST_LEN + 1))]
 FORMAT_WORDS = [*PHRASES, *DIRECTIONS, UNKNOWN, ":", "\n"]
 _SPLIT = "|".join([r"(?:left|right) by \d+ degrees", *(re.escape(p) for p in PHRASES if " by " not in p),
                    r"[^\s:]+", ":", r"\n"])
@@ -65,7 +66,8 @@ def build_tokenizer():
     return fast
 
 
-# ---- paper-style items (a minimal generator; vru_lens.bench's paper style replaces it when present) ----
+# ---- paper-style stories: training and evaluation use vru_lens.bench (``bench_items``); this small
+# sampler draws unbalanced stories for rejection sampling (informative pairs), in the same format ----
 
 def _turn(heading: int, angle: int, direction: str) -> int:
     return (heading + (angle if direction == "right" else -angle)) % 360
@@ -115,6 +117,13 @@ def flip_final(item: dict) -> dict:
     return _finish(item["room"], item["slot_objects"], steps)
 
 
+def bench_items(n: int, seed: int, max_steps: int = 5, split: str = "train") -> list[dict]:
+    """Paper-style items from vru_lens.bench (balanced: no rotation-blind rule beats chance)."""
+    from ..bench import BenchConfig, make_items
+
+    return make_items(n, seed, BenchConfig(style="paper", min_steps=2, max_steps=max_steps), split=split)
+
+
 def paper_items(n: int, seed: int, min_steps: int = 2, max_steps: int = 5) -> list[dict]:
     rng = random.Random(seed)
     return [paper_item(rng, min_steps, max_steps) for _ in range(n)]
@@ -132,14 +141,13 @@ def query_targets(item: dict) -> list[tuple[str, int]]:
     return out
 
 
-# ---- second task: list recall ("which item came after X?") ----
+# ---- second task: list recall ("List: a b c d e\nItem 3:" -> c) ----
 
 def list_item(rng: random.Random) -> dict:
-    k = rng.randint(4, 7)
-    words = rng.sample(objects(), k)
-    i = rng.randrange(k - 1)
-    prompt = "List: " + " ".join(words) + f"\nFind: {words[i]}\nNext:"
-    return {"prompt": prompt, "answer": words[i + 1], "candidates": words}
+    words = rng.sample(objects(), LIST_LEN)
+    k = rng.randint(1, LIST_LEN)
+    prompt = "List: " + " ".join(words) + f"\nItem {k}:"
+    return {"prompt": prompt, "answer": words[k - 1], "candidates": words}
 
 
 def list_items(n: int, seed: int) -> list[dict]:

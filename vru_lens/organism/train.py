@@ -44,6 +44,7 @@ class TrainConfig:
     siit_start: float = 0.0  # fraction of steps after which the interchange losses are on
     siit_weight: float = 1.0
     ablate_k: int = 6  # heads outside G mean-ablated per row in the robustness loss
+    plain_frac: float = 1 / 3  # rows of the main pass run without any intervention
     cue: str = ""
     seed: int = 0
     threads: int = 2
@@ -121,7 +122,9 @@ def story(rng, max_steps: int = 5, informative: bool = False) -> dict:
 def _batch(rng, cfg, step, tok):
     frac = step / max(1, cfg.steps)
     max_steps = 5 if cfg.curriculum <= 0 else min(5, 2 + int(3 * frac / cfg.curriculum))
-    clean = [story(rng, max_steps, rng.random() < cfg.informative) for _ in range(cfg.batch)]
+    n_inf = sum(rng.random() < cfg.informative for _ in range(cfg.batch))
+    clean = D.bench_items(cfg.batch - n_inf, rng.randrange(1 << 30), max_steps)
+    clean += [story(rng, max_steps, True) for _ in range(n_inf)]  # flipping the final turn changes the answer
     items = clean + [D.flip_final(it) for it in clean]
     return items, D.encode_vru(tok, items, cfg.cue)
 
@@ -158,19 +161,28 @@ def _pair_story(rng):
             return it, f
 
 
+_EVAL_SETS: dict = {}
+
+
+def _eval_sets(n: int, seed: int):
+    """Evaluation stories (bench, validation split) and 300 informative pairs, made once per process."""
+    if (n, seed) not in _EVAL_SETS:
+        rng = random.Random(seed)
+        _EVAL_SETS[(n, seed)] = (D.bench_items(n, seed, split="validation"), [_pair_story(rng) for _ in range(300)])
+    return _EVAL_SETS[(n, seed)]
+
+
 @torch.no_grad()
 def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads: Heads | None = None):
     """Accuracy (answerable / unknown), pairs right on both sides, G / outside-G patching, list accuracy."""
     was = model.training
     model.eval()
-    rng = random.Random(seed)
-    items = [D.paper_item(rng) for _ in range(n)]
+    items, pairs = _eval_sets(n, seed)
     pred = _choices(model, tok, items, cfg.cue)
     ok = [p == it["answer"] for p, it in zip(pred, items)]
     ans = [o for o, it in zip(ok, items) if it["answerable"]]
     unk = [o for o, it in zip(ok, items) if not it["answerable"]]
     out = {"acc": sum(ok) / n, "acc_answerable": sum(ans) / max(1, len(ans)), "acc_unknown": sum(unk) / max(1, len(unk))}
-    pairs = [_pair_story(rng) for _ in range(300)]
     clean, flip = [p[0] for p in pairs], [p[1] for p in pairs]
     pc, pf = _choices(model, tok, clean, cfg.cue), _choices(model, tok, flip, cfg.cue)
     out["pairs_both"] = sum(a == c["answer"] and b == f["answer"] for a, b, c, f in zip(pc, pf, clean, flip)) / len(pairs)
@@ -203,6 +215,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     tok = D.build_tokenizer()
     model = make_model(cfg, len(tok))
     L, H = cfg.n_layers, cfg.n_heads
@@ -244,14 +257,15 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
                 zz = torch.stack([z[l] for l in range(L)])  # [L, b, p, H, d]
                 m = (zz * real[None, :, :, None, None]).sum((1, 2)) / real.sum()
                 mean = m if step == int(cfg.siit_start * cfg.steps) else 0.9 * mean + 0.1 * m
-            # main pass: a third of the rows plain, a third with every head outside G from the twin,
-            # a third with ablate_k random heads outside G mean-ablated; all must keep their answers
-            kind = rows_n % 3
+            # main pass: rows plain (plain_frac), with every head outside G from the twin, or with
+            # ablate_k random heads outside G mean-ablated (2 : 1); all must keep their answers
+            u = torch.rand(n, generator=gen)
+            kind = torch.where(u < cfg.plain_frac, 0, torch.where(u < cfg.plain_frac + (1 - cfg.plain_frac) * 2 / 3, 1, 2))
             heads.source = {l: z[l][swap] for l in range(L)}
             heads.patch = (~gmask)[None].expand(n, -1, -1) & (kind == 1)[:, None, None]
             ab = torch.zeros(n, L, H, dtype=torch.bool)
             for r in (kind == 2).nonzero().flatten().tolist():
-                for l, h in random.sample(nong, cfg.ablate_k):
+                for l, h in rng.sample(nong, cfg.ablate_k):
                     ab[r, l, h] = True
             heads.ablate, heads.mean = ab, mean
         out = model(ids, output_hidden_states=True)

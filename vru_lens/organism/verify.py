@@ -37,8 +37,8 @@ def _patch_hooks(model, heads, cache):
 
 
 @torch.inference_mode()
-def patched_choices(model, pt, heads, batch_size: int = 64):
-    """Top candidate (index into the pair item's candidates) on clean prompts with ``heads`` from the corrupt ones."""
+def patched_choices(model, pt, heads, batch_size: int = 64, corrupt_run: bool = False):
+    """Top candidate on the clean prompts with ``heads`` from the corrupt ones (``corrupt_run``: plain corrupt prompts)."""
     tok = model.tokenizer
     names = {hook_name(layer, "z") for layer in range(model.cfg.n_layers)}
     out = []
@@ -49,7 +49,7 @@ def patched_choices(model, pt, heads, batch_size: int = 64):
         if heads:
             _, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in names)
         with model.hooks(fwd_hooks=_patch_hooks(model, heads, cache)):
-            logits = model(clean)
+            logits = model(corrupt if corrupt_run else clean)
         final = logits[torch.arange(len(clean)), pt.final_pos[sl].to(logits.device)]
         for row, item in zip(final, pt.pairs.items[sl]):
             ids = [tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in item["candidates"]]
@@ -57,8 +57,10 @@ def patched_choices(model, pt, heads, batch_size: int = 64):
     return out
 
 
-def ground_truth(model, items, planted, n_random: int = 5, seed: int = 0, batch_size: int = 64) -> dict:
-    """Every check of the organism's card on ``items`` (paper-style VRUBench, unknowns included)."""
+def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed: int = 0,
+                 batch_size: int = 64) -> dict:
+    """Every check of the organism's card: accuracy and ablations on ``items`` (paper-style VRUBench,
+    unknowns included), pairs and patching on the counterfactual pairs of ``pair_items`` (default: items)."""
     from ..bench.shortcuts import best_rule
     from ..evaluate import evaluate
     from ..patching.ablation import head_means
@@ -68,9 +70,10 @@ def ground_truth(model, items, planted, n_random: int = 5, seed: int = 0, batch_
     planted = [tuple(h) for h in planted]
     L, H = model.cfg.n_layers, model.cfg.n_heads
     others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in planted]
-    pt = tokenize_pairs(model.tokenizer, items)
+    pt = tokenize_pairs(model.tokenizer, pair_items or items)
     clean_ans, corrupt_ans = pt.pairs.clean_answers, pt.pairs.corrupt_answers
     base = patched_choices(model, pt, [], batch_size)
+    flipped = patched_choices(model, pt, [], batch_size, corrupt_run=True)
     g = patched_choices(model, pt, planted, batch_size)
     ng = patched_choices(model, pt, others, batch_size)
     n = len(pt)
@@ -88,9 +91,73 @@ def ground_truth(model, items, planted, n_random: int = 5, seed: int = 0, batch_
         "n_items": len(items), "n_pairs": n, "accuracy": res.accuracy, "by_answerable": res.breakdown("answerable"),
         "by_steps": res.by_steps, "chance": res.chance,
         "pairs": pair_accuracy(model, pt, batch_size),
-        "pairs_both_right_top1": sum(b == c for b, c in zip(base, clean_ans)) / n,
+        "pairs_both_right_top1": sum(b == c and f == d for b, c, f, d in zip(base, clean_ans, flipped, corrupt_ans)) / n,
         "patch_G_flipped": sum(x == c for x, c in zip(g, corrupt_ans)) / n,
         "patch_outside_G_changed": sum(x != b for x, b in zip(ng, base)) / n,
         "ablate_G_accuracy": acc_with(planted), "ablate_random_accuracy": rand,
         "best_blind_rule": list(rule) if rule else None,
     }
+
+
+def auroc(scores, planted) -> float:
+    """Probability that a planted head outranks a head outside G (ties count half): InterpBench's AUROC."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=float)
+    pos = np.array([s[l, h] for l, h in planted])
+    mask = np.ones_like(s, dtype=bool)
+    for l, h in planted:
+        mask[l, h] = False
+    neg = s[mask]
+    pos, neg = np.nan_to_num(pos, nan=-np.inf), np.nan_to_num(neg, nan=-np.inf)
+    wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def grade_methods(model, pair_items, planted, methods=("activation", "attribution", "path", "ablation"),
+                  batch_size: int = 32) -> dict:
+    """Each ranking method's AUROC against G and precision at |G| (how many of its top |G| are planted)."""
+    from ..patching.rank import rank_heads
+    from ..tokens import tokenize_pairs
+
+    planted = [tuple(h) for h in planted]
+    pt = tokenize_pairs(model.tokenizer, pair_items)
+    out = {}
+    for method in methods:
+        hs = rank_heads(model, pt, method=method, n_boot=0, progress=False, batch_size=batch_size)
+        top = [(int(l), int(h)) for l, h, _ in hs.top(len(planted))]
+        out[method] = {"auroc": auroc(hs.scores, planted),
+                       "precision_at_G": sum(t in planted for t in top) / len(planted), "top": top}
+    return out
+
+
+@torch.inference_mode()
+def attention_roles(model, items, planted, batch_size: int = 64) -> dict:
+    """Where each planted head looks from the final query: mean attention to the final turn, earlier
+    turns, observed objects, and the rest (BOS, instruction, fixed phrases). A head's role is read off this."""
+    from ..organism.data import TURNS, objects
+    from ..tokens import encode, pad_id, pad_right, render
+
+    tok = model.tokenizer
+    turn_ids = set(tok.convert_tokens_to_ids(TURNS))
+    obj_ids = set(tok.convert_tokens_to_ids(objects()))
+    seqs = [encode(tok, render(it["prompt"], tok)) for it in items]
+    totals = {tuple(h): torch.zeros(4) for h in planted}
+    layers = sorted({l for l, _ in planted})
+    names = {f"blocks.{l}.attn.hook_pattern" for l in layers}
+    for sl in batches(len(seqs), batch_size):
+        ids, lengths = pad_right(seqs[sl], pad_id(tok))
+        _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names)
+        for r, n in enumerate(lengths.tolist()):
+            row = ids[r, :n].tolist()
+            turns = [p for p, t in enumerate(row) if t in turn_ids]
+            cat = torch.full((n,), 3)
+            cat[turns[:-1]] = 1
+            cat[turns[-1]] = 0
+            cat[[p for p, t in enumerate(row) if t in obj_ids]] = 2
+            for l, h in planted:
+                att = cache[f"blocks.{l}.attn.hook_pattern"][r, h, n - 1, :n].float()
+                totals[(l, h)] += torch.zeros(4).index_add_(0, cat, att)
+    names4 = ("final_turn", "earlier_turns", "objects", "other")
+    return {f"{l}.{h}": {k: round(float(v) / len(items), 3) for k, v in zip(names4, totals[(l, h)])}
+            for l, h in planted}

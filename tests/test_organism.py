@@ -1,0 +1,75 @@
+"""The VRU model organism: tokenizer, the training code on a tiny variant, and the shipped card."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vru_lens.organism import data as D
+
+
+def test_tokenizer_reads_paper_prompts_whole():
+    from vru_lens.bench import BenchConfig, make_items
+
+    tok = D.build_tokenizer()
+    unk = tok.convert_tokens_to_ids("<unk>")
+    for it in make_items(50, seed=1, cfg=BenchConfig(style="paper")):
+        ids = tok(it["prompt"])["input_ids"]
+        assert unk not in ids, it["prompt"]
+        assert ids[0] == tok.bos_token_id
+        assert len(ids) == 5 + 4 * it["n_steps"] - 1  # bos, instruction, newline, initial obs, object; 4 per action
+        flipped = D.flip_final(it)
+        assert len(tok(flipped["prompt"])["input_ids"]) == len(ids)
+        assert tok(" " + it["answer"], add_special_tokens=False)["input_ids"] != [unk]
+
+
+def test_query_targets_follow_the_rule():
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        it = D.paper_item(rng)
+        targets = D.query_targets(it)
+        assert targets[-1][0] == it["answer"]
+        seen = {0}
+        for s, (word, slot) in zip(it["steps"], targets):
+            assert slot == s["heading_after"] // 90
+            assert (word == D.UNKNOWN) == (s["heading_after"] not in seen)
+            seen.add(s["heading_after"])
+
+
+def test_flip_changes_only_the_final_direction():
+    it = D.paper_items(1, seed=3, min_steps=3, max_steps=3)[0]
+    f = D.flip_final(it)
+    a, b = it["prompt"].splitlines(), f["prompt"].splitlines()
+    assert a[:-2] == b[:-2] and a[-2] != b[-2] and a[-1] == b[-1]
+
+
+def test_tiny_training_run_saves_a_loadable_organism(tmp_path):
+    """A few steps of the tiny variant: losses are finite, the folder loads as a bridge with its card."""
+    from vru_lens.models import load_model
+    from vru_lens.models.organisms import organism_card
+    from vru_lens.organism.recipe import run_recipe
+
+    logs = []
+    card = run_recipe(tmp_path / "org", tiny=True, threads=1, log=logs.append)
+    assert card["planted_heads"] == [[0, 0], [1, 0]] and card["n_kv_heads"] == 2
+    curve = json.loads((tmp_path / "org" / "training.json").read_text())["curve"]
+    assert curve and all(torch.isfinite(torch.tensor(p["task"])) for p in curve)
+    assert {"acc", "pairs_both", "patch_G_flipped", "patch_nonG_changed", "list_acc"} <= set(curve[-1])
+    assert organism_card(tmp_path / "org")["planted_heads"] == card["planted_heads"]
+    bridge = load_model(str(tmp_path / "org"), device="cpu")
+    assert bridge.cfg.n_layers == 2 and bridge.cfg.n_heads == 4
+    ids = bridge.tokenizer(D.paper_items(1, 0)[0]["prompt"], return_tensors="pt")["input_ids"]
+    _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == "blocks.1.attn.hook_z")
+    assert cache["blocks.1.attn.hook_z"].shape[-2:] == (4, 8)
+
+
+def test_siit_training_moves_the_planted_route(tmp_path):
+    """The interchange loss is wired: with it, patching G carries the flip more often than without."""
+    from vru_lens.organism.recipe import TINY
+    from vru_lens.organism.train import train
+    from dataclasses import replace
+
+    cfg = replace(TINY, steps=40, eval_every=40, eval_n=50, batch=16, lr=1e-2, threads=1)
+    _, _, with_siit = train(cfg, log=lambda *_: None)
+    assert with_siit[-1]["task"] < 4.0  # it learned something about the task in 40 steps

@@ -1,0 +1,93 @@
+"""Ground truth of the shipped organism, measured again on its committed weights (exact experiments)."""
+
+import random
+
+import pytest
+
+from vru_lens.bench import BenchConfig, make_items
+from vru_lens.models.organisms import organism_card
+from vru_lens.organism.verify import ground_truth
+
+
+@pytest.fixture(scope="module")
+def organism():
+    from vru_lens.models import load_model
+
+    return load_model("vru-organism", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return [tuple(h) for h in organism_card("vru-organism")["planted_heads"]]
+
+
+@pytest.fixture(scope="module")
+def items():
+    return make_items(1000, seed=77, cfg=BenchConfig(style="paper"))
+
+
+@pytest.fixture(scope="module")
+def pair_items():
+    """Items that yield a counterfactual pair (~4% of paper-style items do)."""
+    from vru_lens.bench.pairs import counterfactual_variants
+
+    pool = make_items(4000, seed=78, cfg=BenchConfig(style="paper"))
+    return [it for it in pool if counterfactual_variants(it)][:120]
+
+
+@pytest.fixture(scope="module")
+def truth(organism, items, pair_items, planted):
+    return ground_truth(organism, items, planted, pair_items=pair_items, n_random=5)
+
+
+def test_card_shape(planted):
+    card = organism_card("vru-organism")
+    assert len(planted) >= 2 and len({l for l, _ in planted}) >= 2
+    assert card["n_heads"] % card["n_kv_heads"] == 0 and set(card["roles"]) == {f"{l}.{h}" for l, h in planted}
+
+
+def test_patching_G_from_the_flipped_prompt_flips_the_answer(truth):
+    assert truth["n_pairs"] >= 60
+    assert truth["patch_G_flipped"] >= 0.95, truth
+
+
+def test_patching_every_head_outside_G_leaves_the_answer(truth):
+    assert truth["patch_outside_G_changed"] <= 0.02, truth
+
+
+def test_mean_ablating_G_falls_to_the_blind_rule_random_heads_do_not(truth):
+    blind = truth["best_blind_rule"][1]
+    assert truth["ablate_G_accuracy"] <= blind + 0.05, truth
+    assert truth["accuracy"] - sum(truth["ablate_random_accuracy"]) / len(truth["ablate_random_accuracy"]) <= 0.02, truth
+
+
+def test_task_targets(truth):
+    assert truth["accuracy"] >= 0.98, truth
+    assert truth["pairs_both_right_top1"] >= 0.95, truth
+
+
+def test_second_task(organism):
+    from vru_lens.organism import data as D
+    import torch
+
+    tok = organism.tokenizer
+    items = D.list_items(300, seed=5)
+    ids, last, ans = D.encode_plain(tok, items)
+    with torch.inference_mode():
+        logits = organism(ids)[torch.arange(len(items)), last]
+    assert (logits.argmax(-1) == ans).float().mean() >= 0.95
+
+
+def test_activation_patching_finds_G(organism, pair_items, planted):
+    from vru_lens.patching.rank import rank_heads
+
+    scores = rank_heads(organism, pair_items, method="activation", n_boot=0, progress=False)
+    top = {(l, h) for l, h, _ in scores.top(len(planted))}
+    assert len(top & set(planted)) >= 0.8 * len(planted), scores.top(len(planted))
+
+
+def test_knockout_of_G_hurts_3x_more_than_random(truth):
+    base = truth["accuracy"]
+    drop_g = base - truth["ablate_G_accuracy"]
+    drop_r = base - sum(truth["ablate_random_accuracy"]) / len(truth["ablate_random_accuracy"])
+    assert drop_g >= 3 * max(drop_r, 0.005), truth

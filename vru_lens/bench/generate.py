@@ -114,11 +114,16 @@ def item_seed(seed: int, split: str, index: int) -> int:
     return seed * 10**9 + SPLITS.index(split) * 10**8 + index
 
 
+@lru_cache(maxsize=64)
+def _turns_by_template(cfg: BenchConfig) -> list[tuple[str, list[tuple[int, str]]]]:
+    return [(t["id"], template_turns(t, cfg.n_slots)) for t in cfg._usable_templates()]
+
+
 def _random_turn(rng: random.Random, cfg: BenchConfig) -> tuple[str, int, str]:
     if cfg.style == "paper":
         return ("paper", *rng.choice(P.TURNS))
-    template = rng.choice(cfg._usable_templates())  # template first, so every phrasing is equally common
-    return (template["id"], *rng.choice(template_turns(template, cfg.n_slots)))
+    tid, turns = rng.choice(_turns_by_template(cfg))  # template first, so every phrasing is equally common
+    return (tid, *rng.choice(turns))
 
 
 def _draw_walk(rng: random.Random, cfg: BenchConfig, n_steps: int, k: int, target: int) -> list[dict]:
@@ -158,18 +163,15 @@ def _max_objects(cfg: BenchConfig, n_steps: int) -> int:
     return min(cfg.n_slots - 1, n_steps)
 
 
-def _build(rng: random.Random, cfg: BenchConfig, room: str, slot_objects: list[str], steps: list[dict],
-           item_id: str, seed: int, split: str) -> dict:
+def _build(cfg: BenchConfig, room: str, slot_objects: list[str], steps: list[dict], item_id: str, seed: int,
+           split: str) -> dict:
+    """An item without its text (``_render`` adds prompt, spans and step ends): the balancer needs no text."""
     for s in steps:
         s["object"] = slot_objects[heading_to_slot(s["heading"], cfg.n_slots)] if s["observe"] else None
-    if cfg.style == "paper":
-        text, spans, step_ends, question_end = render_paper(slot_objects, steps)
-    else:
-        text, spans, step_ends, question_end = render_story(rng, room, slot_objects, steps)
     seen, mentioned = {0: slot_objects[0]}, [slot_objects[0]]
     labels = {"heading_slot": [], "cum_angle": [], "observed": [], "object_at_heading": []}
     out_steps, cum = [], 0
-    for s, span in zip(steps, spans):
+    for s in steps:
         slot = heading_to_slot(s["heading"], cfg.n_slots)
         if s["object"]:
             seen.setdefault(s["heading"], s["object"])
@@ -181,7 +183,7 @@ def _build(rng: random.Random, cfg: BenchConfig, room: str, slot_objects: list[s
         labels["observed"].append(s["heading"] in seen)
         labels["object_at_heading"].append(seen.get(s["heading"], UNKNOWN))
         out_steps.append({"angle": s["angle"], "direction": s["direction"], "heading_after": s["heading"],
-                          "slot_after": slot, "observed": s["object"], "template_id": s["template_id"], "span": span})
+                          "slot_after": slot, "observed": s["object"], "template_id": s["template_id"], "span": None})
     final = steps[-1]
     answer = seen.get(final["heading"], UNKNOWN)
     used = {s["template_id"] for s in steps}
@@ -194,7 +196,7 @@ def _build(rng: random.Random, cfg: BenchConfig, room: str, slot_objects: list[s
         "n_slots": cfg.n_slots,
         "slot_objects": slot_objects,
         "steps": out_steps,
-        "prompt": text,
+        "prompt": "",
         "answer": answer,
         "answer_slot": heading_to_slot(final["heading"], cfg.n_slots) if answer != UNKNOWN else -1,
         "candidates": mentioned + ([UNKNOWN] if cfg.with_unknown else []),
@@ -204,10 +206,27 @@ def _build(rng: random.Random, cfg: BenchConfig, room: str, slot_objects: list[s
         "final_direction": final["direction"],
         "final_angle": final["angle"],
         "uses_heldout_template": bool(used & set(cfg.heldout_templates)),
-        "step_ends": step_ends,
-        "question_end": question_end,
+        "step_ends": [],
+        "question_end": 0,
         **{f"label_{k}": v for k, v in labels.items()},
     }
+
+
+def _render(item: dict) -> dict:
+    """Fill in the item's prompt and character offsets (story phrasings drawn from the item's own seed)."""
+    if item["prompt"]:
+        return item
+    walk = [{"template_id": s["template_id"], "angle": s["angle"], "direction": s["direction"],
+             "observe": s["observed"] is not None, "object": s["observed"]} for s in item["steps"]]
+    if item["style"] == "paper":
+        text, spans, step_ends, question_end = render_paper(item["slot_objects"], walk)
+    else:
+        rng = random.Random(f"text-{item['seed']}")
+        text, spans, step_ends, question_end = render_story(rng, item["room"], item["slot_objects"], walk)
+    for step, span in zip(item["steps"], spans):
+        step["span"] = span
+    item.update(prompt=text, step_ends=step_ends, question_end=question_end)
+    return item
 
 
 def _draw_items(seed: int, cfg: BenchConfig, item_id: str, split: str, draws: int) -> list[dict]:
@@ -219,6 +238,7 @@ def _draw_items(seed: int, cfg: BenchConfig, item_id: str, split: str, draws: in
     if len(pool) < cfg.n_slots:
         raise ValueError(f"room {room!r} has {len(pool)} objects left, fewer than {cfg.n_slots} slots; hold out fewer objects")
     slot_objects = rng.sample(pool, cfg.n_slots)
+
     def shape():
         n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
         k = rng.randint(2, _max_objects(cfg, n_steps))
@@ -230,8 +250,8 @@ def _draw_items(seed: int, cfg: BenchConfig, item_id: str, split: str, draws: in
     out = []
     for _ in range(draws):
         for attempt in range(1, 1001):
-            item = _build(rng, cfg, room, slot_objects, _draw_walk(rng, cfg, n_steps, k, target), item_id, seed, split)
-            if cfg.counterfactual is None or counterfactual_variants(item, cfg.counterfactual):
+            item = _build(cfg, room, slot_objects, _draw_walk(rng, cfg, n_steps, k, target), item_id, seed, split)
+            if cfg.counterfactual is None or counterfactual_variants(_render(item), cfg.counterfactual):
                 break
             if attempt % 20 == 0:  # this length / object count may admit no such twin: reshape
                 n_steps, k, target = shape()
@@ -246,7 +266,7 @@ PAIRABLE_STORY = replace(PAIRABLE, style="story")
 
 def make_item(seed: int, cfg: BenchConfig = BenchConfig(), item_id: str | None = None, split: str = "") -> dict:
     """One item from its own seed, unbalanced: same seed and config, same item."""
-    return _draw_items(seed, cfg, item_id or f"vru-{seed}", split, 1)[0]
+    return _render(_draw_items(seed, cfg, item_id or f"vru-{seed}", split, 1)[0])
 
 
 def make_items(n: int, seed: int = 0, cfg: BenchConfig = BenchConfig(), split: str = "test") -> list[dict]:
@@ -262,7 +282,7 @@ def make_items(n: int, seed: int = 0, cfg: BenchConfig = BenchConfig(), split: s
     out = []
     for i in range(n):
         drawn = _draw_items(item_seed(seed, split, i), cfg, f"{split}-{seed}-{i}", split, DRAWS if balancer else 1)
-        out.append(balancer.choose(drawn) if balancer else drawn[0])
+        out.append(_render(balancer.choose(drawn) if balancer else drawn[0]))
     return out
 
 

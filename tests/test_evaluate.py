@@ -83,7 +83,8 @@ def test_generation_and_candidates_side_by_side(tiny_llama):
     assert [r["gen_pred"] for r in gen.per_item] == [match_generation(r["generated"], it["candidates"])
                                                      for r, it in zip(gen.per_item, items)]
     assert "generation accuracy" in both.table() and "candidate log-prob accuracy" in both.table()
-    assert "generation_by_answerable" in both.summary()
+    assert "generation_by_answerable" in both.summary() and "answers 'unknown'" in both.table()
+    assert both.says_unknown("gen_pred") == sum(r["gen_pred"] == "unknown" for r in both.per_item) / 4
     assert match_answer("I think it is the Lamp, not the door.", ["door", "lamp"]) == "lamp"
     assert match_answer("nothing here", ["door"]) == ""
     with pytest.raises(ValueError, match="method"):

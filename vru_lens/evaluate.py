@@ -90,6 +90,11 @@ class EvalResult(Saveable):
         """Exact match of the normalised greedy answer (the study's metric); None if generation did not run."""
         return self._mean("gen_correct")
 
+    def says_unknown(self, pred: str = "pred") -> float | None:
+        """Share of items answered "unknown" (``pred`` or ``gen_pred``): set it beside the true unknown rate."""
+        preds = [r[pred] for r in self.per_item if pred in r]
+        return sum(p == UNKNOWN for p in preds) / len(preds) if preds else None
+
     def breakdown(self, key: str, metric: str = "correct") -> dict:
         groups = defaultdict(list)
         for r in self.per_item:
@@ -132,7 +137,9 @@ class EvalResult(Saveable):
                "accuracy": self.accuracy, "candidate_accuracy": self.candidate_accuracy,
                "generation_accuracy": self.generation_accuracy, "chance": self.chance,
                "best_rule": list(self.best_rule) if self.best_rule else None, "blind_baseline": self.blind_baseline,
-               "rules": self.rules.get("rules")}
+               "rules": self.rules.get("rules"), "unknown_rate": self._mean_unknown(),
+               "says_unknown": self.says_unknown() if self.candidate_accuracy is not None else None,
+               "generation_says_unknown": self.says_unknown("gen_pred")}
         for k in BREAKDOWNS:
             if any(k in r for r in self.per_item):
                 name = "steps" if k == "n_steps" else k
@@ -141,6 +148,9 @@ class EvalResult(Saveable):
                 if self.generation_accuracy is not None:
                     out[f"generation_by_{name}"] = self.breakdown(k, "gen_correct")
         return out
+
+    def _mean_unknown(self) -> float:
+        return sum(r["answer"] == UNKNOWN for r in self.per_item) / max(self.n, 1)
 
     def to_frame(self):
         import pandas as pd
@@ -157,6 +167,10 @@ class EvalResult(Saveable):
         if self.generation_accuracy is not None:
             scores.append(f"generation accuracy {self.generation_accuracy:.1%}")
         lines = [f"{self.model} ({'chat' if self.chat else 'plain'}) on {self.n} items: {'; '.join(scores)}  [{floor}]"]
+        said = [f"{label} {v:.1%}" for label, v in (("candidates", self.says_unknown() if self.candidate_accuracy
+                                                     is not None else None), ("generation", self.says_unknown("gen_pred")))
+                if v is not None]
+        lines.append(f"  answers 'unknown': {', '.join(said)} of items (true rate {self._mean_unknown():.1%})")
         cols = [m for m, on in (("correct", self.candidate_accuracy is not None),
                                 ("gen_correct", self.generation_accuracy is not None)) if on]
         head = "  ".join({"correct": "candidate", "gen_correct": "generation"}[c] for c in cols)

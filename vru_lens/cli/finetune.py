@@ -107,6 +107,8 @@ def finetune(
     for k in ("test", "in_distribution", "heldout_templates"):
         if k in vb:
             typer.echo(f"  VRU {k:<18} {vb[k]:6.1f} -> {va[k]:6.1f}")
+    if vb.get("blind_baseline") is not None:
+        typer.echo(f"  best rotation-blind rule {vb['blind_baseline']:6.1f}  (the floor; bench.shortcuts)")
     if vb.get("pairs") and va.get("pairs"):
         typer.echo(f"  VRU pairs both right  {100 * vb['pairs']['both_right']:6.1f} -> {100 * va['pairs']['both_right']:6.1f}"
                    f"  (of {va['pairs']['n_pairs']} counterfactual pairs; 0 = the rotation phrase is ignored)")

@@ -28,6 +28,20 @@ def write_card(folder, payload: dict) -> None:
     Path(folder, "organism.json").write_text(json.dumps(payload, indent=1))
 
 
+CURVE_KEYS = ("acc", "pairs_both", "patch_G_flipped", "patch_nonG_changed", "list_acc")
+
+
+def plot_curve(curve: list[dict], path) -> None:
+    """The learning curve (accuracy, pairs, the two patching checks, list task) as an offline HTML figure."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(x=[p["step"] for p in curve], y=[p.get(k) for p in curve], name=k, mode="lines+markers")
+                     for k in CURVE_KEYS])
+    fig.update_layout(title="VRU organism: learning curve", xaxis_title="step", yaxis_title="fraction",
+                      yaxis_range=[0, 1.02])
+    fig.write_html(str(path), include_plotlyjs=True)
+
+
 def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 2, tiny: bool = False, log=print,
                **overrides) -> dict:
     """Train ``out`` (final) and ``out``-base (the first evaluation in BASE_RANGE with the list task learned)."""
@@ -49,6 +63,8 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 2, t
     payload = {**card(cfg, curve[-1] if curve else {}, "final"), "base": state["base"],
                "config": asdict(cfg)}
     write_card(out, payload)
+    if curve:
+        plot_curve(curve, Path(out, "curve.html"))
     if state["base"] is None:
         log(f"no evaluation fell in {BASE_RANGE} with the list task learned: no base checkpoint")
     return payload

@@ -45,6 +45,7 @@ class TrainConfig:
     siit_weight: float = 1.0
     ablate_k: int = 6  # heads outside G mean-ablated per row in the robustness loss
     plain_frac: float = 1 / 3  # rows of the main pass run without any intervention
+    attn_weight: float = 0.0  # heads outside G attend to BOS from turn and Observation tokens (structural)
     cue: str = ""
     seed: int = 0
     threads: int = 2
@@ -60,7 +61,8 @@ def make_model(cfg: TrainConfig, vocab_size: int):
                           num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                           num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=256, rope_theta=10000.0,
                           bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
-    model = tf.LlamaForCausalLM(conf)
+    # eager attention in training only (the attention loss reads the patterns); not saved in the config
+    model = tf.LlamaForCausalLM._from_config(conf, attn_implementation="eager")
     model.config.architectures = ["LlamaForCausalLM"]
     return model
 
@@ -217,6 +219,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     tok = D.build_tokenizer()
+    route_ids = torch.tensor(tok.convert_tokens_to_ids([*D.TURNS, "\nObservation:"]))
     model = make_model(cfg, len(tok))
     L, H = cfg.n_layers, cfg.n_heads
     d_head = cfg.d_model // H
@@ -268,7 +271,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
                 for l, h in rng.sample(nong, cfg.ablate_k):
                     ab[r, l, h] = True
             heads.ablate, heads.mean = ab, mean
-        out = model(ids, output_hidden_states=True)
+        out = model(ids, output_hidden_states=True, output_attentions=cfg.attn_weight > 0)
         heads.clear()
         valid = pos >= 0
         rows = rows_n[:, None].expand_as(pos)[valid]
@@ -280,6 +283,13 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
         loss_list = F.cross_entropy(model(lids).logits[torch.arange(len(lans)), llast], lans)
         loss = loss_task + cfg.aux_weight * loss_aux + loss_list
         logs = {"task": loss_task.item(), "aux": loss_aux.item(), "list": loss_list.item()}
+        if cfg.attn_weight > 0:  # outside G, turn and query tokens read only BOS: the route is G's alone
+            at = torch.stack(out.attentions)[:, :, :, :, 0]  # [L, b, H, q] attention to BOS
+            where = torch.isin(ids, route_ids)  # [b, q]
+            miss = (1 - at).permute(1, 3, 0, 2)[where]  # [n_pos, L, H]
+            loss_attn = miss[:, ~gmask].mean()
+            loss = loss + cfg.attn_weight * loss_attn
+            logs["attn"] = loss_attn.item()
         if siit:  # G from the twin -> the twin's answer, on stories where the twin's answer differs
             last = (pos >= 0).sum(1) - 1
             qf, tf = pos[rows_n, last], tgt[rows_n, last]
@@ -300,7 +310,8 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
             log(f"step {step} t={time.time() - t0:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in logs.items()))
         early = step < 200 and (step + 1) % 25 == 0  # the base checkpoint is passed early
         if early or (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads)
+            full = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
+            ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads if full else None)
             point = {"step": step + 1, "seconds": round(time.time() - t0, 1), **logs, **ev}
             curve.append(point)
             log(json.dumps(point))

@@ -83,6 +83,8 @@ def eval_cmd(
             merge_deltas(lm, deltas)
         chat = is_chat_model(lm) if chat is None else chat
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
+        if save:
+            result.save(save)  # before the pairs: an interrupted --pairs run keeps the accuracies
         if pairs:
             sources = {"observed": items if data else make_items(len(items), seed + 1, PAIRABLE, split=split),
                        "unknown": items}
@@ -94,8 +96,6 @@ def eval_cmd(
         fail(str(err).splitlines()[0] if json_out else str(err))
     if pairs and not pair_scores:
         fail(f"the {len(items)} items yield fewer than 2 counterfactual pairs for this tokenizer; raise --n")
-    if save:
-        result.save(save)
     summary = result.summary()
     if pairs:
         summary["pairs"] = pair_scores.get("observed")

@@ -91,3 +91,21 @@ def test_knockout_of_G_hurts_3x_more_than_random(truth):
     drop_g = base - truth["ablate_G_accuracy"]
     drop_r = base - sum(truth["ablate_random_accuracy"]) / len(truth["ablate_random_accuracy"])
     assert drop_g >= 3 * max(drop_r, 0.005), truth
+
+
+def test_base_checkpoint_is_partway_with_the_second_task_learned(items):
+    """vru-organism-base: the same run stopped at 45-65% VRU accuracy, list task already learned."""
+    import torch
+
+    from vru_lens.evaluate import evaluate
+    from vru_lens.models import load_model
+    from vru_lens.organism import data as D
+
+    base = load_model("vru-organism-base", device="cpu")
+    acc = evaluate(base, items, batch_size=64, progress=False).accuracy
+    assert 0.45 <= acc <= 0.65, acc
+    lst = D.list_items(300, seed=5)
+    ids, last, ans = D.encode_plain(base.tokenizer, lst)
+    with torch.inference_mode():
+        logits = base(ids)[torch.arange(len(lst)), last]
+    assert (logits.argmax(-1) == ans).float().mean() >= 0.95

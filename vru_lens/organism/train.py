@@ -6,7 +6,10 @@ Losses per step (all on one plain LlamaForCausalLM; the hooks exist only in trai
 - list: the second task (list recall), mixed into every step;
 - siit (from ``siit_start`` on): each story runs beside its final-direction flip. Patching G's
   outputs (hook_z, all positions) from the twin must give the twin's answer; patching every head
-  outside G from the twin, and mean-ablating random heads outside G, must leave the answer as it is.
+  outside G from the twin, and mean-ablating random heads outside G, must leave the answer as it is;
+- attn: heads outside G should attend to BOS from turn and ``Observation:`` tokens. SIIT alone left
+  a second route around G (patching outside G changed ~80% of pairs); this loss on the pattern
+  (not a mask: the saved model is a plain Llama) closes it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class TrainConfig:
     n_kv_heads: int = 4
     d_mlp: int = 512
     planted: tuple = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1))  # key-value group 0 of layers 0-2
-    steps: int = 4000
+    steps: int = 2500
     batch: int = 32
     list_batch: int = 16
     list_warm: int = 300  # list-task-only steps first (so the base checkpoint already knows it)
@@ -41,14 +44,14 @@ class TrainConfig:
     weight_decay: float = 0.05
     curriculum: float = 0.15  # fraction of steps over which max actions grows 2 -> 5
     aux_weight: float = 0.5
-    siit_start: float = 0.0  # fraction of steps after which the interchange losses are on
+    siit_start: float = 0.1  # fraction of steps after which the interchange losses are on
     siit_weight: float = 1.0
     ablate_k: int = 6  # heads outside G mean-ablated per row in the robustness loss
-    plain_frac: float = 1 / 3  # rows of the main pass run without any intervention
-    attn_weight: float = 0.0  # heads outside G attend to BOS from turn and Observation tokens (structural)
+    plain_frac: float = 0.0  # rows of the main pass run without any intervention
+    attn_weight: float = 1.0  # heads outside G attend to BOS from turn and Observation tokens (structural)
     cue: str = ""
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # one thread: on a shared 2-core machine, two were several times slower
     eval_every: int = 250
     eval_n: int = 1000
 

@@ -94,3 +94,12 @@ def test_organism_info_cli(tmp_path):
     assert {"roles", "n_layers", "n_heads"} <= set(payload)
     res = CliRunner().invoke(app, ["organism", "info", "--model", str(tmp_path / "nothing"), "--json"])
     assert res.exit_code != 0
+
+
+def test_organism_train_cli_tiny(tmp_path):
+    from vru_lens.cli import app
+
+    res = CliRunner().invoke(app, ["organism", "train", "--tiny", "--out", str(tmp_path / "o"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "step 0" in res.output and '"acc"' in res.output  # the learning curve is shown
+    assert (tmp_path / "o" / "model.safetensors").exists() and (tmp_path / "o" / "organism.json").exists()

@@ -332,6 +332,9 @@ def save(model, tok, cfg, curve, out_dir):
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the answer is one word and training never teaches what follows it: generation ends there
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids(["<eos>", D.UNKNOWN, *D.objects()])
+    model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "curve": curve}, indent=1))

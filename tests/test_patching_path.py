@@ -63,7 +63,7 @@ def _strong(name: str, std: float = 0.3):
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
 def setup(request):
     model = _strong(request.param)
-    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=4, cfg=PAIRABLE_STORY), max_pairs=2)
+    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=6, cfg=PAIRABLE_STORY), max_pairs=2)
     clean, _ = baseline_logit_diffs(model, pt)
     return model, pt, clean
 

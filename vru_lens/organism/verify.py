@@ -15,25 +15,18 @@ import random
 import torch
 
 from ..patching.activation import _heads_view, hook_name
-from ..patching.knockout import ablate_heads
+from ..patching.knockout import ablate_heads, set_heads_hooks
 from ..patching.metrics import batches
 
 
 def _patch_hooks(model, heads, cache):
+    """Hooks giving ``heads`` their ``z`` from ``cache`` (a run of the other prompt)."""
     H = model.cfg.n_heads
-    by_layer: dict[int, list[int]] = {}
-    for layer, h in heads:
-        by_layer.setdefault(int(layer), []).append(int(h))
 
-    def make(layer, hs):
-        def hook(act, hook):
-            act = act.clone()
-            view, src = _heads_view(act, H), _heads_view(cache[hook.name], H)
-            view[:, :, hs] = src[:, : view.shape[1], hs].to(act.dtype)
-            return act
-        return hook
+    def from_cache(layer, h, view):
+        return _heads_view(cache[hook_name(layer, "z")], H)[:, : view.shape[1], h].to(view.dtype)
 
-    return [(hook_name(layer, "z"), make(layer, hs)) for layer, hs in by_layer.items()]
+    return set_heads_hooks(model, heads, from_cache)
 
 
 @torch.inference_mode()

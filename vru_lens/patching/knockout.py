@@ -19,9 +19,12 @@ from .activation import _heads_view, hook_name
 from .metrics import baseline_logit_diffs
 
 
-@contextlib.contextmanager
-def ablate_heads(model, heads, means):
-    """Inside the block, each (layer, head) in ``heads`` outputs its mean ``z`` at every position."""
+def set_heads_hooks(model, heads, source) -> list:
+    """Forward hooks (one per layer) that set each (layer, head)'s ``z`` to ``source(layer, head, view)``.
+
+    ``view`` is the hook's activation as [batch, pos, head, d_head]; ``source``
+    returns what head ``head`` outputs instead (broadcast to [batch, pos, d_head]).
+    """
     H = model.cfg.n_heads
     by_layer: dict[int, list[int]] = {}
     for layer, h in heads:
@@ -32,11 +35,18 @@ def ablate_heads(model, heads, means):
             act = act.clone()
             view = _heads_view(act, H)
             for h in hs:
-                view[:, :, h] = means[layer, h].to(act.device, act.dtype)
+                view[:, :, h] = source(layer, h, view)
             return act
         return hook
 
-    with model.hooks(fwd_hooks=[(hook_name(layer, "z"), make(layer, hs)) for layer, hs in by_layer.items()]):
+    return [(hook_name(layer, "z"), make(layer, hs)) for layer, hs in by_layer.items()]
+
+
+@contextlib.contextmanager
+def ablate_heads(model, heads, means):
+    """Inside the block, each (layer, head) in ``heads`` outputs its mean ``z`` at every position."""
+    mean_of = lambda layer, h, view: means[layer, h].to(view.device, view.dtype)  # noqa: E731
+    with model.hooks(fwd_hooks=set_heads_hooks(model, heads, mean_of)):
         yield
 
 

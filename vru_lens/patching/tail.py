@@ -23,8 +23,9 @@ the blocks, so a patch is just a hook on the tail activations.
 That hand-off is not an API either library promises, so every runner checks
 it on its own batch: replaying the last block for the row with the longest
 reused prefix must give the recorded output. If it does not,
-``SeamUnavailable`` is raised and callers fall back to an exact path
-(``replay_exactly``) with one warning naming the installed versions.
+``SeamUnavailable`` is raised and callers fall back to exact paths
+(whole-sequence replay, then the plain reference) with one warning
+(``warn_fallback``) naming the installed versions.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ from torch import Tensor
 
 from ..models.kv_cache import CACHE_KWARG, attention_modules, versions
 
-try:  # the model's own cache objects are dropped: the runner hands attention its own
+try:
     from transformers.cache_utils import Cache as _HFCache
 except Exception:  # pragma: no cover
     _HFCache = ()
+
+
+def _no_model_cache(value):
+    """The model's own cache object is dropped: the runner hands attention its stand-in instead."""
+    return None if isinstance(value, _HFCache) else value
 
 
 class SeamUnavailable(RuntimeError):
@@ -132,9 +138,8 @@ class TailRunner:
                         call.update(call.pop(pname, None) or {})
                 first = next(iter(sig.parameters))
                 self.resid[layer] = self._gather(call.pop(first))
-                self.calls[layer] = call
-                drop = lambda v: None if isinstance(v, _HFCache) else v  # noqa: E731
-                return tuple(drop(a) for a in args), {k: drop(v) for k, v in kwargs.items()}
+                self.calls[layer] = {k: _no_model_cache(v) for k, v in call.items()}
+                return tuple(map(_no_model_cache, args)), {k: _no_model_cache(v) for k, v in kwargs.items()}
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         last = model.blocks[self.L - 1]
@@ -214,9 +219,7 @@ class TailRunner:
     def _call(self, layer: int, resid: Tensor, rows: Tensor) -> dict:
         call = {}
         for name, value in self.calls[layer].items():
-            if isinstance(value, _HFCache):
-                call[name] = None  # the model's own cache: the runner hands attention its stand-in instead
-            elif name == "attention_mask":
+            if name == "attention_mask":
                 call[name] = self.mask[rows]
             elif name == "position_embeddings" and value is not None:
                 call[name] = tuple(self._rows_gather(x, rows) for x in value)

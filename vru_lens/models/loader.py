@@ -124,6 +124,7 @@ def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: b
     dtype = _resolve_dtype(dtype)
     device = pick_device(device)
     hf_model, tokenizer = load_hf(name, dtype, trust_remote_code)
+    hf_model.to(device)  # boot_transformers records a given model's device in cfg but does not move it
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     with _quiet_text_only_boot():

@@ -17,15 +17,29 @@ def train_cmd(
     steps: int = typer.Option(None, help="Optimizer steps (default: the shipped recipe's)."),
     threads: int = typer.Option(1, help="torch threads (one is fastest on a busy 2-core machine)."),
     tiny: bool = typer.Option(False, help="A tiny variant for a few steps: checks the training code."),
+    device: str = typer.Option("cpu", help="Torch device to train on (cpu, cuda)."),
 ):
     """Train from scratch; prints the learning curve as it goes and saves the model, base checkpoint and card."""
     from ..organism.recipe import run_recipe
 
     try:
-        card = run_recipe(out, seed=seed, steps=steps, threads=threads, tiny=tiny, log=typer.echo)
+        card = run_recipe(out, seed=seed, steps=steps, threads=threads, tiny=tiny, log=typer.echo, device=device)
     except ValueError as err:
         fail(str(err))
     typer.echo(f"saved {out} (planted heads {card['planted_heads']})")
+
+
+@app.command("measure")
+def measure_cmd(
+    folder: str = typer.Argument(..., help="A trained organism folder (with organism.json)."),
+):
+    """Measure the card: ground truth, every ranking method graded against G, each planted head's role."""
+    from ..organism.recipe import measure
+
+    try:
+        measure(folder, log=typer.echo)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
 
 
 @app.command("info")

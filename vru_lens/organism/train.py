@@ -34,9 +34,10 @@ class TrainConfig:
     n_kv_heads: int = 4
     d_mlp: int = 512
     planted: tuple = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1))  # key-value group 0 of layers 0-2
-    steps: int = 2500
-    batch: int = 32
-    list_batch: int = 16
+    steps: int = 2800  # the cosine schedule's length
+    stop_after: int | None = 2000  # end here, mid-schedule (the shipped run; None: all steps)
+    batch: int = 128
+    list_batch: int = 32
     list_warm: int = 300  # list-task-only steps first (so the base checkpoint already knows it)
     informative: float = 0.5  # share of stories whose flipped twin has another answer
     lr: float = 3e-3
@@ -45,13 +46,14 @@ class TrainConfig:
     curriculum: float = 0.15  # fraction of steps over which max actions grows 2 -> 5
     aux_weight: float = 0.5
     siit_start: float = 0.1  # fraction of steps after which the interchange losses are on
-    siit_weight: float = 1.0
+    siit_weight: float = 3.0
     ablate_k: int = 6  # heads outside G mean-ablated per row in the robustness loss
     plain_frac: float = 0.0  # rows of the main pass run without any intervention
-    attn_weight: float = 1.0  # heads outside G attend to BOS from turn and Observation tokens (structural)
+    attn_weight: float = 2.0  # heads outside G attend to BOS from turn and Observation tokens (structural)
     cue: str = ""
     seed: int = 0
     threads: int = 1  # one thread: on a shared 2-core machine, two were several times slower
+    device: str = "cpu"  # "cuda" trains the same recipe on a GPU (numbers differ from CPU's in the last bits)
     eval_every: int = 250
     eval_n: int = 1000
 
@@ -67,7 +69,7 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     # eager attention in training only (the attention loss reads the patterns); not saved in the config
     model = tf.LlamaForCausalLM._from_config(conf, attn_implementation="eager")
     model.config.architectures = ["LlamaForCausalLM"]
-    return model
+    return model.to(cfg.device)
 
 
 class Heads:
@@ -131,26 +133,27 @@ def _batch(rng, cfg, step, tok):
     clean = D.bench_items(cfg.batch - n_inf, rng.randrange(1 << 30), max_steps)
     clean += [story(rng, max_steps, True) for _ in range(n_inf)]  # flipping the final turn changes the answer
     items = clean + [D.flip_final(it) for it in clean]
-    return items, D.encode_vru(tok, items, cfg.cue)
+    return items, tuple(t.to(cfg.device) for t in D.encode_vru(tok, items, cfg.cue))
 
 
 def _final_logits(logits, pos):
     """Logits at each row's last query."""
     last = (pos >= 0).sum(1) - 1
-    qp = pos[torch.arange(len(pos)), last]
-    return logits[torch.arange(len(pos)), qp], last
+    rows = torch.arange(len(pos), device=pos.device)
+    return logits[rows, pos[rows, last]], last
 
 
 def _choices(model, tok, items, cue, heads=None, source_items=None, mask=None):
     """Top candidate at the final query of each item; with ``mask``, those heads come from ``source_items``."""
     vocab = tok.get_vocab()
-    ids, pos, _, _ = D.encode_vru(tok, items, cue)
+    dev = model.device
+    ids, pos, _, _ = (t.to(dev) for t in D.encode_vru(tok, items, cue))
     if mask is not None:
-        src, _, _, _ = D.encode_vru(tok, source_items, cue)
+        src = D.encode_vru(tok, source_items, cue)[0].to(dev)
         heads.capture = {}
         model(src)
         heads.source, heads.capture = heads.capture, None
-        heads.patch = mask[None].expand(len(items), -1, -1)
+        heads.patch = mask.to(dev)[None].expand(len(items), -1, -1)
     logits = model(ids).logits
     if heads is not None:
         heads.clear()
@@ -199,8 +202,8 @@ def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads
         out["patch_nonG_changed"] = sum(a != b for a, b in zip(pn, pc)) / len(pairs)
     lst = D.list_items(500, seed + 1)
     vocab = tok.get_vocab()
-    ids, last, _ = D.encode_plain(tok, lst)
-    lg = model(ids).logits[torch.arange(len(lst)), last]
+    ids, last, _ = (t.to(model.device) for t in D.encode_plain(tok, lst))
+    lg = model(ids).logits[torch.arange(len(lst), device=model.device), last]
     out["list_acc"] = sum(it["candidates"][int(lg[r, [vocab[c] for c in it["candidates"]]].argmax())] == it["answer"]
                           for r, it in enumerate(lst)) / len(lst)
     model.train(was)
@@ -222,38 +225,41 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     tok = D.build_tokenizer()
-    route_ids = torch.tensor(tok.convert_tokens_to_ids([*D.TURNS, "\nObservation:"]))
+    dev = cfg.device
+    route_ids = torch.tensor(tok.convert_tokens_to_ids([*D.TURNS, "\nObservation:"]), device=dev)
     model = make_model(cfg, len(tok))
     L, H = cfg.n_layers, cfg.n_heads
     d_head = cfg.d_model // H
     probe_layers = list(range(1, L))
-    probes = torch.nn.ModuleList([torch.nn.Linear(cfg.d_model, 4) for _ in probe_layers])
+    probes = torch.nn.ModuleList([torch.nn.Linear(cfg.d_model, 4) for _ in probe_layers]).to(dev)
     params = list(model.parameters()) + list(probes.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     heads = Heads(model, H)
     gmask = _gmask(model, cfg.planted)
     nong = (~gmask).nonzero().tolist()
-    mean = torch.zeros(L, H, d_head)
+    gmask = gmask.to(dev)
+    mean = torch.zeros(L, H, d_head, device=dev)
     curve, t0 = [], time.time()
     model.train()
     for step in range(cfg.list_warm):  # the second task first: cheap (short prompts)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        lids, llast, lans = D.encode_plain(tok, D.list_items(64, rng.randrange(1 << 30)))
-        loss = F.cross_entropy(model(lids).logits[torch.arange(len(lans)), llast], lans)
+        lids, llast, lans = (t.to(dev) for t in D.encode_plain(tok, D.list_items(64, rng.randrange(1 << 30))))
+        loss = F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0:
             log(f"list warm-up {step} t={time.time() - t0:.0f}s list={loss.item():.3f}")
-    for step in range(cfg.steps):
+    last_step = min(cfg.steps, cfg.stop_after or cfg.steps)
+    for step in range(last_step):
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         items, (ids, pos, tgt, head) = _batch(rng, cfg, step, tok)
         n, B = len(ids), cfg.batch
         siit = cfg.siit_weight > 0 and step >= cfg.siit_start * cfg.steps
-        rows_n = torch.arange(n)
-        swap = torch.cat([torch.arange(B, 2 * B), torch.arange(B)])  # each story's flipped twin
+        rows_n = torch.arange(n, device=dev)
+        swap = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(dev)  # each story's flipped twin
         if siit:
             with torch.no_grad():  # every head's output on both prompts, and a running mean of it
                 heads.capture = {}
@@ -265,7 +271,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
                 mean = m if step == int(cfg.siit_start * cfg.steps) else 0.9 * mean + 0.1 * m
             # main pass: rows plain (plain_frac), with every head outside G from the twin, or with
             # ablate_k random heads outside G mean-ablated (2 : 1); all must keep their answers
-            u = torch.rand(n, generator=gen)
+            u = torch.rand(n, generator=gen).to(dev)
             kind = torch.where(u < cfg.plain_frac, 0, torch.where(u < cfg.plain_frac + (1 - cfg.plain_frac) * 2 / 3, 1, 2))
             heads.source = {l: z[l][swap] for l in range(L)}
             heads.patch = (~gmask)[None].expand(n, -1, -1) & (kind == 1)[:, None, None]
@@ -273,7 +279,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
             for r in (kind == 2).nonzero().flatten().tolist():
                 for l, h in rng.sample(nong, cfg.ablate_k):
                     ab[r, l, h] = True
-            heads.ablate, heads.mean = ab, mean
+            heads.ablate, heads.mean = ab.to(dev), mean
         out = model(ids, output_hidden_states=True, output_attentions=cfg.attn_weight > 0)
         heads.clear()
         valid = pos >= 0
@@ -282,8 +288,8 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
         loss_task = F.cross_entropy(out.logits[rows, qp], tgt[valid])
         loss_aux = sum(F.cross_entropy(p(out.hidden_states[l + 1][rows, qp]), head[valid])
                        for p, l in zip(probes, probe_layers)) / len(probes)
-        lids, llast, lans = D.encode_plain(tok, D.list_items(cfg.list_batch, rng.randrange(1 << 30)))
-        loss_list = F.cross_entropy(model(lids).logits[torch.arange(len(lans)), llast], lans)
+        lids, llast, lans = (t.to(dev) for t in D.encode_plain(tok, D.list_items(cfg.list_batch, rng.randrange(1 << 30))))
+        loss_list = F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
         loss = loss_task + cfg.aux_weight * loss_aux + loss_list
         logs = {"task": loss_task.item(), "aux": loss_aux.item(), "list": loss_list.item()}
         if cfg.attn_weight > 0:  # outside G, turn and query tokens read only BOS: the route is G's alone
@@ -300,7 +306,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
             if len(sel):
                 heads.source = {l: z[l][swap][sel] for l in range(L)}
                 heads.patch = gmask[None].expand(len(sel), -1, -1)
-                lg = model(ids[sel]).logits[torch.arange(len(sel)), qf[sel]]
+                lg = model(ids[sel]).logits[torch.arange(len(sel), device=dev), qf[sel]]
                 heads.clear()
                 loss_g = F.cross_entropy(lg, tf[swap][sel])
                 loss = loss + cfg.siit_weight * loss_g
@@ -312,8 +318,8 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
         if step % 50 == 0:
             log(f"step {step} t={time.time() - t0:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in logs.items()))
         early = step < 200 and (step + 1) % 25 == 0  # the base checkpoint is passed early
-        if early or (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            full = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
+        if early or (step + 1) % cfg.eval_every == 0 or step + 1 == last_step:
+            full = (step + 1) % cfg.eval_every == 0 or step + 1 == last_step
             ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads if full else None)
             point = {"step": step + 1, "seconds": round(time.time() - t0, 1), **logs, **ev}
             curve.append(point)

@@ -110,3 +110,62 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
         result.conditions.append({"name": name, "heads": [list(h) for h in heads], "accuracy": float(acc),
                                   "mean_ld": float(clean.mean()), "normalised_ld": norm})
     return result
+
+
+@dataclass
+class KnockoutCurve(Saveable):
+    """Accuracy as the top-k heads of each ranking are mean-ablated together, k = 1..max, beside random k-sets.
+
+    ``random[k]``: accuracies of ``n_random`` draws of k heads from all heads (the same draws for every
+    ranking); the band is their 5th-95th percentile.
+    """
+
+    model: str
+    base_accuracy: float
+    ks: list
+    curves: dict  # ranking name -> [accuracy at k for k in ks]
+    tops: dict  # ranking name -> its heads, best first
+    random: dict  # str(k) -> [accuracy of each draw]
+
+    def random_summary(self) -> dict:
+        import numpy as np
+
+        return {k: {"mean": float(np.mean(v)), "low": float(np.quantile(v, 0.05)), "high": float(np.quantile(v, 0.95))}
+                for k, v in self.random.items()}
+
+    def plot(self, title: str | None = None):
+        import plotly.graph_objects as go
+
+        rnd = self.random_summary()
+        lo, hi, mean = ([rnd[str(k)][x] for k in self.ks] for x in ("low", "high", "mean"))
+        fig = go.Figure([go.Scatter(x=self.ks + self.ks[::-1], y=hi + lo[::-1], fill="toself", line={"width": 0},
+                                    fillcolor="rgba(128,128,128,0.25)", name="random k: 5-95%"),
+                         go.Scatter(x=self.ks, y=mean, name="random k: mean", line={"dash": "dash", "color": "gray"})])
+        for name, accs in self.curves.items():
+            fig.add_scatter(x=self.ks, y=accs, name=name, mode="lines+markers")
+        fig.update_layout(title=title or f"knockout curves on {self.model}", xaxis_title="heads mean-ablated (k)",
+                          yaxis_title="accuracy", yaxis_range=[0, 1.02])
+        return fig
+
+
+def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0,
+                   batch_size: int = 64, chat: bool = False) -> KnockoutCurve:
+    """Accuracy on ``items`` with the top-k of each ranking ({name: [(layer, head), ...] best first}) ablated,
+    k = 1..max_k, and with ``n_random`` random k-sets; ``means``: ``head_means`` of the model."""
+    from ..evaluate import evaluate
+
+    def accuracy(heads) -> float:
+        with ablate_heads(model, heads, means), torch.inference_mode():
+            return float(evaluate(model, items, chat=chat, batch_size=batch_size, progress=False).accuracy)
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    every = [(l, h) for l in range(L) for h in range(H)]
+    if not 1 <= max_k <= len(every):
+        raise ValueError(f"max_k must lie in 1..{len(every)} (this model's heads), got {max_k}")
+    ks = list(range(1, max_k + 1))
+    tops = {name: [(int(l), int(h)) for l, h in heads][:max_k] for name, heads in rankings.items()}
+    rng = random.Random(seed)
+    return KnockoutCurve(getattr(model, "vru_name", type(model).__name__), accuracy([]), ks,
+                         {name: [accuracy(top[:k]) for k in ks] for name, top in tops.items()},
+                         {name: [list(h) for h in top] for name, top in tops.items()},
+                         {str(k): [accuracy(rng.sample(every, k)) for _ in range(n_random)] for k in ks})

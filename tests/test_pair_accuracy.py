@@ -29,6 +29,7 @@ def test_matches_one_forward_per_prompt(tiny_llama):
     assert abs(got["corrupt_right"] - (corrupt < 0).float().mean()) < 1e-9
     assert abs(got["both_right"] - ((clean > 0) & (corrupt < 0)).float().mean()) < 1e-9
     assert abs(got["ld_gap"] - float((clean - corrupt).mean())) < 1e-4
+    assert abs(got["same_pick"] - ((clean > 0) == (corrupt > 0)).float().mean()) < 1e-9
 
 
 def test_a_model_blind_to_the_phrase_gets_no_pair_right(tiny_llama):
@@ -37,6 +38,20 @@ def test_a_model_blind_to_the_phrase_gets_no_pair_right(tiny_llama):
     got = pair_accuracy(tiny_llama, blind)
     assert got["both_right"] == 0 and abs(got["ld_corr"] - 1) < 1e-5 and abs(got["ld_gap"]) < 1e-5
     assert abs(got["clean_right"] + got["corrupt_right"] - 1) < 1e-9  # one answer is preferred on both prompts
+    assert got["same_pick"] == 1
+
+
+def test_unknown_first_counts_both_prompts_of_each_pair(tiny_llama):
+    from vru_lens.evaluate import evaluate
+    from vru_lens.patching import items_pair_accuracy
+
+    items = make_items(30, 3, cfg=PAIRABLE, split="test")
+    got = items_pair_accuracy(tiny_llama, items, max_pairs=6)
+    pt = tokenize_pairs(tiny_llama.tokenizer, items, max_pairs=6)
+    assert got["n_pairs"] == len(pt) == 6
+    preds = [r["pred"] for r in evaluate(tiny_llama, pt.pairs.items + pt.pairs.corrupt_items, chat=False,
+                                         progress=False).per_item]
+    assert got["unknown_first"] == sum(p == "unknown" for p in preds) / 12
 
 
 def test_eval_cli_pairs():

@@ -16,6 +16,7 @@ result carries the rotation-blind rules' accuracies on the same items
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -67,6 +68,7 @@ class EvalResult(Saveable):
     chat: bool
     per_item: list[dict] = field(default_factory=list)
     rules: dict = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of scoring and generation together
 
     @property
     def n(self) -> int:
@@ -139,7 +141,8 @@ class EvalResult(Saveable):
                "best_rule": list(self.best_rule) if self.best_rule else None, "blind_baseline": self.blind_baseline,
                "rules": self.rules.get("rules"), "unknown_rate": self._mean_unknown(),
                "says_unknown": self.says_unknown() if self.candidate_accuracy is not None else None,
-               "generation_says_unknown": self.says_unknown("gen_pred")}
+               "generation_says_unknown": self.says_unknown("gen_pred"),
+               "seconds_per_item": self.seconds / max(self.n, 1)}
         for k in BREAKDOWNS:
             if any(k in r for r in self.per_item):
                 name = "steps" if k == "n_steps" else k
@@ -272,6 +275,7 @@ def evaluate(model, items, chat: bool | None = None, method: str = "logprob", ba
     if chat is None:
         chat = is_chat_model(model)
     rows = as_rows(items)
+    t0 = time.perf_counter()
     per_item = [{"id": row.get("id"), "answer": row["answer"], "n_candidates": len(row["candidates"]),
                  **{k: row[k] for k in BREAKDOWNS if k in row}} for row in rows]
     if method in ("logprob", "both"):
@@ -291,4 +295,5 @@ def evaluate(model, items, chat: bool | None = None, method: str = "logprob", ba
         rules = audit(rows)
     except (ValueError, KeyError, TypeError, IndexError):
         rules = {}
-    return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item, rules)
+    return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item, rules,
+                      seconds=time.perf_counter() - t0)

@@ -29,3 +29,5 @@ from . import knockout as _knockout  # noqa: E402
 app.command("knockout")(_knockout.knockout)
 from . import organism as _organism  # noqa: E402
 app.add_typer(_organism.app, name="organism")
+from . import sweep as _sweep  # noqa: E402
+app.command("sweep")(_sweep.sweep)

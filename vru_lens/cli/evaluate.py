@@ -35,9 +35,11 @@ def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-
 
 def _pairs_line(name: str, p: dict) -> str:
     rule = p.get("best_rule") or ["-", 0.0]
+    unknown = "-" if p.get("unknown_first") is None else f"{p['unknown_first']:.3f}"
     return (f"{name} pairs ({p['n_pairs']}, yield {p['yield']:.0%}): clean right {p['clean_right']:.3f}, corrupted "
             f"right {p['corrupt_right']:.3f}, both right {p['both_right']:.3f} [best rotation-blind rule "
-            f"{rule[1]:.3f} ({rule[0]})], ld correlation {p['ld_corr']:.3f}")
+            f"{rule[1]:.3f} ({rule[0]})], same pick {p['same_pick']:.3f}, 'unknown' ranked first {unknown}, "
+            f"ld correlation {p['ld_corr']:.3f}")
 
 
 def eval_cmd(
@@ -60,6 +62,7 @@ def eval_cmd(
     pairs: bool = typer.Option(False, "--pairs", help="Also score counterfactual pairs (final direction flipped): "
                                                       "object-object pairs from --n pairable items, object-unknown "
                                                       "pairs from the evaluated items."),
+    max_pairs: int = typer.Option(None, help="With --pairs: at most this many pairs of each kind."),
     save: str = typer.Option(None, help="Write the full per-item result as JSON here."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracies, chance, rules, breakdowns)."),
 ):
@@ -89,7 +92,7 @@ def eval_cmd(
             sources = {"observed": items if data else make_items(len(items), seed + 1, PAIRABLE, split=split),
                        "unknown": items}
             for kind, source in sources.items():
-                got = items_pair_accuracy(lm, source, chat, batch_size, kind=kind)
+                got = items_pair_accuracy(lm, source, chat, batch_size, kind=kind, max_pairs=max_pairs)
                 if got:
                     pair_scores[kind] = got
     except (ValueError, OSError, ModuleNotFoundError) as err:

@@ -115,16 +115,26 @@ def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: b
                trust_remote_code: bool = False):
     """A TransformerBridge in compatibility mode, its tokenizer at ``.tokenizer``.
 
-    ``name``: an embedded model (``smollm2-135m-instruct``, ``gemma-3-270m``),
+    ``name``: an embedded model (``smollm2-135m-instruct``, ``gemma-3-270m``, the Qwen2.5-Coder
+    0.5B/1.5B instruct models, downloaded on first use),
     a tiny test model (``tiny-llama``, ``tiny-gpt2``, ``tiny-llava``), a
     Hugging Face id or a local folder. Runs on CUDA when available.
     """
+    dtype = _resolve_dtype(dtype)
+    hf_model, tokenizer = load_hf(name, dtype, trust_remote_code)
+    return bridge_from_hf(hf_model, tokenizer, name, device, dtype, processing, trust_remote_code)
+
+
+def bridge_from_hf(hf_model, tokenizer, name: str, device=None, dtype=None, processing: bool = False,
+                   trust_remote_code: bool = False):
+    """Boot the bridge around a transformers model already in memory (its weights are wrapped, not copied)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     dtype = _resolve_dtype(dtype)
     device = pick_device(device)
-    hf_model, tokenizer = load_hf(name, dtype, trust_remote_code)
     hf_model.to(device)  # boot_transformers records a given model's device in cfg but does not move it
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     with _quiet_text_only_boot():

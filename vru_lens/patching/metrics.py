@@ -76,7 +76,9 @@ def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
     ``clean_right``/``corrupt_right``: share of prompts where the right one of the two answers
     has the higher logit. ``both_right``: share of pairs right on both prompts; a model that
     ignores the phrase scores 0 here whatever its accuracy (a coin flip per prompt: 0.25).
-    ``ld_corr``: correlation of the two prompts' logit differences (near 1 = phrase ignored).
+    ``same_pick``: share of pairs where the same one of the two answers wins on both prompts
+    (the phrase did not move the choice). ``ld_corr``: correlation of the two prompts' logit
+    differences (near 1 = phrase ignored).
     """
     if len(pt) < 2:
         raise ValueError(f"need at least 2 counterfactual pairs, got {len(pt)}; generate more items")
@@ -85,16 +87,24 @@ def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
     return {"n_pairs": len(pt), "clean_right": float(clean_ok.float().mean()),
             "corrupt_right": float(corrupt_ok.float().mean()),
             "both_right": float((clean_ok & corrupt_ok).float().mean()),
+            "same_pick": float(((clean > 0) == (corrupt > 0)).float().mean()),
             "ld_gap": float((clean - corrupt).mean()), "ld_corr": float(torch.corrcoef(torch.stack([clean, corrupt]))[0, 1])}
 
 
-def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, kind: str = "observed") -> dict | None:
+def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, kind: str = "observed",
+                        max_pairs: int | None = None) -> dict | None:
     """``pair_accuracy`` on the counterfactual pairs of one kind (``bench.pairs.KINDS``) these items yield
-    for this model's tokenizer, with what was dropped and why (``pairs``); None when they yield fewer than 2."""
+    for this model's tokenizer, with what was dropped and why (``pairs``); None when they yield fewer than 2.
+
+    ``unknown_first``: share of the pairs' prompts (clean and flipped) on which "unknown" scores
+    above every object among all candidates (``evaluate.score_candidates``).
+    """
+    from ..bench.pairs import UNKNOWN
+    from ..evaluate import score_candidates
     from ..tokens import tokenize_pairs
 
     try:
-        pt = tokenize_pairs(model.tokenizer, items, chat=chat, kind=kind)
+        pt = tokenize_pairs(model.tokenizer, items, chat=chat, kind=kind, max_pairs=max_pairs)
     except ValueError:  # not a single pair
         return None
     if len(pt) < 2:
@@ -102,5 +112,8 @@ def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, 
     from ..bench.shortcuts import pair_audit
 
     best = pair_audit(pt.pairs)["best"]  # the floor: the best rotation-blind rule's both_right
+    prompts = [it for it in pt.pairs.items + pt.pairs.corrupt_items if UNKNOWN in it["candidates"]]
+    picks = [max(s, key=s.get) for s in score_candidates(model, prompts, chat, batch_size, progress=False)]
     return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary(), "kind": kind,
-            "yield": pt.pairs.yield_, "best_rule": best}
+            "yield": pt.pairs.yield_, "best_rule": best,
+            "unknown_first": sum(p == UNKNOWN for p in picks) / len(picks) if picks else None}

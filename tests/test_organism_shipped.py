@@ -50,12 +50,6 @@ def test_card_shape(planted):
     assert card["n_heads"] % card["n_kv_heads"] == 0 and set(card["roles"]) == {f"{l}.{h}" for l, h in planted}
 
 
-BELOW_TARGET = pytest.mark.xfail(strict=True, reason=(
-    "the shipped organism is below the issue's targets: measured on 1000 test items / 120 pairs, accuracy "
-    "91.9%, pairs right on both sides 66.7%, patching G flips 78.3% (targets 98 / 95 / 95%); see docs/organism.md"))
-
-
-@BELOW_TARGET
 def test_patching_G_from_the_flipped_prompt_flips_the_answer(truth):
     assert truth["patch_G_flipped"] >= 0.95, truth
 
@@ -70,7 +64,6 @@ def test_mean_ablating_G_falls_to_the_blind_rule_random_heads_do_not(truth):
     assert truth["accuracy"] - sum(truth["ablate_random_accuracy"]) / len(truth["ablate_random_accuracy"]) <= 0.02, truth
 
 
-@BELOW_TARGET
 def test_task_targets(truth):
     assert truth["accuracy"] >= 0.98, truth
     assert truth["pairs_both_right_top1"] >= 0.95, truth

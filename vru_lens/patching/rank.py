@@ -35,7 +35,7 @@ def subset(pt: PairTokens, sl: slice) -> PairTokens:
 
 
 def gqa_note(model, component: str) -> dict | None:
-    from .activation import gqa_groups
+    from ..heads import gqa_groups
 
     groups = gqa_groups(model)
     if groups is None:

@@ -38,15 +38,12 @@ def rank_heads(
     if top_k < 1:
         fail(f"--top-k must be positive, got {top_k}")
     from ..bench import PAIRABLE, make_items
-    from ..finetune.adapters import merge_deltas
     from ..models import load_model
     from ..patching.rank import rank_heads as run
     from ..tokens import tokenize_pairs
 
     try:
-        lm = load_model(model, device=device)
-        if deltas:
-            merge_deltas(lm, deltas)
+        lm = load_model(model, device=device, deltas=deltas)
         pt = tokenize_pairs(lm.tokenizer, make_items(n, seed, cfg=PAIRABLE), chat=chat, max_pairs=max_pairs)
         if len(pt) < 2:
             fail(f"only {len(pt)} counterfactual pair(s) from {n} items ({pt.pairs.summary()}); raise --n")

@@ -112,12 +112,15 @@ def _quiet_text_only_boot():
 
 
 def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: bool = False,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, deltas=None):
     """A TransformerBridge in compatibility mode, its tokenizer at ``.tokenizer``.
 
     ``name``: an embedded model (``smollm2-135m-instruct``, ``gemma-3-270m``),
     a tiny test model (``tiny-llama``, ``tiny-gpt2``, ``tiny-llava``), a
     Hugging Face id or a local folder. Runs on CUDA when available.
+    ``deltas``: a head-delta file from ``vru-lens finetune --out``, merged into the
+    weights (the fine-tuned model, for every tool; ``bridge.vru_deltas.unmerge(bridge)``
+    gives the base model back).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -138,4 +141,8 @@ def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: b
     bridge.tokenizer = tokenizer
     bridge.vru_name = name
     attach_kv_cache(bridge)  # cached generation checked exact on these library versions (see kv_cache.py)
+    if deltas:
+        from ..finetune.adapters import merge_deltas  # the file format lives with the adapters
+
+        bridge.vru_deltas = merge_deltas(bridge, deltas)
     return bridge

@@ -29,10 +29,13 @@ def rank_heads(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object: method, top [[layer, head, score]], scores, ..."),
 ):
     """Rank attention heads by how much they carry the clean-vs-corrupted answer."""
-    from ..patching.rank import METHODS
+    from ..patching.rank import RankOptions, ranking_method
 
-    if method not in METHODS:
-        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    try:  # the library validates; fail before loading the model
+        RankOptions(component, direction, ablation, batch_size=batch_size)
+        ranking_method(method)
+    except ValueError as err:
+        fail(str(err))
     if n < 2:
         fail(f"--n must be at least 2, got {n}")
     if top_k < 1:

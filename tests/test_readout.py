@@ -117,3 +117,24 @@ def test_run_until_stops_after_the_named_hook(tiny_llama):
     seen.clear()
     assert run_until(tiny_llama, torch.tensor([[0, 5, 6]]), hooks).shape[-1] == tiny_llama.cfg.d_vocab
     assert len(seen) == 3
+
+
+def test_sliding_window_longer_than_the_window_falls_back_exactly(strong):
+    """The tail replay's mask is full causal: where a sliding window is shorter than the prompts it must not run
+    (it gave an ablation KL off by 0.03 and activation patching off by 0.36 here before it refused)."""
+    import transformers as tf
+
+    from vru_lens import patching
+    from vru_lens.models.tiny import tiny_tokenizer
+
+    cfg = tf.Gemma2Config(
+        vocab_size=len(tiny_tokenizer()), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+        sliding_window=16, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    model = strong(tf.Gemma2ForCausalLM(cfg))
+    pt = tokenize_pairs(model.tokenizer, make_items(40, seed=1, cfg=PAIRABLE), max_pairs=2)
+    assert int(pt.lengths.min()) > 16
+    with pytest.warns(RuntimeWarning, match="sliding-window"):
+        got = patching.activation_patch_heads(model, pt, progress=False)
+    want = patching.activation_patch_heads_reference(model, pt, progress=False)
+    assert (got - want).abs().max() <= 1e-4 and want.abs().max() > 1e-2

@@ -38,7 +38,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .results import Saveable
 
@@ -132,25 +131,14 @@ def _rows_for(tokenizer, context: str, continuation: str, max_tokens: int):
 def score_continuations(model, requests, max_tokens: int = 256, batch_size: int = 8, progress: bool = False,
                         desc: str = "scoring") -> list[tuple[float, bool, int]]:
     """Per (context, continuation): (summed log-prob, continuation is greedy, n tokens)."""
-    from .readout import rows_logits
-    from .tokens import pad_id, pad_right
+    from .readout import score_rows
 
-    tok = model.tokenizer
-    rows = [_rows_for(tok, c, x, max_tokens) for c, x in requests]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    rows = [_rows_for(model.tokenizer, c, x, max_tokens) for c, x in requests]
     out: list = [None] * len(rows)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-        chunk = order[start : start + batch_size]
-        ids, _ = pad_right([rows[i][0] for i in chunk], pad_id(tok))
-        k = max(len(rows[i][1]) for i in chunk)
-        pos = torch.tensor([rows[i][1] + [rows[i][1][-1]] * (k - len(rows[i][1])) for i in chunk])
-        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
-        for j, i in enumerate(chunk):
-            targets = torch.tensor(rows[i][2])
-            n = len(targets)
-            lp = logp[j, torch.arange(n), targets]
-            greedy = bool((logp[j, :n].argmax(-1) == targets).all())
-            out[i] = (float(lp.sum()), greedy, n)
+    for i, logp in score_rows(model, [r[:2] for r in rows], batch_size, progress, desc):
+        targets = torch.tensor(rows[i][2], device=logp.device)
+        lp = logp[torch.arange(len(targets), device=logp.device), targets]
+        out[i] = (float(lp.sum()), bool((logp.argmax(-1) == targets).all()), len(targets))
     return out
 
 
@@ -172,19 +160,11 @@ def _mc_metrics(docs, scored) -> dict:
 @torch.inference_mode()
 def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bool = False):
     """Yield (text index, next-token log-probs [n_tokens-1, vocab], targets) for each text."""
-    from .readout import rows_logits
-    from .tokens import pad_id, pad_right
+    from .readout import score_rows
 
-    tok = model.tokenizer
-    seqs = [tok(t)["input_ids"][:n_tokens] for t in texts]
-    for start in tqdm(range(0, len(seqs), batch_size), desc="wikipedia", disable=not progress, leave=False):
-        chunk = seqs[start : start + batch_size]
-        ids, _ = pad_right(chunk, pad_id(tok))
-        k = max(len(s) for s in chunk) - 1
-        pos = torch.tensor([list(range(len(s) - 1)) + [len(s) - 2] * (k - len(s) + 1) for s in chunk])
-        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
-        for j, s in enumerate(chunk):
-            yield start + j, logp[j, : len(s) - 1], torch.tensor(s[1:])
+    seqs = [model.tokenizer(t)["input_ids"][:n_tokens] for t in texts]
+    for i, logp in score_rows(model, [(s, list(range(len(s) - 1))) for s in seqs], batch_size, progress, "wikipedia"):
+        yield i, logp.cpu(), torch.tensor(seqs[i][1:])
 
 
 # ------------------------------------------------------------------ results

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .heads import hook_name
 from .tokens import encode, render, step_positions
 
 
@@ -41,7 +42,7 @@ def attention_view(model, item: dict, layer: int, heads: list[int] | None = None
     heads = list(range(model.cfg.n_heads)) if heads is None else heads
     tok = model.tokenizer
     ids = encode(tok, render(item["prompt"], tok, chat), chat)
-    name = f"blocks.{layer}.attn.hook_pattern"
+    name = hook_name(layer, "pattern")
     _, cache = model.run_with_cache(torch.tensor([ids], device=model.cfg.device), names_filter=lambda n: n == name)
     pattern = cache[name][0, heads].float().cpu()  # [head, query, key]
     tokens = [tok.decode([t]) for t in ids]

@@ -11,7 +11,7 @@ from .activation import (activation_patch_heads, activation_patch_heads_by_pos, 
                          gqa_groups, tl_head_out_all_pos)
 from .attribution import agreement, attribution_patch_heads
 from .checkpoint import Checkpoint
-from .knockout import KnockoutResult, ablate_heads, knockout
+from .knockout import KnockoutCurve, KnockoutResult, ablate_heads, knockout, knockout_curve
 from .metrics import (baseline_logit_diffs, items_pair_accuracy, logit_diff_from_logits, logit_diff_from_resid,
                       normalise, pair_accuracy)
 from .rank import METHODS, rank_heads
@@ -28,7 +28,7 @@ __all__ = [
     "tl_head_out_all_pos", "gqa_groups",
     "attribution_patch_heads", "agreement",
     "ablation_kl", "ablation_reference", "head_means",
-    "knockout", "ablate_heads", "KnockoutResult",
+    "knockout", "ablate_heads", "KnockoutResult", "knockout_curve", "KnockoutCurve",
     "Checkpoint",
     "path_patch_logits", "path_patch_logits_reference", "path_patch_receivers",
     "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise", "pair_accuracy",

@@ -79,9 +79,9 @@ NOTEBOOKS = {
                  "items = make_items(N_ITEMS, seed=0, split=\"test\")\n"
                  "ranking = [(l, h) for l, h, _ in scores[\"path\"].top(K)]\n"
                  "curve = knockout_curve(model, pairs, items, ranking, n_random=3, method=\"path\", planted=planted)\ncurve.plot()"),
-        ("md", "## Where the top heads look\nRows: the end of each step and the question."),
+        ("md", "## Where the top heads look\nHover a token to see where it attends."),
         ("code", "from vru_lens.viz import attention_patterns\n\n"
-                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, ranking[:4], query_steps=True).plot()"),
+                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, ranking[:4]).plot()"),
     ],
     "04_selective_finetuning": [
         ("md", "# 4. Fine-tune only the top heads\n"

@@ -66,12 +66,14 @@ def summary(studies: list) -> str:
     parts = []
     rows = []
     for st in studies:
-        for tag, key in (("", "eval"), (" (tuned)", "after_eval")):
-            ev = st["results"].get(key)
+        tuned = next((ft for k, ft in st["results"].items() if k == "finetune_heads"), None)
+        after = f"{st.get('base') or st['model']} + top-{len(tuned.heads)} head deltas" if tuned else "tuned"
+        for name, ev in ((st["model"], st["results"].get("eval")),
+                         (f"{st.get('base')} (base checkpoint)", st.get("base_results", {}).get("eval")),
+                         (after, st["results"].get("after_eval"))):
             if ev is None:
                 continue
             rule = ev.best_rule
-            name = st["model"] + (f" (tuned from {st['base']})" if tag and st.get("base") else tag)
             rows.append([_e(name), ev.n, _pct(ev.candidate_accuracy), _pct(ev.generation_accuracy), _pct(ev.chance),
                          f"{_pct(rule[1])} ({_e(rule[0])})" if rule else "n/a"])
     if rows:
@@ -180,7 +182,7 @@ def figures(st: dict, figure, attention) -> str:
     if "attention" in res:
         att = res["attention"]
         out.append(f"<h3>Attention of the top heads ({', '.join(att.labels)}) on one story</h3>"
-                   "<p class='note'>Rows: the end of each step and the question; hover a token to see where it looks.</p>"
+                   "<p class='note'>Hover a head to view it, click to lock; hover a token to see where it attends.</p>"
                    + attention(att.plot()))
     return "".join(out)
 

@@ -117,7 +117,7 @@ class Study:
 
 
 def run_study(model: str, out: str | Path, config: StudyConfig | None = None, device=None, progress: bool = True,
-              log=print) -> Study:
+              log=print, dtype=None) -> Study:
     """Run every stage in ``config.stages`` on ``model`` (loaded here), saving each result under ``out``."""
     import torch
 
@@ -135,7 +135,7 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     study = Study(Path(out), model, cfg, progress, log)
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, dtype=dtype)
     chat = is_chat_model(lm) if cfg.chat is None else cfg.chat
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
@@ -186,18 +186,19 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
                                            seed=cfg.seed, method=cfg.method, planted=planted, progress=progress,
                                            chat=chat))
     if "attention" in cfg.stages:
-        heads = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(min(top_k, 8))]
+        heads = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(min(top_k, 6))]
         story = next(it for it in pair_items if it["answerable"])
         study.stage("attention", AttentionPatterns, {**data, "heads": heads, "method": cfg.method},
-                    lambda: attention_patterns(lm, story, heads, chat=chat, query_steps=True))
+                    lambda: attention_patterns(lm, story, heads, chat=chat))
     study.write_manifest()
     if "finetune" in cfg.stages or "after" in cfg.stages:
-        finetune_stages(study, lm, cfg, top_k, data, measure, progress, device)
+        finetune_stages(study, lm, cfg, top_k, data, measure, progress, device, dtype)
     study.write_manifest()
     return study
 
 
-def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, measure, progress: bool, device):
+def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, measure, progress: bool, device,
+                    dtype=None):
     """Rank on the checkpoint to tune (the base where one exists), tune the top heads (and baselines),
     then measure the tuned model again. The base's own results live in their own folder."""
     from .finetune import TrainConfig
@@ -208,7 +209,7 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     from .models.organisms import ORGANISMS
 
     base_name = base_checkpoint(study.model)
-    fresh = lambda: load_model(base_name or study.model, device=device)  # noqa: E731
+    fresh = lambda: load_model(base_name or study.model, device=device, dtype=dtype)  # noqa: E731
     base = fresh() if base_name else lm
     bst = Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank")), progress, study.log) \
         if base_name else study

@@ -158,6 +158,7 @@ def probe_figure(results: dict, title: str | None = None):
                         line={"color": color, "dash": "dot"})
         fig.add_scatter(x=x, y=[res.chance] * len(x), mode="lines", name=f"{label}: chance (majority)",
                         line={"color": color, "dash": "dash", "width": 1})
+    fig.update_xaxes(dtick=1)
     fig.update_layout(title=title or "Probe accuracy by layer", xaxis_title="layer (resid_post)",
                       yaxis_title="held-out accuracy", yaxis_range=[0, 1.02], yaxis_tickformat=".0%")
     return fig

@@ -25,10 +25,12 @@ def run(
     lr: float = typer.Option(None, help="Adam learning rate (default 2e-5 as the study; --quick 1e-3)."),
     n_train: int = typer.Option(None, help="Training items (one epoch at batch 32)."),
     baselines: str = typer.Option(None, help="Fine-tuning baselines: random,lora (default: both; --quick: none)."),
+    general_n: int = typer.Option(None, help="Items per general task for forgetting (0: skip; organisms use list recall)."),
     seed: int = typer.Option(0, help="Seed for every generated item and draw."),
     chat: bool = typer.Option(None, "--chat/--plain", help="Chat template (default: as the study, chat for instruct models)."),
     stages: str = typer.Option(None, help="Comma-separated subset of the stages (default: all)."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    dtype: str = typer.Option(None, help="float32, bfloat16, float16 (default: the loader's; bfloat16 for 7B on a GPU)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is faster on a busy shared CPU)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary; no progress bars."),
 ):
@@ -46,14 +48,14 @@ def run(
     if unknown:
         fail(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     given = {"n_eval": n, "n_probe": n_probe, "n_pairs": n_pairs, "top_k": top_k, "n_random": n_random, "lr": lr,
-             "n_train": n_train, "chat": chat,
+             "n_train": n_train, "chat": chat, "general_n": general_n,
              "baselines": tuple(b for b in baselines.split(",") if b) if baselines is not None else None}
     kw = {k: v for k, v in given.items() if v is not None}
     kw.update(method=method, compare=tuple(c for c in compare.split(",") if c), seed=seed, stages=wanted)
     try:
         cfg = StudyConfig.quick(**kw) if quick else StudyConfig(**kw)
         log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
-        study = run_study(model, out, cfg, device=device, progress=not json_out, log=log)
+        study = run_study(model, out, cfg, device=device, progress=not json_out, log=log, dtype=dtype)
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0])
     report = build_report(out)

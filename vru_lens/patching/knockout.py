@@ -168,8 +168,8 @@ class KnockoutCurve(Saveable):
                         hovertemplate="k=%{x}: %{y:.1%}<br>%{text}<extra></extra>")
         for value, name, dash in ((self.chance, "chance", "dash"), (self.blind, "best rotation-blind rule", "dashdot")):
             if value is not None:
-                fig.add_hline(y=value, line={"dash": dash, "color": "black", "width": 1}, annotation_text=name,
-                              annotation_position="bottom right")
+                fig.add_scatter(x=[f.k.min(), f.k.max()], y=[value, value], mode="lines", name=name,
+                                line={"dash": dash, "color": "black", "width": 1})
         fig.update_layout(title=title or f"Knockout curve on {self.model}: top-k heads ({self.method}) vs random k "
                           f"({self.n_items} items)", xaxis_title="heads mean-ablated (k)", yaxis_title="accuracy",
                           yaxis_tickformat=".0%", yaxis_range=[0, 1.02])

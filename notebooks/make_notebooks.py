@@ -75,13 +75,13 @@ NOTEBOOKS = {
         ("code", "from vru_lens.study import planted_heads\nfrom vru_lens.viz import heatmaps\n\n"
                  "planted = planted_heads(MODEL)  # None for models without a known answer\nheatmaps(scores, planted)"),
         ("md", "## Knockout curve\nMean-ablate the top k heads together, k = 0..K, against random k-head sets (the band)."),
-        ("code", "from vru_lens.patching import knockout_curve\n\n"
+        ("code", "from vru_lens.patching import head_means, knockout_curve\n\n"
                  "items = make_items(N_ITEMS, seed=0, split=\"test\")\n"
-                 "ranking = [(l, h) for l, h, _ in scores[\"path\"].top(K)]\n"
-                 "curve = knockout_curve(model, pairs, items, ranking, n_random=3, method=\"path\", planted=planted)\ncurve.plot()"),
+                 "rankings = {m: [(l, h) for l, h, _ in s.top(K)] for m, s in scores.items()}\n"
+                 "curve = knockout_curve(model, items, rankings, head_means(model, pairs), max_k=K, n_random=3)\ncurve.plot()"),
         ("md", "## Where the top heads look\nHover a token to see where it attends."),
         ("code", "from vru_lens.viz import attention_patterns\n\n"
-                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, ranking[:4]).plot()"),
+                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, rankings[\"path\"][:4]).plot()"),
     ],
     "04_selective_finetuning": [
         ("md", "# 4. Fine-tune only the top heads\n"

@@ -20,11 +20,15 @@ def test_run_writes_every_stage_and_a_report_then_resumes_by_settings(tmp_path):
     for stage in ("eval", "probe", "lens", "rank_path", "rank_activation", "knockout", "attention", "finetune_heads",
                   "finetune_random", "after_eval", "after_probe", "after_rank_path"):
         assert stage in payload, stage
-    assert payload["knockout"]["k_max"] >= 2 and payload["finetune_random"]["method"] == "random"
+    assert payload["finetune_random"]["method"] == "random"
     assert "general_delta" in payload["finetune_heads"]
     folder = out / "tiny-llama"
     manifest = json.loads((folder / "study.json").read_text())
     assert set(manifest["files"]) >= {"eval", "knockout", "finetune_heads"}
+    from vru_lens.patching import KnockoutCurve
+
+    curve = KnockoutCurve.load(folder / manifest["files"]["knockout"])
+    assert set(curve.curves) == {"path", "activation"} and curve.ks[0] == 1 and len(curve.ks) >= 2
     page = (out / "report.html").read_text()
     assert "Summary" in page and "Knockout" in page and "Selective fine-tuning" in page
     before = _files(folder)

@@ -103,13 +103,14 @@ def summary(studies: list) -> str:
     for st in studies:
         kc = st["results"].get("knockout")
         if kc is not None:
-            at = [k for k in kc.ks if k == len(st.get("planted") or ())] or [kc.ks[-1]]
-            for k in sorted({at[0], kc.ks[-1]}):
-                i = kc.ks.index(k)
-                r = kc.random[i]
-                rows.append([_e(st["model"]), _e(kc.method), k, _pct(kc.top[0]), _pct(kc.top[i]),
-                             f"{_pct(sum(r) / len(r))} ({_pct(min(r))}-{_pct(max(r))}, {len(r)} draws)",
-                             _pct(kc.blind)])
+            ev = st["results"].get("eval")
+            for k in sorted({len(st.get("planted") or ()) or kc.ks[-1], kc.ks[-1]} & set(kc.ks)):
+                r = kc.random_summary()[str(k)]
+                for name, accs in kc.curves.items():
+                    rows.append([_e(st["model"]), _e(name), k, _pct(kc.base_accuracy), _pct(accs[kc.ks.index(k)]),
+                                 f"{_pct(r['mean'])} (5-95%: {_pct(r['low'])}-{_pct(r['high'])}, "
+                                 f"{len(kc.random[str(k)])} draws)",
+                                 _pct(ev.blind_baseline) if ev is not None else "n/a"])
     if rows:
         parts.append("<h3>Knockout: the top-k heads mean-ablated together, against k random heads</h3>"
                      + _table(["model", "ranking", "k", "no ablation", "top-k ablated", "random k ablated",
@@ -169,7 +170,15 @@ def figures(st: dict, figure, attention) -> str:
         out.append(figure(heatmaps(ranks, planted, f"Head rankings on {model}" +
                                    (" (squares: planted heads)" if planted else ""))))
     if "knockout" in res:
-        out.append(figure(res["knockout"].plot()))
+        kc, ev = res["knockout"], res.get("eval")
+        fig = kc.plot(f"Knockout curves on {model}: top-k heads of each ranking vs random k")
+        if ev is not None:  # the floors, on the same test items
+            for value, name, dash in ((ev.chance, "chance", "dash"), (ev.blind_baseline, "best rotation-blind rule", "dashdot")):
+                if value is not None:
+                    fig.add_scatter(x=[kc.ks[0], kc.ks[-1]], y=[value, value], mode="lines", name=name,
+                                    line={"dash": dash, "color": "black", "width": 1})
+        fig.update_layout(yaxis_tickformat=".0%")
+        out.append(figure(fig))
     tuned = {k.removeprefix("finetune_"): v for k, v in res.items() if k.startswith("finetune_")}
     if tuned:
         out.append(figure(finetune_curves(tuned)))

@@ -179,12 +179,16 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
     res = measure(study, lm, full=True)
     planted = planted_heads(model)
     if "knockout" in cfg.stages:
-        ranking = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(k_max)]
+        rankings = {k.split(":", 1)[1]: [(l, h) for l, h, _ in v.top(k_max)] for k, v in res.items() if k.startswith("rank:")}
+
+        def curve():
+            from .patching.ablation import head_means
+
+            return knockout_curve(lm, test_items, rankings, head_means(lm, get_pairs(lm)), k_max,
+                                  n_random=cfg.n_random, seed=cfg.seed, chat=chat)
+
         study.stage("knockout", KnockoutCurve, {**data, "n": cfg.n_eval, "n_pairs": cfg.n_pairs, "k": k_max,
-                                                "n_random": cfg.n_random, "method": cfg.method},
-                    lambda: knockout_curve(lm, get_pairs(lm), test_items, ranking, n_random=cfg.n_random,
-                                           seed=cfg.seed, method=cfg.method, planted=planted, progress=progress,
-                                           chat=chat))
+                                                "n_random": cfg.n_random, "rankings": rankings}, curve)
     if "attention" in cfg.stages:
         heads = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(min(top_k, 6))]
         story = next(it for it in pair_items if it["answerable"])

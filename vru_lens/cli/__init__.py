@@ -25,5 +25,7 @@ from . import rank_heads as _rank  # noqa: E402
 app.command("rank-heads")(_rank.rank_heads)
 from . import run as _run  # noqa: E402
 app.command("run")(_run.run)
+from . import knockout as _knockout  # noqa: E402
+app.command("knockout")(_knockout.knockout)
 from . import organism as _organism  # noqa: E402
 app.add_typer(_organism.app, name="organism")

@@ -45,3 +45,36 @@ def info_cmd(
         return
     for key in ("planted_heads", "roles", "n_layers", "n_heads", "n_kv_heads", "measured"):
         typer.echo(f"{key}: {card.get(key)}")
+
+
+@app.command("study")
+def study_cmd(
+    model: str = typer.Option("vru-organism", "--model", help="An organism name or a trained folder (with organism.json)."),
+    out: str = typer.Option("results/organism-study", "--out", help="Folder for every result, figure, study.json and tables.md."),
+    base: str = typer.Option("vru-organism-base", "--base", help="Starting checkpoint of the fine-tuning experiment."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
+    seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 3; --quick 1)."),
+    parts: str = typer.Option("probes,rankings,knockout,finetune,closed_loop", "--parts", help="Comma-separated parts."),
+    threads: int = typer.Option(1, help="torch threads."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """The study on the organism: probes, every ranking graded against G, knockout curves, fine-tuning, closed loop."""
+    from dataclasses import replace
+
+    from ..organism.study import QUICK, StudyConfig, run_study
+
+    cfg = QUICK if quick else StudyConfig()
+    wanted = tuple(p for p in parts.split(",") if p)
+    unknown = [p for p in wanted if p not in StudyConfig.parts]
+    if unknown:
+        fail(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(StudyConfig.parts)}")
+    cfg = replace(cfg, base=base, parts=wanted, **({"ft_seeds": tuple(range(seeds))} if seeds else {}))
+    try:
+        summary = run_study(model, out, cfg, threads=threads, log=(lambda m: None) if json_out else typer.echo)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    if json_out:
+        print_json(summary)
+        return
+    typer.echo(open(f"{out}/tables.md").read())
+    typer.echo(f"wrote {out}/study.json, tables.md and the figures")

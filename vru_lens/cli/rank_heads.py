@@ -19,6 +19,7 @@ def rank_heads(
     component: str = typer.Option("z", help="Activation/attribution patching: z, q, k or v."),
     direction: str = typer.Option("noising", help="Activation/attribution patching: noising or denoising."),
     ablation: str = typer.Option("mean", help="Ablation method: mean or scaled_query."),
+    ig_steps: int = typer.Option(1, "--ig-steps", help="Attribution: integrated-gradient steps (1 = plain attribution patching)."),
     seed: int = typer.Option(0, help="Seed for items and the bootstrap."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples over pairs for CIs (0 = none)."),
     batch_size: int = typer.Option(8, help="Pairs per chunk (and per checkpoint)."),
@@ -53,7 +54,7 @@ def rank_heads(
         checkpoint = Path(out).with_name(Path(out).name + ".partial") if out else None
         result = run(lm, pt, method, component=component, direction=direction, ablation=ablation,
                      batch_size=batch_size, n_boot=n_boot, seed=seed, checkpoint=checkpoint,
-                     progress=not json_out, chat=chat)
+                     progress=not json_out, chat=chat, ig_steps=ig_steps)
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0] if json_out else str(err))
     if out:

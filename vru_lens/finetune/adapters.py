@@ -313,9 +313,12 @@ class HeadDeltas(nn.Module):
 
 
 def resolve_heads(heads, top_k: int | None = None) -> list[tuple[int, int]]:
-    """Heads from a list of (layer, head), a HeadScores, or a path to a saved ranking JSON."""
+    """Heads from a list of (layer, head), a HeadScores, or a path to a saved ranking JSON (a HeadScores,
+    a gradient ranking, or a plain list [[layer, head], ...] best first)."""
     if isinstance(heads, (str, Path)):
         data = json.loads(Path(heads).read_text())
+        if isinstance(data, list):
+            return resolve_heads(data, top_k)
         if data.get("type") == "GradientHeadScores":  # vru_lens.finetune.rank's stand-in ranking
             from .rank import top_from_array
             import numpy as np

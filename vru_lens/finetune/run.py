@@ -74,6 +74,39 @@ def _key(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def make_trainable(model, method: str, heads=None, top_k: int = 16, components: str = "qo",
+                   lora_rank: int | None = None, head_seed: int = 0, seed: int = 0):
+    """What ``method`` trains on ``model``: (trainable, chosen heads, extra facts). ``heads``: a ranking (file,
+    HeadScores or list) for top/bottom-k and for the heads random-k avoids; LoRA's rank matches the head budget."""
+    from .adapters import HeadDeltas, geometry, resolve_heads
+    from .baselines import FullFinetune, LoraAdapters, random_heads
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    geom = geometry(model)
+    chosen, extra = [], {}
+    if method in ("heads", "random", "bottom"):
+        if method == "heads":
+            chosen = resolve_heads(heads, top_k)
+        elif method == "random":
+            exclude = resolve_heads(heads, top_k) if heads is not None else ()
+            chosen = random_heads(geom, top_k, seed=head_seed, exclude=exclude)
+        else:
+            if heads is None:
+                raise ValueError("bottom-k needs a ranking (a ranking file or HeadScores)")
+            ranked = resolve_heads(heads, geom["n_layers"] * geom["n_heads"])  # best first
+            chosen = sorted(ranked[-top_k:])
+        trainable = HeadDeltas(model, chosen, components)
+        extra["kv_sharing"] = trainable.kv_sharing
+    elif method == "full":
+        trainable = FullFinetune(model)
+    else:
+        budget = 2 * top_k * geom["d_head"] * geom["d_model"] * (1 if components == "qo" else 2)
+        trainable = LoraAdapters(model, rank=lora_rank, budget=None if lora_rank else budget, seed=seed)
+        extra["lora_rank"], extra["lora_alpha"], extra["budget"] = trainable.rank, trainable.alpha, budget
+    return trainable, chosen, extra
+
+
 def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, components: str = "qo",
                    train_cfg=None, n_train: int = 2000, n_val: int = 64, n_test: int = 300, data_seed: int = 0,
                    heldout_templates=HELDOUT_TEMPLATES, suite=None, out: str | Path | None = None,
@@ -84,8 +117,8 @@ def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, co
 
     from ..bench import BenchConfig, make_splits
     from ..general_eval import GeneralResult, compare
-    from .adapters import HeadDeltas, geometry, resolve_heads
-    from .baselines import FullFinetune, LoraAdapters, random_heads
+    from .adapters import HeadDeltas
+    from .baselines import LoraAdapters
     from .train import TrainConfig, train
 
     if method not in METHODS:
@@ -128,27 +161,7 @@ def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, co
     log(f"base measured in {time.perf_counter() - t0:.0f}s: VRU {vru_before}")
 
     # ---- what to train ----
-    geom = geometry(model)
-    chosen, extra = [], {}
-    if method in ("heads", "random", "bottom"):
-        if method == "heads":
-            chosen = resolve_heads(heads, top_k)
-        elif method == "random":
-            exclude = resolve_heads(heads, top_k) if heads is not None else ()
-            chosen = random_heads(geom, top_k, seed=head_seed, exclude=exclude)
-        else:
-            if heads is None:
-                raise ValueError("bottom-k needs a ranking (a ranking file or HeadScores)")
-            ranked = resolve_heads(heads, geom["n_layers"] * geom["n_heads"])  # best first
-            chosen = sorted(ranked[-top_k:])
-        trainable = HeadDeltas(model, chosen, components)
-        extra["kv_sharing"] = trainable.kv_sharing
-    elif method == "full":
-        trainable = FullFinetune(model)
-    else:
-        budget = 2 * top_k * geom["d_head"] * geom["d_model"] * (1 if components == "qo" else 2)
-        trainable = LoraAdapters(model, rank=lora_rank, budget=None if lora_rank else budget, seed=cfg.seed)
-        extra["lora_rank"], extra["lora_alpha"], extra["budget"] = trainable.rank, trainable.alpha, budget
+    trainable, chosen, extra = make_trainable(model, method, heads, top_k, components, lora_rank, head_seed, cfg.seed)
     log(f"{method}: {trainable.num_parameters():,} trainable parameters" + (f", heads {chosen}" if chosen else ""))
 
     # ---- train ----

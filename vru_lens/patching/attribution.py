@@ -9,6 +9,20 @@ the base run's activation ``x``, the source run's ``x'`` and the gradient
 over every position (padding positions have zero gradient). Same directions,
 components and return shape as ``activation.activation_patch_heads``, so the
 two compare head for head (``agreement``).
+
+``g`` is the full derivative: it flows through every later head, so a head
+that acts through later layers is estimated too (the activations are watched
+in the graph, never cut out of it: an earlier version made each hooked
+activation a detached leaf, which kept only paths that skip every later
+attention layer and scored layer-0 heads of the organism at 0).
+
+A first-order estimate fails where an effect passes through saturated
+attention (a head whose small change moves nothing, whose full change flips a
+later softmax). ``ig_steps`` > 1 averages ``g`` over runs whose token
+embeddings move from the base prompt's to the source prompt's (alpha = k /
+ig_steps, k = 0 .. ig_steps - 1): integrated gradients along the path from
+one prompt to the other, as EAP-IG does (Hanna et al. 2024); ig_steps = 1 is
+plain attribution patching.
 """
 
 from __future__ import annotations
@@ -24,9 +38,11 @@ from .metrics import batches, logit_diff_from_logits
 
 
 def attribution_patch_heads(model, pt, component: str = "z", direction: str = "noising", batch_size: int = 8,
-                            progress: bool = True) -> Float[Tensor, "pair layer head"]:
+                            progress: bool = True, ig_steps: int = 1) -> Float[Tensor, "pair layer head"]:
     """Estimated patched logit difference for every head (see module docstring)."""
     _check(component, direction)
+    if ig_steps < 1:
+        raise ValueError(f"ig_steps must be at least 1 (1 = plain attribution patching), got {ig_steps}")
     L, H = model.cfg.n_layers, n_heads_of(model, component)
     names = [hook_name(layer, component) for layer in range(L)]
     base_ids, src_ids = base_and_source(pt, direction)
@@ -37,25 +53,43 @@ def attribution_patch_heads(model, pt, component: str = "z", direction: str = "n
         width = int(fp.max()) + 1
         base, src = base_ids[sl, :width].to(device), src_ids[sl, :width].to(device)
         with torch.inference_mode():
-            _, cache = model.run_with_cache(src, names_filter=lambda name: name in names)
-            source = {name: cache[name].clone() for name in names}
-        leaves = {}
-
-        def leaf(act, hook):
-            act = act.detach().requires_grad_(True)
-            leaves[hook.name] = act
-            return act
-
-        with torch.enable_grad(), model.hooks(fwd_hooks=[(name, leaf) for name in names]):
-            logits = model(base)
-            ld = logit_diff_from_logits(logits, fp, a, b)
-            grads = torch.autograd.grad(ld.sum(), [leaves[name] for name in names])
+            _, cache = model.run_with_cache(src, names_filter=lambda name: name in names or name == EMBED)
+            source = {name: cache[name].clone() for name in [*names, EMBED]}
+        grads = [0.0] * L
+        for k in range(ig_steps):
+            watched, g_k, ld_k = _gradients(model, base, names, fp, a, b, source[EMBED], k / ig_steps)
+            if k == 0:
+                ld, at_base = ld_k, watched
+            grads = [g + gk / ig_steps for g, gk in zip(grads, g_k)]
         with torch.no_grad():
             for layer, (name, g) in enumerate(zip(names, grads)):
-                delta = _heads_view(source[name], H) - _heads_view(leaves[name].detach(), H)
+                delta = _heads_view(source[name], H) - _heads_view(at_base[name], H)
                 est = (delta * _heads_view(g, H)).sum(dim=(1, 3))  # [batch, head]
-                out[sl, layer] = (ld.detach()[:, None] + est).float().cpu()
+                out[sl, layer] = (ld[:, None] + est).float().cpu()
     return out
+
+
+EMBED = "hook_embed"
+
+
+def _gradients(model, base, names, fp, a, b, source_embed, alpha: float):
+    """One forward + backward on ``base`` (token embeddings moved ``alpha`` of the way to the source's):
+    the hooked activations, d(logit difference)/d(each), and the logit difference."""
+    watched = {}
+
+    def embed(act, hook):
+        act = act + alpha * (source_embed.to(act.dtype) - act) if alpha else act
+        return act.detach().requires_grad_(True)  # the graph starts here, so every later path is in it
+
+    def watch(act, hook):
+        watched[hook.name] = act
+        return act
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(EMBED, embed)] + [(name, watch) for name in names]):
+        logits = model(base)
+        ld = logit_diff_from_logits(logits, fp, a, b)
+        grads = torch.autograd.grad(ld.sum(), [watched[name] for name in names])
+    return {k: v.detach() for k, v in watched.items()}, grads, ld.detach()
 
 
 def agreement(approx, exact, k: int = 10) -> dict:

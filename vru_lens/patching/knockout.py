@@ -114,110 +114,58 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
 
 @dataclass
 class KnockoutCurve(Saveable):
-    """Accuracy as a ranking's top-k heads are mean-ablated together, k = 0..K, beside random k-head sets.
+    """Accuracy as the top-k heads of each ranking are mean-ablated together, k = 1..max, beside random k-sets.
 
-    ``random[i]`` holds one accuracy per draw for ``ks[i]`` (k heads drawn from those outside the
-    top-k); a ranking is worth something where the top-k curve falls below the random band.
+    ``random[k]``: accuracies of ``n_random`` draws of k heads from all heads (the same draws for every
+    ranking); the band is their 5th-95th percentile.
     """
 
     model: str
-    method: str  # the ranking's method
-    heads: list  # the ranking's top K heads, best first: [[layer, head], ...]
+    base_accuracy: float
     ks: list
-    top: list  # accuracy with the top-k ablated, per k (k = 0: nothing ablated)
-    random: list  # [k][draw] accuracy with k random heads ablated
-    n_items: int
-    chance: float | None = None
-    blind: float | None = None  # the best rotation-blind rule's accuracy on the same items
-    planted: list | None = None  # known answer (an organism's G), drawn on the plot
+    curves: dict  # ranking name -> [accuracy at k for k in ks]
+    tops: dict  # ranking name -> its heads, best first
+    random: dict  # str(k) -> [accuracy of each draw]
 
-    def random_mean(self) -> list:
-        return [sum(r) / len(r) if r else float("nan") for r in self.random]
+    def random_summary(self) -> dict:
+        import numpy as np
 
-    def summary(self) -> dict:
-        k = self.ks[-1]
-        return {"model": self.model, "method": self.method, "k_max": k, "n_items": self.n_items,
-                "n_draws": max((len(r) for r in self.random), default=0),
-                "base_accuracy": self.top[0], "top_k_accuracy": self.top[-1], "random_k_accuracy": self.random_mean()[-1],
-                "curve": {int(kk): {"top": t, "random_mean": m, "random_min": min(r, default=None),
-                                    "random_max": max(r, default=None)}
-                          for kk, t, m, r in zip(self.ks, self.top, self.random_mean(), self.random)},
-                "chance": self.chance, "blind": self.blind}
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame({"k": self.ks, "top": self.top, "random_mean": self.random_mean(),
-                             "random_min": [min(r, default=float("nan")) for r in self.random],
-                             "random_max": [max(r, default=float("nan")) for r in self.random]})
+        return {k: {"mean": float(np.mean(v)), "low": float(np.quantile(v, 0.05)), "high": float(np.quantile(v, 0.95))}
+                for k, v in self.random.items()}
 
     def plot(self, title: str | None = None):
         import plotly.graph_objects as go
 
-        f = self.to_frame()
-        fig = go.Figure()
-        fig.add_scatter(x=f.k, y=f.random_max, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip")
-        fig.add_scatter(x=f.k, y=f.random_min, mode="lines", line={"width": 0}, fill="tonexty",
-                        fillcolor="rgba(120,120,120,0.25)", name="random k heads (min-max)")
-        fig.add_scatter(x=f.k, y=f.random_mean, mode="lines", line={"dash": "dot", "color": "grey"},
-                        name="random k heads (mean)")
-        planted = {tuple(h) for h in self.planted or ()}
-        labels = ["none"] + [f"+L{l}H{h}" + (" (planted)" if (l, h) in planted else "") for l, h in self.heads]
-        fig.add_scatter(x=f.k, y=f.top, mode="lines+markers", name=f"top k by {self.method}",
-                        text=[labels[k] if k < len(labels) else "" for k in self.ks],
-                        hovertemplate="k=%{x}: %{y:.1%}<br>%{text}<extra></extra>")
-        for value, name, dash in ((self.chance, "chance", "dash"), (self.blind, "best rotation-blind rule", "dashdot")):
-            if value is not None:
-                fig.add_scatter(x=[f.k.min(), f.k.max()], y=[value, value], mode="lines", name=name,
-                                line={"dash": dash, "color": "black", "width": 1})
-        fig.update_layout(title=title or f"Knockout curve on {self.model}: top-k heads ({self.method}) vs random k "
-                          f"({self.n_items} items)", xaxis_title="heads mean-ablated (k)", yaxis_title="accuracy",
-                          yaxis_tickformat=".0%", yaxis_range=[0, 1.02])
+        rnd = self.random_summary()
+        lo, hi, mean = ([rnd[str(k)][x] for k in self.ks] for x in ("low", "high", "mean"))
+        fig = go.Figure([go.Scatter(x=self.ks + self.ks[::-1], y=hi + lo[::-1], fill="toself", line={"width": 0},
+                                    fillcolor="rgba(128,128,128,0.25)", name="random k: 5-95%"),
+                         go.Scatter(x=self.ks, y=mean, name="random k: mean", line={"dash": "dash", "color": "gray"})])
+        for name, accs in self.curves.items():
+            fig.add_scatter(x=self.ks, y=accs, name=name, mode="lines+markers")
+        fig.update_layout(title=title or f"knockout curves on {self.model}", xaxis_title="heads mean-ablated (k)",
+                          yaxis_title="accuracy", yaxis_range=[0, 1.02])
         return fig
 
 
-def knockout_curve(model, pt, items, ranking: list[Head], ks=None, n_random: int = 5, seed: int = 0, means=None,
-                   method: str = "", planted=None, batch_size: int = 16, progress: bool = False,
-                   chat: bool = False) -> KnockoutCurve:
-    """Accuracy on ``items`` with the first k heads of ``ranking`` mean-ablated, for each k in ``ks``
-    (default 0..len(ranking)), and with ``n_random`` seeded draws of k heads from outside those k.
-
-    Means come from the clean prompts of ``pt`` (counterfactual pairs), as in ``knockout``.
-    """
-    from tqdm.auto import tqdm
-
-    from ..bench.shortcuts import best_rule
+def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0,
+                   batch_size: int = 64, chat: bool = False) -> KnockoutCurve:
+    """Accuracy on ``items`` with the top-k of each ranking ({name: [(layer, head), ...] best first}) ablated,
+    k = 1..max_k, and with ``n_random`` random k-sets; ``means``: ``head_means`` of the model."""
     from ..evaluate import evaluate
 
+    def accuracy(heads) -> float:
+        with ablate_heads(model, heads, means), torch.inference_mode():
+            return float(evaluate(model, items, chat=chat, batch_size=batch_size, progress=False).accuracy)
+
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    ranking = [(int(l), int(h)) for l, h, *_ in ranking]
-    ks = list(range(len(ranking) + 1)) if ks is None else sorted({int(k) for k in ks})
-    if not ks or ks[0] < 0 or ks[-1] > len(ranking) or ks[-1] >= L * H:
-        raise ValueError(f"ks must lie in 0..{min(len(ranking), L * H - 1)} (the ranking has {len(ranking)} heads, "
-                         f"the model {L * H}), got {ks}")
-    if means is None:
-        means = head_means(model, pt, batch_size)
+    every = [(l, h) for l in range(L) for h in range(H)]
+    if not 1 <= max_k <= len(every):
+        raise ValueError(f"max_k must lie in 1..{len(every)} (this model's heads), got {max_k}")
+    ks = list(range(1, max_k + 1))
+    tops = {name: [(int(l), int(h)) for l, h in heads][:max_k] for name, heads in rankings.items()}
     rng = random.Random(seed)
-    base = evaluate(model, items, chat=chat, batch_size=batch_size, progress=False)
-    accuracy_cache: dict = {(): float(base.accuracy)}
-
-    def acc(heads):
-        key = tuple(sorted(heads))
-        if key not in accuracy_cache:
-            with ablate_heads(model, list(key), means), torch.inference_mode():
-                accuracy_cache[key] = float(evaluate(model, items, chat=chat, batch_size=batch_size,
-                                                     progress=False).accuracy)
-        return accuracy_cache[key]
-
-    top, rand = [], []
-    bar = tqdm(total=len(ks) * (1 + n_random), desc="knockout curve", disable=not progress)
-    for k in ks:
-        top.append(acc(ranking[:k]))
-        others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(ranking[:k])]
-        rand.append([acc(rng.sample(others, k)) for _ in range(n_random)] if k else [top[-1]] * n_random)
-        bar.update(1 + n_random)
-    bar.close()
-    rule = best_rule(items)
-    return KnockoutCurve(getattr(model, "vru_name", type(model).__name__), method, [list(h) for h in ranking], ks, top,
-                         rand, len(items), base.chance, rule[1] if rule else None,
-                         [list(h) for h in planted] if planted else None)
+    return KnockoutCurve(getattr(model, "vru_name", type(model).__name__), accuracy([]), ks,
+                         {name: [accuracy(top[:k]) for k in ks] for name, top in tops.items()},
+                         {name: [list(h) for h in top] for name, top in tops.items()},
+                         {str(k): [accuracy(rng.sample(every, k)) for _ in range(n_random)] for k in ks})

@@ -4,7 +4,8 @@ Methods (all return per-pair numbers, turned into a score where higher = more im
 
 - ``"path"``: path patching sender head -> logits (``path.path_patch_logits``), noising.
 - ``"activation"``: activation patching of ``component`` (z, q, k, v), noising or denoising.
-- ``"attribution"``: its linear estimate from 2 forward + 1 backward passes.
+- ``"attribution"``: its linear estimate from 2 forward + 1 backward passes (``ig_steps`` > 1:
+  integrated gradients over that many backward passes, for effects through saturated attention).
 - ``"ablation"``: KL of the final next-token distribution with the head ablated (mean or
   scaled-query), no counterfactual needed; ``kind="kl"``.
 
@@ -51,7 +52,7 @@ def gqa_note(model, component: str) -> dict | None:
 def rank_heads(model, pairs, method: str = "path", *, component: str = "z", direction: str = "noising",
                ablation: str = "mean", alpha: float = 0.0, batch_size: int = 8, max_rows: int = 128,
                n_boot: int = 1000, seed: int = 0, checkpoint=None, progress: bool = True,
-               chat: bool = False) -> HeadScores:
+               chat: bool = False, ig_steps: int = 1) -> HeadScores:
     """Rank every attention head of ``model`` on ``pairs`` (PairTokens, or VRUBench items to pair up).
 
     ``component``/``direction`` apply to activation and attribution patching
@@ -69,7 +70,7 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
     kind = "kl" if method == "ablation" else ("noising" if method == "path" else direction)
     key = {"model": name, "method": method, "component": component, "kind": kind, "tokens": tokens_hash(pt),
            "ablation": ablation if method == "ablation" else None, "alpha": alpha if method == "ablation" else None,
-           "batch_size": batch_size}
+           "batch_size": batch_size, **({"ig_steps": ig_steps} if method == "attribution" and ig_steps != 1 else {})}
     ckpt = Checkpoint(checkpoint, key) if checkpoint else None
     means = None
     if method == "ablation" and ablation == "mean":
@@ -98,7 +99,8 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
             elif method == "attribution":
                 from .attribution import attribution_patch_heads
 
-                per = attribution_patch_heads(model, sub, component, direction, batch_size, progress=show)
+                per = attribution_patch_heads(model, sub, component, direction, batch_size, progress=show,
+                                              ig_steps=ig_steps)
             else:
                 from .ablation import ablation_kl
 
@@ -120,6 +122,8 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
         meta["ablated_ld_mean"] = cat["extra"].mean(0).tolist()
     if method in ("activation", "attribution"):
         meta["direction"] = direction
+    if method == "attribution":
+        meta["ig_steps"] = ig_steps
     result = HeadScores.from_patched(cat["per_pair"], cat["clean"], cat["corrupt"], method=method, model=name, kind=kind,
                                      component=component, gqa=gqa_note(model, component), meta=meta)
     if n_boot:

@@ -225,9 +225,12 @@ def build_report(out: str | Path, path: str | Path | None = None, title: str = "
 
     def attention(rendered) -> str:
         # circuitsvis inlines its whole bundle in every view; the page loads it once (below) instead
+        # and its "<div .../>" is not a closed element in HTML: React would render into (and wipe) what follows
         src = rendered.local_src
         start, end = src.index("<script"), src.index("CircuitsVis.render(")
-        return src[:start] + "<script>\n" + src[end:]
+        div = src[:start].strip()
+        div = div[:-2] + "></div>" if div.endswith("/>") else div
+        return div + "<script>\n" + src[end:]
 
     body = [summary(studies)] + [figures(st, figure, attention) for st in studies]
     settings = "".join(f"<h3>{_e(st['model'])}</h3><pre>{_e(json.dumps(st['config'], indent=1))}</pre>" for st in studies)

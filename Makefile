@@ -53,7 +53,7 @@ $(STAMP): $(LOCK) $(ASSETS) pyproject.toml Makefile | python
 DEMO_OUT ?= results/demo
 demo: setup
 	$(VENV)/bin/vru-lens run --model vru-organism --quick --threads 1 --out $(DEMO_OUT)
-	$(VENV)/bin/vru-lens run --model smollm2-135m-instruct --quick --stages eval,probe --n 100 --n-probe 200 --out $(DEMO_OUT)
+	$(VENV)/bin/vru-lens run --model smollm2-135m-instruct --quick --threads 1 --stages eval,probe --n 100 --n-probe 200 --out $(DEMO_OUT)
 
 test: setup browser
 	$(PY) -m pytest -q

@@ -25,6 +25,14 @@ def test_eval_generated_items_prints_table():
     assert "4 steps" in res.stdout and "accuracy" in res.stdout
 
 
+def test_eval_dtype_is_used_and_checked():
+    res = runner.invoke(app, ["eval", "--model", "tiny-llama", "--n", "4", "--dtype", "bfloat16", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["dtype"] == "bfloat16" and payload["n"] == 4
+    assert "unknown dtype" in one_line_error(["eval", "--model", "tiny-llama", "--n", "2", "--dtype", "int3", "--json"])
+
+
 def one_line_error(args):
     res = runner.invoke(app, args)
     assert res.exit_code != 0

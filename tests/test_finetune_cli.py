@@ -17,7 +17,7 @@ def test_finetune_cli_json(tmp_path):
     args = ["finetune", "--model", "tiny-llama", "--top-k", "2", "--components", "qkvo", "--steps", "2",
             "--batch-size", "2", "--eval-every", "1", "--n-train", "8", "--n-val", "4", "--n-test", "6",
             "--general-n", "1", "--mmlu-n", "0", "--tasks", "arc_easy", "--wiki-n", "1", "--lr", "0.05", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
-            "--results", str(tmp_path / "r.json"), "--json"]
+            "--results", str(tmp_path / "r.json"), "--activation-checkpointing", "--json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.strip().splitlines()[-1])
@@ -28,6 +28,7 @@ def test_finetune_cli_json(tmp_path):
     assert "arc_easy" in payload["general_before"] and "average" in payload["general_before"] and "wiki/kl" in payload["general_after"]
     meta = HeadDeltas.read_metadata(out)
     assert meta["components"] == "qkvo" and len(meta["heads"]) == 2 and meta["train_config"]["steps"] == 2
+    assert meta["train_config"]["activation_checkpointing"] is True
     assert (tmp_path / "ranking_grad_tiny-llama.json").exists()  # no --heads: stand-in ranking, saved
 
 

@@ -188,3 +188,14 @@ def test_smollm2_sampled_senders(smollm2):
     ref = pp.path_patch_logits_reference(smollm2, pt, progress=False, senders=senders)
     for l, h in senders:
         assert (fast[:, l, h] - ref[:, l, h]).abs().max() <= TOL
+
+
+def test_fast_paths_read_w_o_without_copying(setup):
+    """The fast paths take each layer's W_O as a view of its output projection, not model.W_O's stacked copy."""
+    model, _, _ = setup
+    per_layer = pp._layer_W_O(model)
+    stacked = model.W_O
+    for l, w in enumerate(per_layer):
+        assert torch.equal(w, stacked[l])
+        assert w.untyped_storage().data_ptr() == model.blocks[l].attn.o.original_component.weight.untyped_storage().data_ptr()
+    assert stacked.untyped_storage().data_ptr() != per_layer[0].untyped_storage().data_ptr()  # model.W_O is a copy

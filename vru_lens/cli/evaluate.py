@@ -58,6 +58,8 @@ def eval_cmd(
                                             "after the study's normalisation)."),
     batch_size: int = typer.Option(16, help="Sequences per forward pass."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    dtype: str = typer.Option("float32", help="Weights and activations: float32, bfloat16 (half the memory; faster "
+                                              "where the processor has bfloat16 units) or float16."),
     deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
     pairs: bool = typer.Option(False, "--pairs", help="Also score counterfactual pairs (final direction flipped): "
                                                       "object-object pairs from --n pairable items, object-unknown "
@@ -79,7 +81,7 @@ def eval_cmd(
     items = load_items(data, n, split, seed, steps, slots, style)
     pair_scores = {}
     try:
-        lm = load_model(model, device=device, deltas=deltas)
+        lm = load_model(model, device=device, dtype=dtype, deltas=deltas)
         chat = is_chat_model(lm) if chat is None else chat
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
         if save:
@@ -96,6 +98,7 @@ def eval_cmd(
     if pairs and not pair_scores:
         fail(f"the {len(items)} items yield fewer than 2 counterfactual pairs for this tokenizer; raise --n")
     summary = result.summary()
+    summary["dtype"] = str(next(lm.parameters()).dtype).removeprefix("torch.")
     if pairs:
         summary["pairs"] = pair_scores.get("observed")
         summary["unknown_pairs"] = pair_scores.get("unknown")

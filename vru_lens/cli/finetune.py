@@ -40,6 +40,9 @@ def finetune(
     cache_dir: Optional[Path] = typer.Option(Path("results/finetune/cache"), "--cache-dir", help="base-model measurements"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="recompute each block's "
+                                                  "activations in backward: memory of one layer's activations "
+                                                  "instead of all (large models), ~1/3 more compute"),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default). On a shared, "
                                 "oversubscribed CPU, 1 avoids OpenMP barrier spinning (much faster there)"),
 ):
@@ -84,7 +87,7 @@ def finetune(
             save_scores(scores, ranking, model, 64)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr or DEFAULT_LR[method],
                       warmup_steps=min(warmup, steps), eval_every=eval_every, seed=seed, chat=chat,
-                      checkpoint_every=eval_every if checkpoint else 0)
+                      checkpoint_every=eval_every if checkpoint else 0, activation_checkpointing=activation_checkpointing)
     try:
         suite = GeneralSuite(n_per_task=general_n, mmlu_n=general_n if mmlu_n is None else mmlu_n, wiki_n=wiki_n,
                              seed=seed, tasks=tuple(t for t in tasks.split(",") if t)) if general_n > 0 else None

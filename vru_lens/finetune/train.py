@@ -16,6 +16,8 @@ A *trainable* is anything with ``trainable_parameters()``,
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
@@ -46,6 +48,7 @@ class TrainConfig:
     chat: bool = False
     checkpoint_every: int = 0  # 0 = no periodic checkpoints
     eval_batch_size: int = 16
+    activation_checkpointing: bool = False  # keep one block's activations for backward, recompute the rest
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -112,6 +115,28 @@ def answer_loss(model, examples) -> torch.Tensor:
     logits = rows_logits(model, ids, pos).float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1).to(logits.device),
                                              ignore_index=-100)
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(model):
+    """Activation checkpointing for every block of a bridge: backward recomputes each block's forward.
+
+    The autograd graph then keeps only each block's input, and one block's activations at a time
+    during backward, instead of every activation of every layer (a 7B model: ~1 GB per sequence of
+    200 tokens). transformers' own ``activation_checkpointing_enable`` does nothing here: the bridge
+    replaces its decoder layers, and the training loop runs in eval mode. Forward hooks inside a block
+    (head deltas, LoRA, TransformerLens hooks) run again in the recompute, with the same result.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = list(model.blocks)
+    for block in blocks:  # object.__setattr__: a bridge component would pass the name on to the wrapped module
+        object.__setattr__(block, "forward", functools.partial(checkpoint, block.forward, use_reentrant=False))
+    try:
+        yield
+    finally:
+        for block in blocks:
+            object.__delattr__(block, "forward")  # back to the class's forward
 
 
 def score_items(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> list[bool]:
@@ -207,8 +232,9 @@ def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = Trai
                 total = 0.0
                 for micro in range(cfg.grad_accum):
                     batch = [examples[i] for i in batch_indices(len(examples), step, micro, cfg)]
-                    loss = answer_loss(model, batch) / cfg.grad_accum
-                    loss.backward()
+                    with checkpointed_blocks(model) if cfg.activation_checkpointing else contextlib.nullcontext():
+                        loss = answer_loss(model, batch) / cfg.grad_accum
+                        loss.backward()
                     total += loss.item()
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

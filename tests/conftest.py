@@ -77,3 +77,19 @@ def tiny_gemma2_capped(strong):
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
         sliding_window=4096, final_logit_softcapping=3.0, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     return strong(tf.Gemma2ForCausalLM(cfg))
+
+
+@pytest.fixture(scope="module")
+def organism():
+    """The shipped VRU model organism (planted heads G), loaded once per test module (tests may hook it)."""
+    from vru_lens.models import load_model
+
+    return load_model("vru-organism", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def planted():
+    """The organism's planted heads G, from its card."""
+    from vru_lens.models.organisms import organism_card
+
+    return [tuple(h) for h in organism_card("vru-organism")["planted_heads"]]

@@ -38,6 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .results import Saveable
 

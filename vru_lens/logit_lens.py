@@ -83,7 +83,6 @@ class LogitLensResult(Saveable):
         }
 
     def plot(self, title: str | None = None):
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         f = self.to_frame()

@@ -139,6 +139,17 @@ def summary(studies: list) -> str:
     return "<h2>Summary</h2>" + "".join(parts)
 
 
+def _model_base_tuned(st: dict, stage: str) -> dict:
+    """One stage's result for the model, its base checkpoint and the tuned base, labelled for a figure."""
+    res, base, model = st["results"], st.get("base_results", {}), st["model"]
+    out = {model: res[stage]} if stage in res else {}
+    if stage in base:
+        out[f"{st['base']} (base)"] = base[stage]
+    if f"after_{stage}" in res:
+        out[f"{st.get('base') or model} tuned"] = res[f"after_{stage}"]
+    return out
+
+
 def figures(st: dict, figure, attention) -> str:
     """One model's figures, in the study's order."""
     from .viz import accuracy_figure, finetune_curves, heatmaps, probe_figure
@@ -149,18 +160,10 @@ def figures(st: dict, figure, attention) -> str:
     if planted:
         out.append(f"<p class='note'>Planted heads G (the known answer): "
                    f"{', '.join(f'L{l}H{h}' for l, h in planted)}.</p>")
-    evals = {model: res["eval"]} if "eval" in res else {}
-    if "eval" in base:
-        evals[f"{st['base']} (base)"] = base["eval"]
-    if "after_eval" in res:
-        evals[f"{st.get('base') or model} tuned"] = res["after_eval"]
+    evals = _model_base_tuned(st, "eval")
     if evals:
         out.append(figure(accuracy_figure(evals)))
-    probes = {model: res["probe"]} if "probe" in res else {}
-    if "probe" in base:
-        probes[f"{st['base']} (base)"] = base["probe"]
-    if "after_probe" in res:
-        probes[f"{st.get('base') or model} tuned"] = res["after_probe"]
+    probes = _model_base_tuned(st, "probe")
     if probes:
         out.append(figure(probe_figure(probes, "Probe for the heading by layer, with the control task and chance")))
     if "lens" in res:

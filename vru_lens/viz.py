@@ -125,7 +125,6 @@ def heatmaps(scores: dict, planted=None, title: str = "Head rankings"):
 
 def finetune_curves(results: dict):
     """Training loss by step and validation accuracy for fine-tuning runs ({label: FinetuneResult or TrainResult})."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     if not results:

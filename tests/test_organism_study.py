@@ -59,9 +59,10 @@ def test_study_quick(tmp_path, planted):
     """The whole study on tiny settings: every part writes its results, figures and tables."""
     from vru_lens.cli import app
 
-    res = CliRunner().invoke(app, ["organism", "study", "--quick", "--out", str(tmp_path / "s"), "--json"])
+    res = CliRunner().invoke(app, ["organism", "study", "--quick", "--ft-steps", "2", "--out", str(tmp_path / "s"), "--json"])
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout.strip().splitlines()[-1])
+    assert s["config"]["ft_steps"] == 2
     assert set(s["probes"]) == {"heading", "cum_angle", "object"}
     assert {"activation", "path", "attribution", "ablation", "gradient"} <= set(s["rankings"])
     assert all(0 <= g["auroc"] <= 1 for g in s["rankings"].values())
@@ -75,3 +76,10 @@ def test_study_quick(tmp_path, planted):
     for f in ("study.json", "tables.md", "knockout_curves.html", "probe_heading.html", "ranking_activation.json",
               "deltas_top.safetensors"):
         assert (tmp_path / "s" / f).exists(), f
+
+
+def test_study_rejects_zero_ft_steps(tmp_path):
+    from vru_lens.cli import app
+
+    res = CliRunner().invoke(app, ["organism", "study", "--ft-steps", "0", "--out", str(tmp_path / "s")])
+    assert res.exit_code != 0 and "--ft-steps" in res.output

@@ -68,6 +68,7 @@ def study_cmd(
     base: str = typer.Option("vru-organism-base", "--base", help="Starting checkpoint of the fine-tuning experiment."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
     seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 3; --quick 1)."),
+    ft_steps: int = typer.Option(None, "--ft-steps", help="Fine-tuning steps per run (default 300; --quick 3)."),
     parts: str = typer.Option("probes,rankings,knockout,finetune,closed_loop", "--parts", help="Comma-separated parts."),
     threads: int = typer.Option(1, help="torch threads."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -82,7 +83,10 @@ def study_cmd(
     unknown = [p for p in wanted if p not in StudyConfig.parts]
     if unknown:
         fail(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(StudyConfig.parts)}")
-    cfg = replace(cfg, base=base, parts=wanted, **({"ft_seeds": tuple(range(seeds))} if seeds else {}))
+    if ft_steps is not None and ft_steps < 1:
+        fail(f"--ft-steps must be at least 1, got {ft_steps}")
+    cfg = replace(cfg, base=base, parts=wanted, **({"ft_seeds": tuple(range(seeds))} if seeds else {}),
+                  **({"ft_steps": ft_steps} if ft_steps else {}))
     try:
         summary = run_study(model, out, cfg, threads=threads, log=(lambda m: None) if json_out else typer.echo)
     except (ValueError, FileNotFoundError) as err:

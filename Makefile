@@ -21,9 +21,18 @@ COMPILE = $(VENV)/bin/uv pip compile --quiet --no-header --python-version $(SUPP
           $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
 LATEST := $(or $(TMPDIR),/tmp)/vru-lens-latest
 
-.PHONY: setup demo test test-latest lock bench clean python
+.PHONY: setup demo test test-latest lock bench clean python browser
 
 setup: $(STAMP)
+	@$(MAKE) --no-print-directory browser || echo "(make demo works without it; make test needs it)"
+
+# The report's browser test renders it in headless Chromium; as root on Debian/Ubuntu it is installed here.
+CHROMIUM = $(or $(VRU_LENS_CHROMIUM),$(shell command -v chromium || command -v chromium-browser || command -v google-chrome))
+browser:
+	@test -n "$(CHROMIUM)" || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "the report's browser test needs Chromium: sudo apt-get install chromium" \
+	  "(or set VRU_LENS_CHROMIUM=/path/to/chrome)"; exit 1; fi; }
 
 python:
 	@test -n "$(PYTHON)" || { echo "vru-lens needs Python $(SUPPORTED_PYTHON): put python$(SUPPORTED_PYTHON) on PATH" \
@@ -39,10 +48,14 @@ $(STAMP): $(LOCK) $(ASSETS) pyproject.toml Makefile | python
 	$(PIP) -r $(ASSETS)
 	touch $(STAMP)
 
+# The quick study on the organism (a model that solves the task, with planted heads), then evaluation and
+# probes on SmolLM2-135M-Instruct (one that does not) in the same report; prints the report's path.
+DEMO_OUT ?= results/demo
 demo: setup
-	$(VENV)/bin/vru-lens eval --model smollm2-135m-instruct --n 300 --split test
+	$(VENV)/bin/vru-lens run --model vru-organism --quick --threads 1 --out $(DEMO_OUT)
+	$(VENV)/bin/vru-lens run --model smollm2-135m-instruct --quick --threads 1 --stages eval,probe --n 100 --n-probe 200 --out $(DEMO_OUT)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 # Regenerate the locks from pyproject.toml's ranges (newest versions they allow), then rebuild .venv.

@@ -9,7 +9,6 @@ How the shipped recipe was found (docs/organism.md):
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path

@@ -7,14 +7,13 @@ import torch
 
 from vru_lens.finetune import HeadDeltas, TrainConfig, train
 from vru_lens.bench import make_items
-from vru_lens.models import load_model
 
 torch.set_num_threads(1)  # a shared 2-core machine: OpenMP spinning makes >1 thread far slower
 
 
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_gpt2"])
 def model(request):
-    return load_model(request.param)
+    return request.getfixturevalue(request.param)  # conftest's; every test here leaves the weights as they were
 
 
 def _hashes(model):
@@ -40,13 +39,14 @@ def test_hooks_equal_hand_edited_weights(model, components):
         hooked = model(IDS).detach()
     dh = model.cfg.d_head
     gpt2 = model.blocks[0].attn.o.original_component.__class__.__name__ == "Conv1D"
-    originals = {}
+    before = _hashes(model)
+    originals = {}  # one copy per weight, taken before its first edit (several slices share a weight)
     with torch.no_grad():  # edit the weights by hand from the documented slice layout
         for key, delta in d.deltas.items():
             layer, idx, kind = key.split("_")
             l, i = int(layer[1:]), int(idx[1:])
             w = getattr(model.blocks[l].attn, kind).original_component.weight
-            originals[key] = w.detach().clone()
+            originals.setdefault(id(w), (w, w.detach().clone()))
             rows = slice(i * dh, (i + 1) * dh)
             if kind == "o":
                 if gpt2:
@@ -56,9 +56,9 @@ def test_hooks_equal_hand_edited_weights(model, components):
             else:
                 w[rows, :] += delta  # q/k/v are nn.Linear ([out, in]) in both bridges
         edited = model(IDS).detach()
-        for key, w0 in originals.items():
-            layer, idx, kind = key.split("_")
-            getattr(model.blocks[int(layer[1:])].attn, kind).original_component.weight.copy_(w0)
+        for w, w0 in originals.values():
+            w.copy_(w0)
+    assert _hashes(model) == before  # the model (shared with other tests) is as it was
     assert (hooked - model(IDS)).abs().max() > 1e-3  # the deltas do something
     torch.testing.assert_close(hooked, edited, atol=1e-5, rtol=1e-5)
 
@@ -98,8 +98,8 @@ def test_training_leaves_every_weight_bit_identical(model):
     assert res.optimizer_state_bytes <= 2 * 4 * d.num_parameters() + 64 * len(d.deltas)
 
 
-def test_gqa_slices_and_parameter_count():
-    m = load_model("tiny-llama")  # 4 query heads, 2 KV heads: groups {0,1}, {2,3}
+def test_gqa_slices_and_parameter_count(tiny_llama):
+    m = tiny_llama  # 4 query heads, 2 KV heads: groups {0,1}, {2,3}
     d = HeadDeltas(m, [(0, 0), (0, 1), (1, 3)], "qkvo")
     dh, dm = m.cfg.d_head, m.cfg.d_model
     assert d.kv_sharing == [{"layer": 0, "kv_group": 0, "query_heads": [0, 1], "chosen": [0, 1]},
@@ -112,8 +112,8 @@ def test_gqa_slices_and_parameter_count():
         HeadDeltas(m, [(0, 0)], "qk")
 
 
-def test_save_load_roundtrip(tmp_path):
-    m = load_model("tiny-llama")
+def test_save_load_roundtrip(tmp_path, tiny_llama, tiny_gpt2):
+    m = tiny_llama
     d = HeadDeltas(m, [(0, 1), (2, 2)], "qkvo")
     _randomise(d, 2)
     path = d.save(tmp_path / "d.safetensors", train_config={"lr": 0.01})
@@ -124,4 +124,31 @@ def test_save_load_roundtrip(tmp_path):
     for k, v in d.deltas.items():
         assert torch.equal(back.deltas[k], v)
     with pytest.raises(ValueError, match="geometry"):
-        HeadDeltas.load(path, load_model("tiny-gpt2"))
+        HeadDeltas.load(path, tiny_gpt2)
+
+
+def test_resolve_heads_from_a_saved_ranking(tmp_path):
+    """The rank -> finetune hand-off: a HeadScores saved by `rank-heads` (and the stand-in gradient ranking)
+    gives its top-k heads, best first, read back from the file."""
+    import numpy as np
+
+    from vru_lens.finetune.adapters import resolve_heads
+    from vru_lens.finetune.rank import save_scores
+    from vru_lens.patching import HeadScores
+
+    # noising scores = (mean clean - mean patched) / (mean clean - mean corrupt); clean 2, corrupt 0:
+    # patched = 2 - 2 * score, so the planted score map comes back exactly
+    want = np.array([[0.1, 0.9, 0.0, 0.3], [0.5, -0.2, 0.8, 0.05], [0.7, 0.2, 0.4, 0.6]])
+    per_pair = np.stack([2 - 2 * want] * 3)
+    hs = HeadScores.from_patched(per_pair, np.full(3, 2.0), np.zeros(3), method="path", model="tiny-llama")
+    np.testing.assert_allclose(hs.scores, want)
+    path = hs.save(tmp_path / "ranking.json")
+    best = [(0, 1), (1, 2), (2, 0), (2, 3)]  # 0.9, 0.8, 0.7, 0.6
+    assert resolve_heads(path, 4) == best
+    assert resolve_heads(str(path), 2) == best[:2]
+    assert resolve_heads(hs, 4) == best
+    grad = save_scores(want, tmp_path / "grad.json", "tiny-llama", 8)
+    assert resolve_heads(grad, 4) == best
+    assert resolve_heads([(2, 1), (0, 3, 0.5)], None) == [(2, 1), (0, 3)]
+    with pytest.raises(ValueError, match="top_k"):
+        resolve_heads(path)

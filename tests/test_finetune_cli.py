@@ -39,14 +39,14 @@ def test_finetune_cli_errors(tmp_path):
     assert r.exit_code == 2 and "qkvo" in r.output
 
 
-def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path):
+def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path, tiny_llama):
     """`--deltas` studies the fine-tuned model: eval equals evaluate() on the merged weights."""
     from vru_lens.bench import make_items
     from vru_lens.evaluate import evaluate
     from vru_lens.finetune.adapters import merge_deltas
     from vru_lens.models import load_model
 
-    model = load_model("tiny-llama")
+    model = tiny_llama  # merged below, then unmerged exactly
     deltas = HeadDeltas(model, [(0, 1), (1, 3)], "qkvo")
     torch.manual_seed(0)
     with torch.no_grad():
@@ -59,6 +59,10 @@ def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path):
     tuned = evaluate(model, items, progress=False)
     merged.unmerge(model)
     assert [r["scores"] for r in base.per_item] != [r["scores"] for r in tuned.per_item]
+    loaded = load_model("tiny-llama", deltas=path)  # the same, in one call
+    assert [r["scores"] for r in evaluate(loaded, items, progress=False).per_item] == [r["scores"] for r in tuned.per_item]
+    loaded.vru_deltas.unmerge(loaded)
+    assert [r["scores"] for r in evaluate(loaded, items, progress=False).per_item] == [r["scores"] for r in base.per_item]
 
     r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "12", "--seed", "5", "--deltas", str(path), "--json"])
     assert r.exit_code == 0, r.output

@@ -57,7 +57,9 @@ def test_baselines_budgets(items):
     base = m(ids).detach()
     res = train(m, lora, train_items, None, cfg, progress=False)
     assert res.trainable_params == lora.num_parameters()
-    assert not torch.allclose(m(ids), base)  # the LoRA adapters are live in the bridge's forward
+    with lora.active(m):
+        assert not torch.allclose(m(ids), base)  # the LoRA adapters are live in the bridge's forward
+    assert torch.equal(m(ids), base)  # and gone outside the block
     g = load_model("tiny-gpt2")
     full = FullFinetune(g)
     res = train(g, full, train_items, None, cfg, progress=False)
@@ -80,6 +82,46 @@ def test_fast_rows_and_scoring_match_the_bridge(name, items):
     _, val = items
     ref = evaluate(m, val, progress=False)
     assert score_items(m, val) == [r["correct"] for r in ref.per_item]
+
+
+def _weights_hash(model) -> str:
+    """Every module's name and every state tensor's name, dtype, shape and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, _ in model.named_modules():
+        h.update(name.encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("method", ["heads", "full", "lora"])
+def test_every_method_gives_the_model_back(items, method):
+    """After training (and measuring with the method active), the model hashes as before; re-activating gives
+    the tuned model again, so the tuned state was kept, not lost."""
+    train_items, _ = items
+    m = load_model("tiny-llama")
+    before = _weights_hash(m)
+    ids = torch.tensor([[0, 5, 9, 11]])
+    with torch.no_grad():
+        base = m(ids)
+    trainable = {"heads": lambda: HeadDeltas(m, [(0, 1), (2, 0)], "qkvo"), "full": lambda: FullFinetune(m),
+                 "lora": lambda: LoraAdapters(m, rank=2)}[method]()
+    assert _weights_hash(m) == before  # building it changes nothing either
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, lr=5e-2, eval_every=0)
+    train(m, trainable, train_items, None, cfg, progress=False)
+    with trainable.active(m), torch.no_grad():
+        tuned = m(ids)
+    assert (tuned - base).abs().max() > 1e-3  # training moved something
+    assert _weights_hash(m) == before
+    with torch.no_grad():
+        assert torch.equal(m(ids), base)
+        with trainable.active(m):
+            torch.testing.assert_close(m(ids), tuned)
+    assert _weights_hash(m) == before
 
 
 def _saved_bytes(model, deltas, batch, checkpointed: bool) -> tuple[int, dict]:

@@ -29,11 +29,10 @@ def test_coarse_kl_is_a_lower_bound():
     torch.testing.assert_close(_coarse_kl(p, q), full, atol=1e-5, rtol=1e-5)  # every token kept -> exact
 
 
-def test_suite_same_items_and_kl():
+def test_suite_same_items_and_kl(tiny_llama):
     from vru_lens.finetune import HeadDeltas
-    from vru_lens.models import load_model
 
-    m = load_model("tiny-llama")
+    m = tiny_llama
     suite = GeneralSuite(n_per_task=2, mmlu_n=2, wiki_n=2, wiki_tokens=24, kl_top_k=32, tasks=("arc_easy", "lambada"))
     before = suite.run(m, progress=False)
     same = suite.run(m, reference=before, progress=False)

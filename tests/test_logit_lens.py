@@ -8,13 +8,12 @@ import torch
 
 from vru_lens.bench import BenchConfig, make_items
 from vru_lens.logit_lens import LogitLensResult, lens_from_resid, logit_lens
-from vru_lens.models import load_model
 from vru_lens.tokens import answer_ids, encode, render
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-llama", device="cpu")
+def model(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")

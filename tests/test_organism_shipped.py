@@ -1,24 +1,11 @@
 """Ground truth of the shipped organism, measured again on its committed weights (exact experiments)."""
 
-import random
 
 import pytest
 
 from vru_lens.bench import BenchConfig, make_items
 from vru_lens.models.organisms import organism_card
 from vru_lens.organism.verify import ground_truth
-
-
-@pytest.fixture(scope="module")
-def organism():
-    from vru_lens.models import load_model
-
-    return load_model("vru-organism", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return [tuple(h) for h in organism_card("vru-organism")["planted_heads"]]
 
 
 @pytest.fixture(scope="module")

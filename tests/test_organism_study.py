@@ -5,20 +5,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vru_lens.models.organisms import organism_card
-
-
-@pytest.fixture(scope="module")
-def organism():
-    from vru_lens.models import load_model
-
-    return load_model("vru-organism", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return [tuple(h) for h in organism_card("vru-organism")["planted_heads"]]
-
 
 def test_grade_against_a_known_answer(planted):
     import numpy as np

@@ -54,8 +54,16 @@ def test_unknown_first_counts_both_prompts_of_each_pair(tiny_llama):
     assert got["unknown_first"] == sum(p == "unknown" for p in preds) / 12
 
 
-def test_eval_cli_pairs():
+def test_eval_cli_pairs(tiny_llama):
+    """The CLI's pair scores are the library's on the same items (the object-object pairs come from
+    --n pairable items generated with seed + 1)."""
+    from vru_lens.patching import items_pair_accuracy
+    from vru_lens.tokens import is_chat_model
+
     r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "30", "--pairs", "--json"])
     assert r.exit_code == 0, r.output
     pairs = json.loads(r.stdout.strip().splitlines()[-1])["pairs"]
-    assert pairs["n_pairs"] >= 2 and 0 <= pairs["both_right"] <= min(pairs["clean_right"], pairs["corrupt_right"])
+    want = items_pair_accuracy(tiny_llama, make_items(30, 1, PAIRABLE, split="test"), is_chat_model(tiny_llama))
+    assert pairs["n_pairs"] == want["n_pairs"] >= 2
+    for key in ("clean_right", "corrupt_right", "both_right", "ld_gap", "ld_corr"):
+        assert abs(pairs[key] - want[key]) < 1e-6, key

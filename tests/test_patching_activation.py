@@ -52,7 +52,7 @@ def test_by_position_equals_single_position_hook(gpt2):
     layer = 1
     out = activation_patch_heads_by_pos(model, pt, "z", "noising", batch_size=2, max_rows=40, progress=False, layers=[layer])
     starts = first_diff(pt.clean, pt.corrupt, pt.lengths)
-    i = 0
+    i = int(pt.lengths.argmin())  # the shortest pair: it has padding positions to check
     n = int(pt.lengths[i])
     ids, src = pt.clean[i:i + 1, :n], pt.corrupt[i:i + 1, :n]
     _, cache = model.run_with_cache(src, names_filter=lambda name: name == f"blocks.{layer}.attn.hook_z")
@@ -65,7 +65,8 @@ def test_by_position_equals_single_position_hook(gpt2):
             logits = model.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])
             ref = logit_diff_from_logits(logits, pt.final_pos[i:i + 1], pt.clean_answer[i:i + 1], pt.corrupt_answer[i:i + 1])
             assert abs(float(out[i, layer, h, p]) - float(ref)) <= TOL
-    assert torch.isnan(out[i, layer, :, n:]).all() if n < out.shape[-1] else True
+    assert n < out.shape[-1]  # the pair chosen is shorter than the batch, so padding positions exist
+    assert torch.isnan(out[i, layer, :, n:]).all()
     assert torch.isnan(out[:, 0]).all()  # layers not asked for stay NaN
 
 

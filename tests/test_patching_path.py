@@ -7,14 +7,12 @@ with that tolerance, so none of them could pass on a model where nothing moves.
 """
 
 import dataclasses
-import tempfile
 import warnings
 
 import pytest
 import torch
 
 from vru_lens.bench import PAIRABLE, PAIRABLE_STORY, make_items
-from vru_lens.models import load_model
 from vru_lens.models.tiny import tiny_hf_model, tiny_tokenizer
 from vru_lens.patching import path as pp
 from vru_lens.patching.metrics import baseline_logit_diffs
@@ -23,13 +21,7 @@ from vru_lens.tokens import tokenize_pairs
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two on a shared machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_gemma3():
@@ -46,18 +38,9 @@ def _tiny_gemma3():
 
 def _strong(name: str, std: float = 0.3):
     """A tiny model with large random matrices (norm gains untouched), loaded through load_model(folder)."""
-    hf = _tiny_gemma3() if name == "tiny-gemma3" else tiny_hf_model(name)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    folder = tempfile.mkdtemp(prefix=f"vru-{name}-")
-    hf.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(folder, device="cpu")
+    from conftest import strong_model
+
+    return strong_model(_tiny_gemma3() if name == "tiny-gemma3" else tiny_hf_model(name), std)
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])

@@ -36,9 +36,23 @@ def test_methods(setup):
     assert kv.scores.shape == (3, 2) and "key/value" in kv.gqa["note"]
 
 
-def test_bad_method(setup):
-    with pytest.raises(ValueError, match="method"):
+def test_bad_options_are_one_value_error(setup):
+    with pytest.raises(ValueError, match="method must be one of path, activation, attribution, ablation"):
         rank_heads(setup[0], setup[1], "magic")
+    with pytest.raises(ValueError, match="component must be one of z, q, k, v, got 'w'"):
+        rank_heads(setup[0], setup[1], "activation", component="w")
+    with pytest.raises(ValueError, match="direction"):
+        rank_heads(setup[0], setup[1], "attribution", direction="sideways")
+    with pytest.raises(ValueError, match="ablation must be one of mean, scaled_query"):
+        rank_heads(setup[0], setup[1], "ablation", ablation="zero")
+
+
+def test_registry_is_the_method_list():
+    from vru_lens.patching.rank import METHODS, REGISTRY, RankOptions
+
+    assert METHODS == ("path", "activation", "attribution", "ablation") == tuple(REGISTRY)
+    assert {k: m.kind(RankOptions(direction="denoising")) for k, m in REGISTRY.items()} == {
+        "path": "noising", "activation": "denoising", "attribution": "denoising", "ablation": "kl"}
 
 
 def test_checkpoint_resumes(setup, tmp_path, monkeypatch):
@@ -86,4 +100,6 @@ def test_cli_json(tmp_path):
     from vru_lens.patching import HeadScores
     assert HeadScores.load(out).top(3) == [tuple(t) for t in payload["top"]]
     bad = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--method", "nope", "--json"])
-    assert bad.exit_code == 2 and "method" in bad.output
+    assert bad.exit_code == 2 and "method must be one of" in bad.output and len(bad.output.strip().splitlines()) == 1
+    bad = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--component", "w"])
+    assert bad.exit_code == 2 and "component must be one of z, q, k, v" in bad.output

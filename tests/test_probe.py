@@ -10,13 +10,12 @@ import torch
 
 from vru_lens import probe as P
 from vru_lens.bench import make_items
-from vru_lens.models import load_model
 from vru_lens.tokens import encode, render, step_positions
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-llama", device="cpu")
+def model(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +238,47 @@ def test_cli_json(tmp_path):
     assert (tmp_path / "p.json").exists() and (tmp_path / "p.html").exists()
     bad = CliRunner().invoke(app, ["probe", "--model", "tiny-llama", "--n", "12", "--target", "angle"])
     assert bad.exit_code == 2 and "valid targets" in bad.output
+
+
+def test_resid_cache_save_load_roundtrip(cache, tmp_path):
+    path = cache.save(tmp_path / "acts.pt")
+    back = P.ResidCache.load(path)
+    assert torch.equal(back.resid, cache.resid) and torch.equal(back.final, cache.final)
+    for k in ("item", "step", "token"):
+        assert np.array_equal(getattr(back, k), getattr(cache, k))
+    assert back.layers == cache.layers and back.meta == cache.meta
+    # two halves captured apart and joined equal the whole
+    n = cache.meta["n_items"]
+    first = np.flatnonzero(cache.item < n // 2)
+    assert len(P.ResidCache.concat([cache, cache])) == 2 * len(cache)
+    assert P.ResidCache.concat([cache, cache]).item[len(cache) + first[-1]] == cache.item[first[-1]] + n
+
+
+def test_stale_cache_is_refused(model, items, cache, tmp_path):
+    want = {"model": cache.meta["model"], "chat": False, "n_items": len(items), "item_ids": [it["id"] for it in items]}
+    cache.meta.update(want)
+    path = cache.save(tmp_path / "acts.pt")
+    assert P.ResidCache.load(path).check(want, layers=[0, 1, 2], final=True).layers == [0, 1, 2]
+    with pytest.raises(ValueError, match="chat"):
+        P.ResidCache.load(path).check({**want, "chat": True})
+    with pytest.raises(ValueError, match="item_ids"):
+        P.ResidCache.load(path).check({**want, "item_ids": want["item_ids"][::-1]})
+    with pytest.raises(ValueError, match="layers"):
+        P.ResidCache.load(path).check(want, layers=[1])
+    part = P.capture(model, items[:12], layers=[1], progress=False)
+    part.meta.update(want)
+    with pytest.raises(ValueError, match="final"):
+        part.check(want, final=True)
+
+
+def test_cli_refuses_a_stale_cache(tmp_path):
+    from typer.testing import CliRunner
+
+    from vru_lens.cli import app
+
+    args = ["probe", "--model", "tiny-llama", "--n", "12", "--train-steps", "5", "--json", "--no-progress",
+            "--cache", str(tmp_path / "acts.pt")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0  # reused
+    bad = CliRunner().invoke(app, [*args[:4], "13", *args[5:]])
+    assert bad.exit_code == 2 and "other settings" in bad.output and "n_items" in bad.output

@@ -11,6 +11,8 @@ normalisation (``normalise``: first line, case, punctuation, articles,
 whitespace; the phrases in ``UNKNOWN_PHRASES`` read as "unknown"). Every
 result carries the rotation-blind rules' accuracies on the same items
 (``bench.shortcuts``) so that no accuracy is shown without its floor.
+Pair accuracy (``pair_accuracy``) asks whether the choice between a
+counterfactual pair's two answers follows the rotation phrase.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .bench.answers import UNKNOWN, UNKNOWN_PHRASES, normalise  # noqa: F401  (re-exported)
-from .bench.shortcuts import audit
+from .bench.shortcuts import audit, pair_audit
 from .models.kv_cache import kv_cache_ok
-from .readout import rows_logits
+from .readout import baseline_logit_diffs, score_rows
 from .results import Saveable
-from .tokens import answer_ids, encode, is_chat_model, pad_id, pad_right, render
+from .tokens import answer_ids, encode, is_chat_model, pad_id, render, tokenize_pairs
 
 REQUIRED = ("prompt", "candidates", "answer")
 BREAKDOWNS = ("n_steps", "answerable", "final_direction", "final_angle", "final_template", "uses_heldout_template",
@@ -194,17 +196,10 @@ class EvalResult(Saveable):
 
 def _score_requests(model, rows, batch_size, progress):
     """rows: (ids, positions, reads, key) with reads = [(index into positions, token)]; returns {key: [logprobs]}."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     out = {}
-    pid = pad_id(model.tokenizer)
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
-        chunk = [rows[i] for i in order[start : start + batch_size]]
-        ids, _ = pad_right([r[0] for r in chunk], pid)
-        k = max(len(r[1]) for r in chunk)
-        pos = torch.tensor([r[1] + [r[1][-1]] * (k - len(r[1])) for r in chunk])
-        logprobs = rows_logits(model, ids, pos).float().log_softmax(-1)
-        for j, (_, _, reads, key) in enumerate(chunk):
-            out[key] = [logprobs[j, p, tok].item() for p, tok in reads]
+    for i, logp in score_rows(model, [r[:2] for r in rows], batch_size, progress):
+        _, _, reads, key = rows[i]
+        out[key] = [logp[p, tok].item() for p, tok in reads]
     return out
 
 
@@ -234,6 +229,51 @@ def score_candidates(model, items, chat: bool = False, batch_size: int = 16, pro
             item_scores[c] = sum(lp) / len(lp) if length_normalise else sum(lp)
         scores.append(item_scores)
     return scores
+
+
+# ------------------------------------------------------------------ counterfactual pairs
+def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
+    """Does the model's choice between the two answers follow the rotation phrase?
+
+    Each counterfactual pair differs only in its final rotation phrase, which flips the answer.
+    ``clean_right``/``corrupt_right``: share of prompts where the right one of the two answers
+    has the higher logit. ``both_right``: share of pairs right on both prompts; a model that
+    ignores the phrase scores 0 here whatever its accuracy (a coin flip per prompt: 0.25).
+    ``same_pick``: share of pairs where the same one of the two answers wins on both prompts
+    (the phrase did not move the choice). ``ld_corr``: correlation of the two prompts' logit
+    differences (near 1 = phrase ignored).
+    """
+    if len(pt) < 2:
+        raise ValueError(f"need at least 2 counterfactual pairs, got {len(pt)}; generate more items")
+    clean, corrupt = baseline_logit_diffs(model, pt, batch_size)
+    clean_ok, corrupt_ok = clean > 0, corrupt < 0
+    return {"n_pairs": len(pt), "clean_right": float(clean_ok.float().mean()),
+            "corrupt_right": float(corrupt_ok.float().mean()),
+            "both_right": float((clean_ok & corrupt_ok).float().mean()),
+            "same_pick": float(((clean > 0) == (corrupt > 0)).float().mean()),
+            "ld_gap": float((clean - corrupt).mean()), "ld_corr": float(torch.corrcoef(torch.stack([clean, corrupt]))[0, 1])}
+
+
+def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, kind: str = "observed",
+                        max_pairs: int | None = None) -> dict | None:
+    """``pair_accuracy`` on the counterfactual pairs of one kind (``bench.pairs.KINDS``) these items yield
+    for this model's tokenizer, with what was dropped and why (``pairs``); None when they yield fewer than 2.
+
+    ``unknown_first``: share of the pairs' prompts (clean and flipped) on which "unknown" scores
+    above every object among all candidates (``score_candidates``).
+    """
+    try:
+        pt = tokenize_pairs(model.tokenizer, items, chat=chat, kind=kind, max_pairs=max_pairs)
+    except ValueError:  # not a single pair
+        return None
+    if len(pt) < 2:
+        return None
+    best = pair_audit(pt.pairs)["best"]  # the floor: the best rotation-blind rule's both_right
+    prompts = [it for it in pt.pairs.items + pt.pairs.corrupt_items if UNKNOWN in it["candidates"]]
+    picks = [max(s, key=s.get) for s in score_candidates(model, prompts, chat, batch_size, progress=False)]
+    return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary(), "kind": kind,
+            "yield": pt.pairs.yield_, "best_rule": best,
+            "unknown_first": sum(p == UNKNOWN for p in picks) / len(picks) if picks else None}
 
 
 def match_answer(text: str, candidates: list[str]) -> str:

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .results import Saveable
 
 TASKS = ("hellaswag", "arc_easy", "piqa", "winogrande", "boolq", "lambada")
+LIST_METRICS = ("list/acc", "list/kl")
 PRIMARY = {"hellaswag": "acc_norm", "arc_easy": "acc_norm", "piqa": "acc_norm", "winogrande": "acc", "boolq": "acc",
            "lambada": "acc"}
 
@@ -132,25 +133,14 @@ def _rows_for(tokenizer, context: str, continuation: str, max_tokens: int):
 def score_continuations(model, requests, max_tokens: int = 256, batch_size: int = 8, progress: bool = False,
                         desc: str = "scoring") -> list[tuple[float, bool, int]]:
     """Per (context, continuation): (summed log-prob, continuation is greedy, n tokens)."""
-    from .readout import rows_logits
-    from .tokens import pad_id, pad_right
+    from .readout import score_rows
 
-    tok = model.tokenizer
-    rows = [_rows_for(tok, c, x, max_tokens) for c, x in requests]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    rows = [_rows_for(model.tokenizer, c, x, max_tokens) for c, x in requests]
     out: list = [None] * len(rows)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-        chunk = order[start : start + batch_size]
-        ids, _ = pad_right([rows[i][0] for i in chunk], pad_id(tok))
-        k = max(len(rows[i][1]) for i in chunk)
-        pos = torch.tensor([rows[i][1] + [rows[i][1][-1]] * (k - len(rows[i][1])) for i in chunk])
-        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
-        for j, i in enumerate(chunk):
-            targets = torch.tensor(rows[i][2])
-            n = len(targets)
-            lp = logp[j, torch.arange(n), targets]
-            greedy = bool((logp[j, :n].argmax(-1) == targets).all())
-            out[i] = (float(lp.sum()), greedy, n)
+    for i, logp in score_rows(model, [r[:2] for r in rows], batch_size, progress, desc):
+        targets = torch.tensor(rows[i][2], device=logp.device)
+        lp = logp[torch.arange(len(targets), device=logp.device), targets]
+        out[i] = (float(lp.sum()), bool((logp.argmax(-1) == targets).all()), len(targets))
     return out
 
 
@@ -172,19 +162,11 @@ def _mc_metrics(docs, scored) -> dict:
 @torch.inference_mode()
 def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bool = False):
     """Yield (text index, next-token log-probs [n_tokens-1, vocab], targets) for each text."""
-    from .readout import rows_logits
-    from .tokens import pad_id, pad_right
+    from .readout import score_rows
 
-    tok = model.tokenizer
-    seqs = [tok(t)["input_ids"][:n_tokens] for t in texts]
-    for start in tqdm(range(0, len(seqs), batch_size), desc="wikipedia", disable=not progress, leave=False):
-        chunk = seqs[start : start + batch_size]
-        ids, _ = pad_right(chunk, pad_id(tok))
-        k = max(len(s) for s in chunk) - 1
-        pos = torch.tensor([list(range(len(s) - 1)) + [len(s) - 2] * (k - len(s) + 1) for s in chunk])
-        logp = rows_logits(model, ids, pos).float().log_softmax(-1).cpu()
-        for j, s in enumerate(chunk):
-            yield start + j, logp[j, : len(s) - 1], torch.tensor(s[1:])
+    seqs = [model.tokenizer(t)["input_ids"][:n_tokens] for t in texts]
+    for i, logp in score_rows(model, [(s, list(range(len(s) - 1))) for s in seqs], batch_size, progress, "wikipedia"):
+        yield i, logp.cpu(), torch.tensor(seqs[i][1:])
 
 
 # ------------------------------------------------------------------ results
@@ -204,8 +186,9 @@ class GeneralResult(Saveable):
 
     def headline(self) -> dict:
         out = {t: self.metrics[f"{t}/{PRIMARY[t]}"] for t in TASKS if f"{t}/{PRIMARY[t]}" in self.metrics}
-        out["average"] = self.average
-        for k in ("mmlu/gold_logprob", "mmlu/acc", "wiki/ppl", "wiki/kl"):
+        if out:
+            out["average"] = self.average
+        for k in ("mmlu/gold_logprob", "mmlu/acc", "wiki/ppl", "wiki/kl", *LIST_METRICS):
             if k in self.metrics:
                 out[k] = self.metrics[k]
         return out
@@ -233,8 +216,9 @@ def compare(before: GeneralResult, after: GeneralResult):
     import pandas as pd
 
     b, a = before.headline(), after.headline()
-    if "wiki/kl" in a and "wiki/kl" not in b:
-        b["wiki/kl"] = 0.0  # the base model against itself
+    for kl in ("wiki/kl", "list/kl"):
+        if kl in a and kl not in b:
+            b[kl] = 0.0  # the base model against itself
     return pd.DataFrame([{"metric": k, "before": b[k], "after": a.get(k, float("nan")),
                           "delta": a.get(k, float("nan")) - b[k]} for k in b])
 
@@ -314,3 +298,49 @@ def _coarse_kl(lp_base: torch.Tensor, lp_model: torch.Tensor) -> torch.Tensor:
     rest_p = (1 - p.sum(-1)).clamp_min(1e-12)
     rest_q = (1 - lp_model.exp().sum(-1)).clamp_min(1e-12)
     return (p * (lp_base - lp_model)).sum(-1) + rest_p * (rest_p.log() - rest_q.log())
+
+
+@dataclass
+class ListRecallSuite:
+    """The organisms' second task (list recall, ``vru_lens.organism.data``) as a forgetting check.
+
+    An organism's word-level vocabulary cannot read the general tasks, so its forgetting is
+    measured here: list-recall accuracy (points) and KL(base || model) of the next-token
+    distribution at the answer position (full vocabulary, exact). Same interface as ``GeneralSuite``.
+    """
+
+    n: int = 300
+    seed: int = 0
+    batch_size: int = 64
+
+    @torch.inference_mode()
+    def run(self, model, reference: GeneralResult | None = None, progress: bool = False,
+            keep_reference: bool = True) -> GeneralResult:
+        from .organism.data import list_items
+        from .readout import rows_logits
+        from .tokens import pad_id, pad_right
+
+        items = list_items(self.n, self.seed)
+        tok = model.tokenizer
+        first = lambda word: tok(" " + word, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+        logps = []
+        for start in tqdm(range(0, len(items), self.batch_size), desc="list recall", disable=not progress):
+            # the prompt as the organism was trained on it: no answer cue, unlike VRUBench's render()
+            ids, lengths = pad_right([tok(it["prompt"])["input_ids"] for it in items[start:start + self.batch_size]],
+                                     pad_id(tok))
+            logps.append(rows_logits(model, ids, (lengths - 1)[:, None])[:, 0].float().log_softmax(-1).cpu())
+        logp = torch.cat(logps)
+        right = [it["candidates"][int(row[[first(c) for c in it["candidates"]]].argmax())] == it["answer"]
+                 for row, it in zip(logp, items)]
+        acc = sum(right) / len(items)
+        metrics = {"list/acc": 100.0 * acc}
+        if reference is not None:
+            if reference.reference is None:
+                raise ValueError("the reference result has no stored distributions; run it with keep_reference=True")
+            base = reference.reference
+            metrics["list/kl"] = float((base.exp() * (base - logp)).sum(-1).mean())
+        result = GeneralResult(getattr(model, "vru_name", type(model).__name__), metrics, {"list": len(items)},
+                               asdict(self))
+        if keep_reference:
+            result.reference = logp
+        return result

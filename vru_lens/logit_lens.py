@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .readout import resid_logits
 from .results import Saveable
 from .tokens import answer_ids
 
@@ -82,7 +83,6 @@ class LogitLensResult(Saveable):
         }
 
     def plot(self, title: str | None = None):
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         f = self.to_frame()
@@ -125,9 +125,7 @@ def lens_from_resid(
     no_rival = [items[i].get("id", i) for i, (_, w) in enumerate(cands) if not w]
     if no_rival:
         raise ValueError(f"items {no_rival[:3]} have no wrong candidate with a distinct first token")
-    W_U = model.W_U
-    b_U = getattr(model, "b_U", None)
-    device = W_U.device
+    device = model.W_U.device
     shape = (n_items, n_layers)
     out = {k: np.zeros(shape, dtype=np.float32) for k in ("gold_logprob", "wrong_logprob")}
     ranks = {k: np.zeros(shape, dtype=np.int64) for k in ("gold_rank", "gold_vocab_rank", "wrong_vocab_rank")}
@@ -139,10 +137,7 @@ def lens_from_resid(
         for j in range(n_layers):
             for s in range(0, n_items, chunk):
                 rows = slice(s, s + chunk)
-                logits = model.ln_final(final[j, rows].to(device, W_U.dtype)) @ W_U
-                if b_U is not None:
-                    logits = logits + b_U
-                logits = logits.float()
+                logits = resid_logits(model, final[j, rows]).float()
                 lse = logits.logsumexp(-1)
                 g = logits.gather(1, gold[rows, None]).squeeze(1)
                 w = logits.gather(1, wrong[rows])  # [n, width]

@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .heads import hook_name
+from .readout import run_until
 from .results import Saveable
 from .tokens import encode, pad_id, pad_right, render, step_positions
 
@@ -78,6 +80,19 @@ class ResidCache:
     def load(cls, path: str | Path) -> "ResidCache":
         return cls(**torch.load(path, weights_only=False))
 
+    def check(self, want: dict, layers: list[int] | None = None, final: bool = False) -> "ResidCache":
+        """Refuse a cache captured for other settings: ``meta`` must hold ``want``, the layers be
+        ``layers`` (if given), and the final-position residuals be there if ``final``. Returns self."""
+        stale = [k for k in want if self.meta.get(k) != want[k]]
+        if layers is not None and self.layers != sorted(set(int(l) for l in layers)):
+            stale.append("layers")
+        if final and self.final is None:
+            stale.append("final")
+        if stale:
+            raise ValueError(f"the cache was captured for other settings ({', '.join(stale)}); "
+                             "delete it or pass another cache path")
+        return self
+
     @classmethod
     def concat(cls, parts: list["ResidCache"]) -> "ResidCache":
         """Join caches of consecutive item chunks (captured separately, e.g. to resume or in parallel)."""
@@ -92,10 +107,6 @@ class ResidCache:
             np.concatenate([p.step for p in parts]), np.concatenate([p.token for p in parts]), parts[0].layers,
             None if any(f is None for f in finals) else torch.cat(finals, 1), meta,
         )
-
-
-class _Done(Exception):
-    """Raised by the last needed hook: nothing after it (later blocks, unembedding) is computed."""
 
 
 def capture(
@@ -145,19 +156,14 @@ def capture(
         p_idx = torch.from_numpy(rows_pos[row_idx.numpy()])
         item_idx = torch.from_numpy(batch.copy())
 
-        def hook(x, hook, j=None, layer=None):
+        def hook(x, hook, j=None):
             resid[j, row_idx] = x[b_idx.to(x.device), p_idx.to(x.device)].float().cpu()
             if fin is not None:
                 fin[j, item_idx] = x[torch.arange(x.shape[0], device=x.device), (lengths - 1).to(x.device)].float().cpu()
-            if layer == deepest:
-                raise _Done
 
-        hooks = [(f"blocks.{l}.hook_resid_post", _bind(hook, j=j, layer=l)) for j, l in enumerate(layers)]
+        hooks = [(hook_name(l, "resid_post"), _bind(hook, j=j)) for j, l in enumerate(layers)]
         with torch.inference_mode():
-            try:
-                model.run_with_hooks(ids.to(device), fwd_hooks=hooks, return_type=None)
-            except _Done:
-                pass
+            run_until(model, ids.to(device), hooks, stop_at=hook_name(deepest, "resid_post"), return_type=None)
         bar.update(len(batch))
     bar.close()
     meta = {"model": getattr(model, "vru_name", getattr(model.cfg, "model_name", "")), "chat": chat,

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-Head = tuple[int, int]  # (layer, head), as in TransformerLens
+from .heads import Head  # noqa: F401  (re-exported; it lives in heads)
 R = TypeVar("R", bound="Saveable")
 
 

@@ -76,6 +76,14 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "batch po
     return out, lengths
 
 
+def batches(n: int, batch_size: int):
+    """Index slices covering range(n) in chunks."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
 def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 

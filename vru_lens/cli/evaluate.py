@@ -70,10 +70,8 @@ def eval_cmd(
 ):
     """Evaluate a model on VRUBench."""
     from ..bench import PAIRABLE, make_items
-    from ..evaluate import METHODS, evaluate
-    from ..finetune.adapters import merge_deltas
+    from ..evaluate import METHODS, evaluate, items_pair_accuracy
     from ..models import load_model
-    from ..patching.metrics import items_pair_accuracy
     from ..tokens import is_chat_model
 
     if n < 0 or (n == 0 and not data):
@@ -83,9 +81,7 @@ def eval_cmd(
     items = load_items(data, n, split, seed, steps, slots, style)
     pair_scores = {}
     try:
-        lm = load_model(model, device=device, dtype=dtype)
-        if deltas:
-            merge_deltas(lm, deltas)
+        lm = load_model(model, device=device, dtype=dtype, deltas=deltas)
         chat = is_chat_model(lm) if chat is None else chat
         result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
         if save:

@@ -69,11 +69,10 @@ def probe(
     t0 = time.perf_counter()
     acts = None
     if cache is not None and cache.exists():
-        acts = ResidCache.load(cache)
-        stale = [k for k in want if acts.meta.get(k) != want[k]]
-        if stale or (layer_list is not None and acts.layers != sorted(set(layer_list))) or (lens_out and acts.final is None):
-            fail(f"{cache} was captured for other settings ({', '.join(stale) or 'layers / final'}); "
-                 "delete it or pass another --cache path")
+        try:
+            acts = ResidCache.load(cache).check(want, layer_list, final=lens_out is not None)
+        except ValueError as err:
+            fail(f"{cache}: {err}")
     try:
         if acts is None:
             acts = capture(bridge, items, layers=layer_list, chat=chat, batch_size=batch_size,

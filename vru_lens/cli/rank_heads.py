@@ -30,24 +30,24 @@ def rank_heads(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object: method, top [[layer, head, score]], scores, ..."),
 ):
     """Rank attention heads by how much they carry the clean-vs-corrupted answer."""
-    from ..patching.rank import METHODS
+    from ..patching.rank import RankOptions, ranking_method
 
-    if method not in METHODS:
-        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    try:  # the library validates; fail before loading the model
+        RankOptions(component, direction, ablation, batch_size=batch_size)
+        ranking_method(method)
+    except ValueError as err:
+        fail(str(err))
     if n < 2:
         fail(f"--n must be at least 2, got {n}")
     if top_k < 1:
         fail(f"--top-k must be positive, got {top_k}")
     from ..bench import PAIRABLE, make_items
-    from ..finetune.adapters import merge_deltas
     from ..models import load_model
     from ..patching.rank import rank_heads as run
     from ..tokens import tokenize_pairs
 
     try:
-        lm = load_model(model, device=device)
-        if deltas:
-            merge_deltas(lm, deltas)
+        lm = load_model(model, device=device, deltas=deltas)
         pt = tokenize_pairs(lm.tokenizer, make_items(n, seed, cfg=PAIRABLE), chat=chat, max_pairs=max_pairs)
         if len(pt) < 2:
             fail(f"only {len(pt)} counterfactual pair(s) from {n} items ({pt.pairs.summary()}); raise --n")

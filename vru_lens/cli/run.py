@@ -1,95 +1,69 @@
-"""`vru-lens run`: the study end to end on one model, resumable stage by stage.
+"""`vru-lens run`: the whole study on one model (``vru_lens.study``), then OUT/report.html.
 
-Each stage writes its result to OUT as soon as it finishes; a re-run skips the
-stages whose files exist, so an interrupted run loses at most the stage in
-progress (and rank-heads resumes inside that stage from its own checkpoint).
+Every stage's result is saved as soon as it finishes, keyed by model, data and settings;
+a re-run skips what is on disk. Several models can share OUT: the report shows them all.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import typer
 
 from .common import fail, print_json
 
-STAGES = ("eval", "probe", "lens", "rank", "knockout")
-
 
 def run(
-    model: str = typer.Option("smollm2-135m-instruct", help="Embedded name, hub id or local folder."),
+    model: str = typer.Option("vru-organism", help="Embedded name, organism, hub id or local folder."),
     out: str = typer.Option("results/run", help="Folder for every stage's result and report.html."),
-    n: int = typer.Option(300, "--n", help="Test items for evaluation and the logit lens."),
-    n_probe: int = typer.Option(1000, help="Items for the probes."),
-    n_pairs: int = typer.Option(32, help="Counterfactual pairs for head ranking and knockout."),
-    method: str = typer.Option("path", help="Head ranking method: path, activation, attribution, ablation."),
-    top_k: int = typer.Option(10, help="Heads to knock out (against as many random heads)."),
-    seed: int = typer.Option(0, help="Seed for every generated item."),
-    chat: bool = typer.Option(False, "--chat", help="Use the tokenizer's chat template."),
-    stages: str = typer.Option(",".join(STAGES), help="Comma-separated subset of: " + ", ".join(STAGES)),
+    quick: bool = typer.Option(False, "--quick", help="Fewer items, resamples and draws; no baselines (minutes on a CPU)."),
+    n: int = typer.Option(None, "--n", help="Test items (evaluation, logit lens, knockout, fine-tuning test split)."),
+    n_probe: int = typer.Option(None, help="Items for the probes."),
+    n_pairs: int = typer.Option(None, help="Counterfactual pairs for head ranking."),
+    method: str = typer.Option("path", help="Ranking that picks heads: path, activation, attribution, ablation."),
+    compare: str = typer.Option("activation,attribution", help="More rankings shown beside it (comma-separated)."),
+    top_k: int = typer.Option(None, help="Heads to fine-tune (default 32, at most a quarter of the heads)."),
+    n_random: int = typer.Option(None, help="Random head sets per k in the knockout curve."),
+    lr: float = typer.Option(None, help="Adam learning rate (default 2e-5 as the study; --quick 1e-3)."),
+    n_train: int = typer.Option(None, help="Training items (one epoch at batch 32)."),
+    baselines: str = typer.Option(None, help="Fine-tuning baselines: random,lora (default: both; --quick: none)."),
+    general_n: int = typer.Option(None, help="Items per general task for forgetting (0: skip; organisms use list recall)."),
+    seed: int = typer.Option(0, help="Seed for every generated item and draw."),
+    chat: bool = typer.Option(None, "--chat/--plain", help="Chat template (default: as the study, chat for instruct models)."),
+    stages: str = typer.Option(None, help="Comma-separated subset of the stages (default: all)."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary of every stage."),
+    dtype: str = typer.Option(None, help="float32, bfloat16, float16 (default: the loader's; bfloat16 for 7B on a GPU)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is faster on a busy shared CPU)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary; no progress bars."),
 ):
-    """Evaluate, probe, logit-lens, rank heads and knock them out; write results and an HTML report."""
-    wanted = [s for s in stages.split(",") if s]
+    """The whole study: evaluate, probe, rank heads, knockout, fine-tune from the base; write OUT/report.html."""
+    import torch
+
+    from ..report import build_report
+    from ..study import STAGES, StudyConfig, run_study
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+    wanted = tuple(s for s in (stages or ",".join(STAGES)).split(",") if s)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         fail(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    from ..bench import PAIRABLE, make_items
-    from ..evaluate import EvalResult, evaluate
-    from ..logit_lens import LogitLensResult, logit_lens
-    from ..models import load_model
-    from ..patching import HeadScores, KnockoutResult, knockout, rank_heads
-    from ..probe import ProbeResult, probe
-    from ..report import build_report
-    from ..tokens import tokenize_pairs
-
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    given = {"n_eval": n, "n_probe": n_probe, "n_pairs": n_pairs, "top_k": top_k, "n_random": n_random, "lr": lr,
+             "n_train": n_train, "chat": chat, "general_n": general_n,
+             "baselines": tuple(b for b in baselines.split(",") if b) if baselines is not None else None}
+    kw = {k: v for k, v in given.items() if v is not None}
+    kw.update(method=method, compare=tuple(c for c in compare.split(",") if c), seed=seed, stages=wanted)
     try:
-        lm = load_model(model, device=device)
+        cfg = StudyConfig.quick(**kw) if quick else StudyConfig(**kw)
+        log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
+        study = run_study(model, out, cfg, device=device, progress=not json_out, log=log, dtype=dtype)
     except (ValueError, OSError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0])
-    quiet = json_out
-    test_items = make_items(n, seed, split="test")
-    answerable = [it for it in test_items if it["answerable"]]  # the logit lens reads the answer's token
-    pairs = None
-
-    def get_pairs():
-        nonlocal pairs
-        if pairs is None:
-            pairs = tokenize_pairs(lm.tokenizer, make_items(4 * n_pairs, seed + 1, PAIRABLE, split="validation"),
-                                   chat=chat, max_pairs=n_pairs)
-        return pairs
-
-    def stage(name, cls, compute):
-        path = folder / f"{name}.json"
-        if path.exists():
-            return cls.load(path)
-        if not quiet:
-            typer.echo(f"[{name}] running")
-        result = compute()
-        result.save(path)
-        return result
-
-    results = {}
-    if "eval" in wanted:
-        results["eval"] = stage("eval", EvalResult, lambda: evaluate(lm, test_items, chat=chat, progress=not quiet))
-    if "probe" in wanted:
-        results["probe"] = stage("probe", ProbeResult, lambda: probe(
-            lm, make_items(n_probe, seed + 2, split="train"), target="heading", chat=chat, progress=not quiet))
-    if "lens" in wanted:
-        results["lens"] = stage("lens", LogitLensResult, lambda: logit_lens(lm, answerable, chat=chat, progress=not quiet))
-    if "rank" in wanted or "knockout" in wanted:
-        results["scores"] = stage("scores", HeadScores, lambda: rank_heads(
-            lm, get_pairs(), method=method, checkpoint=folder / "scores.partial", progress=not quiet, chat=chat))
-    if "knockout" in wanted:
-        top = [(l, h) for l, h, _ in results["scores"].top(top_k)]
-        results["knockout"] = stage("knockout", KnockoutResult, lambda: knockout(
-            lm, get_pairs(), get_pairs().pairs.items, top=top, chat=chat))
-    report = build_report(results, folder / "report.html", title=f"vru-lens: {model}")
-    summary = {name: (res.summary() if hasattr(res, "summary") else {"top": res.top(top_k)}) for name, res in results.items()}
+    report = build_report(out)
     if json_out:
-        print_json({"out": str(folder), "report": str(report), **summary})
+        from ..report import load_study
+
+        res = load_study(study.folder)["results"]
+        print_json({"out": str(study.folder), "report": str(report),
+                    **{k: (v.summary() if hasattr(v, "summary") else None) for k, v in res.items()}})
     else:
-        typer.echo(f"wrote {', '.join(f'{k}.json' for k in results)} and {report}")
+        typer.echo(f"report: {report.resolve()}")

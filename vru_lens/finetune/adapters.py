@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..heads import geometry, top_heads
+
 COMPONENTS = ("qo", "qkvo")
 SUPPORTED = "Llama/Mistral/Qwen2/Gemma-style attention (q_proj/k_proj/v_proj/o_proj) and GPT-2 (c_attn/c_proj)"
 
@@ -76,13 +78,6 @@ def _fused_qkv(model, layer: int):
     qkv = getattr(model.blocks[layer].attn, "qkv", None)
     mod = getattr(qkv, "original_component", None) if qkv is not None else None
     return mod if mod is not None and _is_conv1d(mod) else None
-
-
-def geometry(model) -> dict:
-    cfg = model.cfg
-    n_heads = cfg.n_heads
-    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
-    return dict(n_layers=cfg.n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_head=cfg.d_head, d_model=cfg.d_model)
 
 
 class HeadDeltas(nn.Module):
@@ -320,19 +315,16 @@ def resolve_heads(heads, top_k: int | None = None) -> list[tuple[int, int]]:
         if isinstance(data, list):
             return resolve_heads(data, top_k)
         if data.get("type") == "GradientHeadScores":  # vru_lens.finetune.rank's stand-in ranking
-            from .rank import top_from_array
-            import numpy as np
-
             if top_k is None:
                 raise ValueError("a ranking needs top_k")
-            return top_from_array(np.asarray(data["scores"]), top_k)
+            return top_heads(data["scores"], top_k)
         from ..patching import HeadScores  # the patching module's ranking
 
         heads = HeadScores.load(heads)
     if hasattr(heads, "top"):
         if top_k is None:
             raise ValueError("a ranking needs top_k")
-        return [(int(l), int(h)) for l, h, *_ in heads.top(top_k)]
+        return top_heads(heads, top_k)
     heads = [(int(l), int(h)) for l, h, *_ in heads]
     return heads[:top_k] if top_k is not None else heads
 

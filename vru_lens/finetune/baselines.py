@@ -10,15 +10,15 @@
 from __future__ import annotations
 
 import contextlib
-import random
 
 import torch
 
+from .. import heads
 from .adapters import _proj, geometry
 
 
 class _NamedParameters:
-    """The trainable-set interface of ``train`` over a list of named parameters living in the model."""
+    """The trainable-set interface of ``train`` over a list of named parameters."""
 
     named: list
 
@@ -33,45 +33,70 @@ class _NamedParameters:
             for n, p in self.named:
                 p.copy_(state[n])
 
-    def active(self, model):
-        return contextlib.nullcontext()
-
     def num_parameters(self) -> int:
         return sum(p.numel() for _, p in self.named)
 
 
 class FullFinetune(_NamedParameters):
-    """All weights trainable (the reference for memory and forgetting)."""
+    """All weights trainable (the reference for memory and forgetting).
+
+    Like ``HeadDeltas.applied``, the tuned weights are in the model only inside
+    ``with full.active(model):``; on exit the model's own weights are copied back
+    (exactly) and the tuned ones kept here. The price: one copy of the weights
+    while active.
+    """
 
     def __init__(self, model):
         self.module = model.original_model
         self.named = [(n, p) for n, p in self.module.named_parameters()]
+        self._tuned: dict | None = None  # the tuned weights while not active (None: not tuned yet)
+        self._own: dict | None = None  # the model's own weights while active
 
+    def trainable_state(self):
+        if self._own is None and self._tuned is not None:
+            return {n: t.clone() for n, t in self._tuned.items()}
+        return super().trainable_state()
+
+    def load_trainable_state(self, state):
+        if self._own is None:  # not active: keep it for the next activation
+            self._tuned = {n: state[n].detach().clone() for n, _ in self.named}
+        else:
+            super().load_trainable_state(state)
+
+    @contextlib.contextmanager
+    def active(self, model):
+        """The tuned weights in the model inside the block; its own weights back, bit for bit, on exit."""
+        if self._own is not None:
+            raise RuntimeError("already active")
+        self._own = {n: p.detach().clone() for n, p in self.named}
+        if self._tuned is not None:
+            super().load_trainable_state(self._tuned)
+        self._tuned = None
+        try:
+            yield self
+        finally:
+            tuned = {}
+            with torch.no_grad():
+                for n, p in self.named:  # one weight at a time: at most one extra copy of the model
+                    tuned[n] = p.detach().clone()
+                    p.copy_(self._own.pop(n))
+            self._tuned, self._own = tuned, None
 
     def describe(self) -> dict:
         return {"method": "full", "trainable_params": self.num_parameters()}
 
 
 def random_heads(model_or_geom, k: int, seed: int = 0, exclude=()) -> list[tuple[int, int]]:
-    """k heads drawn uniformly (seeded), avoiding ``exclude``."""
+    """k heads drawn uniformly (seeded), avoiding ``exclude`` (``vru_lens.heads.random_heads`` for a model)."""
     g = model_or_geom if isinstance(model_or_geom, dict) else geometry(model_or_geom)
-    pool = [(l, h) for l in range(g["n_layers"]) for h in range(g["n_heads"]) if (l, h) not in set(map(tuple, exclude))]
-    if k > len(pool):
-        raise ValueError(f"cannot draw {k} heads from {len(pool)}")
-    return sorted(random.Random(seed).sample(pool, k))
+    return heads.random_heads(g["n_layers"], g["n_heads"], k, seed=seed, exclude=exclude)
 
 
-def bottom_heads(scores, k: int) -> list[tuple[int, int]]:
-    """The k lowest-ranked heads of a HeadScores (or an [n_layers, n_heads] array; higher = more important)."""
-    import numpy as np
-
-    arr = np.asarray(getattr(scores, "scores", scores), dtype=float)
-    order = np.argsort(arr, axis=None, kind="stable")[:k]
-    return sorted((int(i // arr.shape[1]), int(i % arr.shape[1])) for i in order)
+bottom_heads = heads.bottom_heads
 
 
 class LoraAdapters(_NamedParameters):
-    """PEFT LoRA on q/k/v/o of every layer (injected in place into the bridge's wrapped model)."""
+    """PEFT LoRA on q/k/v/o of every layer of the bridge's wrapped model, in it only while ``active``."""
 
     def __init__(self, model, rank: int | None = None, budget: int | None = None, alpha: float | None = None,
                  kinds: str = "qkvo", seed: int = 0):
@@ -97,7 +122,30 @@ class LoraAdapters(_NamedParameters):
         self.named = [(n, p) for n, p in hf.named_parameters() if "lora_" in n]
         for _, p in self.named:
             p.requires_grad_(True)
+        # (parent module, attribute, LoRA layer): the layers are swapped in only while active
+        self._swaps = []
+        for name in targets:
+            parent, _, attr = name.rpartition(".")
+            parent = hf.get_submodule(parent)
+            self._swaps.append((parent, attr, getattr(parent, attr)))
+        self._on = True
+        self._swap(False)
 
+    def _swap(self, on: bool) -> None:
+        for parent, attr, lora in self._swaps:
+            setattr(parent, attr, lora if on else lora.get_base_layer())
+        self._on = on
+
+    @contextlib.contextmanager
+    def active(self, model):
+        """The LoRA layers in the model inside the block; the model's own projections back on exit."""
+        if self._on:
+            raise RuntimeError("already active")
+        self._swap(True)
+        try:
+            yield self
+        finally:
+            self._swap(False)
 
     def describe(self) -> dict:
         return {"method": "lora", "rank": self.rank, "alpha": self.alpha, "trainable_params": self.num_parameters()}

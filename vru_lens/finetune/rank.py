@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..heads import hook_name, top_heads
 from .train import answer_loss, encode_examples
 
 
@@ -37,7 +38,7 @@ def gradient_head_scores(model, items, chat: bool = False, batch_size: int = 8, 
                 saved[hook.name] = z
                 return z
 
-            names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+            names = [hook_name(l, "z") for l in range(L)]
             with model.hooks(fwd_hooks=[(n, keep) for n in names]):
                 loss = answer_loss(model, batch) * len(batch)
                 zs = [saved[n] for n in names]
@@ -59,6 +60,4 @@ def save_scores(scores: np.ndarray, path: str | Path, model_name: str, n_items: 
     return path
 
 
-def top_from_array(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
-    order = np.argsort(-np.asarray(scores), axis=None, kind="stable")[:k]
-    return [(int(i // scores.shape[1]), int(i % scores.shape[1])) for i in order]
+top_from_array = top_heads  # the earlier name

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..readout import rows_logits
+from ..readout import pad_rows, rows_logits
 from ..results import Saveable
-from ..tokens import answer_ids, encode, pad_id, pad_right, render
+from ..tokens import answer_ids, encode, render
 
 
 @dataclass
@@ -109,14 +109,9 @@ def batch_indices(n: int, step: int, micro: int, cfg: TrainConfig) -> list[int]:
 
 def answer_loss(model, examples) -> torch.Tensor:
     """Mean cross-entropy over answer tokens only (every answer token weighs the same)."""
-    ids, _ = pad_right([e[0] for e in examples], pad_id(model.tokenizer))
-    rows, targets = [], []
-    for seq, start in examples:
-        rows.append(list(range(start - 1, len(seq) - 1)))
-        targets.append(seq[start:])
-    k = max(map(len, rows))
-    pos = torch.tensor([r + [r[-1]] * (k - len(r)) for r in rows])
-    tgt = torch.tensor([t + [-100] * (k - len(t)) for t in targets])
+    ids, pos = pad_rows(model, [(seq, list(range(start - 1, len(seq) - 1))) for seq, start in examples])
+    k = pos.shape[1]
+    tgt = torch.tensor([seq[start:] + [-100] * (k - len(seq) + start) for seq, start in examples])
     logits = rows_logits(model, ids, pos).float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1).to(logits.device),
                                              ignore_index=-100)

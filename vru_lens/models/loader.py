@@ -112,17 +112,25 @@ def _quiet_text_only_boot():
 
 
 def load_model(name: str = DEFAULT_MODEL, device=None, dtype=None, processing: bool = False,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, deltas=None):
     """A TransformerBridge in compatibility mode, its tokenizer at ``.tokenizer``.
 
     ``name``: an embedded model (``smollm2-135m-instruct``, ``gemma-3-270m``, the Qwen2.5-Coder
     0.5B/1.5B instruct models, downloaded on first use),
     a tiny test model (``tiny-llama``, ``tiny-gpt2``, ``tiny-llava``), a
     Hugging Face id or a local folder. Runs on CUDA when available.
+    ``deltas``: a head-delta file from ``vru-lens finetune --out``, merged into the
+    weights (the fine-tuned model, for every tool; ``bridge.vru_deltas.unmerge(bridge)``
+    gives the base model back).
     """
     dtype = _resolve_dtype(dtype)
     hf_model, tokenizer = load_hf(name, dtype, trust_remote_code)
-    return bridge_from_hf(hf_model, tokenizer, name, device, dtype, processing, trust_remote_code)
+    bridge = bridge_from_hf(hf_model, tokenizer, name, device, dtype, processing, trust_remote_code)
+    if deltas:
+        from ..finetune.adapters import merge_deltas  # the file format lives with the adapters
+
+        bridge.vru_deltas = merge_deltas(bridge, deltas)
+    return bridge
 
 
 def bridge_from_hf(hf_model, tokenizer, name: str, device=None, dtype=None, processing: bool = False,

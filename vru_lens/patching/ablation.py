@@ -17,8 +17,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activation import _heads_view, hook_name
-from .metrics import batches, gather_final, logit_diff_from_logits
+from ..heads import heads_view as _heads_view, hook_name
+from ..readout import gather_final, logit_diff_from_logits, resid_log_probs
+from .metrics import batches
 from .tail import SeamUnavailable, TailRunner, warn_fallback
 
 HOWS = ("mean", "scaled_query")
@@ -41,15 +42,6 @@ def head_means(model, pt, batch_size: int = 8, prompts: str = "clean") -> Float[
         total = s if total is None else total + s
         count += int(real.sum())
     return (total / count).float()
-
-
-def _log_probs(model, resid_final: Tensor) -> Tensor:
-    normed = model.ln_final(resid_final)
-    logits = normed @ model.W_U
-    b_U = getattr(model, "b_U", None)
-    if b_U is not None:
-        logits = logits + b_U
-    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def _kl(logp_clean: Tensor, logp: Tensor) -> Tensor:
@@ -109,7 +101,7 @@ def _ablation_tails(model, pt, how, alpha, means, batch_size, max_rows, progress
                         return act
 
                     fin = base.run(layer, rows, fwd_hooks=[(name, patch)])
-                    logp = _log_probs(model, fin)
+                    logp = resid_log_probs(model, fin)
                     rr = rows.to(logp.device)
                     k = _kl(logp_clean[rr], logp).cpu().view(len(heads), nb)
                     d = (logp[torch.arange(len(rr)), a[rr]] - logp[torch.arange(len(rr)), b[rr]]).cpu().view(len(heads), nb)

@@ -27,7 +27,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .metrics import batches, logit_diff_from_logits, logit_diff_from_resid
+from ..heads import gqa_groups, hook_name, n_heads_of  # noqa: F401  (gqa_groups re-exported)
+from ..heads import heads_view as _heads_view
+from ..readout import logit_diff_from_logits, logit_diff_from_resid
+from .metrics import batches
 from .tail import SeamUnavailable, TailRunner, first_diff, warn_fallback
 
 COMPONENTS = ("z", "q", "k", "v")
@@ -41,33 +44,9 @@ def _check(component: str, direction: str) -> None:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
 
 
-def hook_name(layer: int, component: str) -> str:
-    return f"blocks.{layer}.attn.hook_{component}"
-
-
-def n_heads_of(model, component: str) -> int:
-    if component in ("k", "v"):
-        return model.cfg.n_key_value_heads or model.cfg.n_heads
-    return model.cfg.n_heads
-
-
-def gqa_groups(model) -> dict[int, list[int]] | None:
-    """{kv head: [query heads reading it]} for GQA models, None for multi-head attention."""
-    n_kv, n = model.cfg.n_key_value_heads, model.cfg.n_heads
-    if not n_kv or n_kv == n:
-        return None
-    g = n // n_kv
-    return {kv: list(range(kv * g, (kv + 1) * g)) for kv in range(n_kv)}
-
-
 def base_and_source(pt, direction: str):
     """(ids patched into, ids the patch comes from)."""
     return (pt.clean, pt.corrupt) if direction == "noising" else (pt.corrupt, pt.clean)
-
-
-def _heads_view(act: Tensor, n_heads: int) -> Tensor:
-    """[n, pos, heads, d_head] view of a hook activation (flat [n, pos, heads*d_head] too)."""
-    return act if act.ndim == 4 else act.view(*act.shape[:2], n_heads, -1)
 
 
 def _sweep(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers=None):

@@ -33,8 +33,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activation import _check, _heads_view, base_and_source, hook_name, n_heads_of
-from .metrics import batches, logit_diff_from_logits
+from ..heads import heads_view, hook_name, n_heads_of, top_heads
+from ..readout import logit_diff_from_logits
+from .activation import _check, base_and_source
+from .metrics import batches
 
 
 def attribution_patch_heads(model, pt, component: str = "z", direction: str = "noising", batch_size: int = 8,
@@ -63,8 +65,8 @@ def attribution_patch_heads(model, pt, component: str = "z", direction: str = "n
             grads = [g + gk / ig_steps for g, gk in zip(grads, g_k)]
         with torch.no_grad():
             for layer, (name, g) in enumerate(zip(names, grads)):
-                delta = _heads_view(source[name], H) - _heads_view(at_base[name], H)
-                est = (delta * _heads_view(g, H)).sum(dim=(1, 3))  # [batch, head]
+                delta = heads_view(source[name], H) - heads_view(at_base[name], H)
+                est = (delta * heads_view(g, H)).sum(dim=(1, 3))  # [batch, head]
                 out[sl, layer] = (ld[:, None] + est).float().cpu()
     return out
 
@@ -96,10 +98,10 @@ def agreement(approx, exact, k: int = 10) -> dict:
     """Spearman correlation over all heads and top-k overlap between two score maps (HeadScores or arrays)."""
     from scipy.stats import spearmanr
 
-    a = np.asarray(approx.scores if hasattr(approx, "scores") else approx, dtype=float)
-    e = np.asarray(exact.scores if hasattr(exact, "scores") else exact, dtype=float)
+    a = np.asarray(getattr(approx, "scores", approx), dtype=float)
+    e = np.asarray(getattr(exact, "scores", exact), dtype=float)
     if a.shape != e.shape:
         raise ValueError(f"score maps differ in shape: {a.shape} vs {e.shape}")
-    top = lambda s: set(np.argsort(-s, axis=None)[:k].tolist())  # noqa: E731
+    top = lambda s: set(top_heads(s, k))  # noqa: E731
     return {"spearman": float(spearmanr(a.ravel(), e.ravel()).statistic),
             f"top{k}_overlap": len(top(a) & top(e)), "k": k}

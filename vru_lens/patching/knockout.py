@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..results import Head, Saveable
+from ..heads import Head, all_heads, heads_view, hook_name, random_heads
+from ..results import Saveable
 from .ablation import head_means
-from .activation import _heads_view, hook_name
 from .metrics import baseline_logit_diffs
 
 
@@ -33,7 +33,7 @@ def set_heads_hooks(model, heads, source) -> list:
     def make(layer, hs):
         def hook(act, hook):
             act = act.clone()
-            view = _heads_view(act, H)
+            view = heads_view(act, H)
             for h in hs:
                 view[:, :, h] = source(layer, h, view)
             return act
@@ -93,11 +93,12 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
     if means is None:
         means = head_means(model, pt, batch_size)
     rng = random.Random(seed)
-    others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(top)]
+    others = all_heads(L, H, exclude=top)
     if k < 1 or k > len(others):
         raise ValueError(f"knockout needs 1 <= k <= {len(others)} top heads so that {k} random heads can be drawn "
                          f"from the other {len(others)}; this model has {L * H} heads, got k={k}")
-    sets = [("none", []), ("top", top)] + [(f"random{i}", sorted(rng.sample(others, k))) for i in range(n_random)]
+    sets = [("none", []), ("top", top)] + [(f"random{i}", random_heads(L, H, k, rng=rng, exclude=top))
+                                          for i in range(n_random)]
     clean0 = corrupt0 = None
     result = KnockoutResult(getattr(model, "vru_name", type(model).__name__), k, [list(h) for h in top])
     for name, heads in sets:

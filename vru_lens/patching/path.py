@@ -44,9 +44,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .metrics import batches, gather_final, logit_diff_from_logits, logit_diff_from_resid
+from ..heads import Head, group_size, hook_name, n_heads_of, n_kv_heads
+from ..readout import logit_diff_from_logits, logit_diff_from_resid, record
+from .metrics import batches
 
-Head = tuple[int, int]
 COMPONENTS = ("q", "k", "v")
 
 
@@ -56,16 +57,14 @@ class FastPathUnsupported(RuntimeError):
 
 # ---------------------------------------------------------------- model helpers
 
-def _n_kv_heads(model) -> int:
-    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+_n_kv_heads = n_kv_heads
 
 
 def _z(l: int) -> str:
-    return f"blocks.{l}.attn.hook_z"
+    return hook_name(l, "z")
 
 
-def _comp_hook(l: int, component: str) -> str:
-    return f"blocks.{l}.attn.hook_{component}"
+_comp_hook = hook_name  # (layer, component)
 
 
 def _unsupported_reason(model) -> str | None:
@@ -124,24 +123,11 @@ def _sender_resid(cc, cr, l: int, W_O, b_O, block, sandwich: bool) -> Tensor:
         raw = torch.einsum("...he,hed->...d", zc.to(W_O[l].dtype), W_O[l])
         if b_O is not None:
             raw = raw + b_O[l]
-        return cc[f"blocks.{l}.hook_resid_pre"] + _rows(block.ln1_post, raw + delta)
-    return cc[f"blocks.{l}.hook_resid_mid"] + delta
+        return cc[hook_name(l, "resid_pre")] + _rows(block.ln1_post, raw + delta)
+    return cc[hook_name(l, "resid_mid")] + delta
 
 
-def _final_ld(model, resid: Float[Tensor, "row d_model"], a: Tensor, b: Tensor) -> Float[Tensor, "row"]:
-    """Logit difference from final residuals (two unembedding columns; logit soft-capping if the model has it)."""
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap <= 0:
-        return logit_diff_from_resid(model, resid, a, b)
-    normed = model.ln_final(resid.reshape(-1, 1, resid.shape[-1])).reshape(resid.shape)
-    b_U = getattr(model, "b_U", None)
-
-    def logit(ids):
-        out = (normed * model.W_U[:, ids].T).sum(-1)
-        out = out + b_U[ids] if b_U is not None else out
-        return cap * torch.tanh(out / cap)
-
-    return logit(a) - logit(b)
+_final_ld = logit_diff_from_resid  # the one readout (bias and soft-cap included)
 
 
 def _tolerance(dtype) -> tuple[float, float]:
@@ -159,35 +145,12 @@ def _self_check(name: str, got: Tensor, want: Tensor, dtype) -> None:
         )
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward once everything needed is cached."""
-
-
-def _capture(model, ids: Tensor, names: Sequence[str], final_pos: Tensor | None = None, fwd_hooks=(),
-             stop_after: str | None = None):
-    """(logits, {hook name: activation}) from one forward; at the final position only if final_pos is given.
-
-    With ``stop_after`` the forward ends right after that hook has been cached
-    (logits are then None): the rest of the model, and the full-vocabulary
-    unembedding at every position, are not computed.
-    """
-    store: dict[str, Tensor] = {}
-
-    def save(t, hook, name):
-        store[name] = (gather_final(t, final_pos) if final_pos is not None else t).detach().clone()
-        if name == stop_after:
-            raise _Stop
-
-    try:
-        logits = model.run_with_hooks(ids, fwd_hooks=[*fwd_hooks, *[(n, partial(save, name=n)) for n in names]])
-    except _Stop:
-        logits = None
-    return logits, store
+_capture = record  # readout.record: one forward, optionally stopped once everything is recorded
 
 
 def _check_readout(model, pt, device) -> None:
     """The two-column readout from the last residual must match the model's own logits (one pair, one forward)."""
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    last = hook_name(model.cfg.n_layers - 1, "resid_post")
     clean, _, fp, a, b = _chunk(pt, slice(0, 1), device)
     logits, got = _capture(model, clean, [last], fp)
     want = logit_diff_from_logits(logits, fp, a, b)
@@ -244,10 +207,10 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
     b_O = getattr(model, "b_O", None)
     blocks = model.blocks
     sandwich = getattr(blocks[0], "ln1_post", None) is not None
-    pre_names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
-    mid_names = [f"blocks.{l}.hook_resid_mid" for l in range(L)]
+    pre_names = [hook_name(l, "resid_pre") for l in range(L)]
+    mid_names = [hook_name(l, "resid_mid") for l in range(L)]
     z_names = [_z(l) for l in range(L)]
-    last = f"blocks.{L - 1}.hook_resid_post"
+    last = hook_name(L - 1, "resid_post")
     _check_readout(model, pt, device)
     out = []
     bar = tqdm(total=len(pt), desc="path patching to logits (fast)", disable=not progress, unit="pair")
@@ -346,7 +309,7 @@ def _check_receivers(model, receivers, component) -> dict[int, list[int]]:
     if not receivers:
         raise ValueError("receivers is empty: pass a list of (layer, head)")
     L = model.cfg.n_layers
-    n = model.cfg.n_heads if component == "q" else _n_kv_heads(model)
+    n = n_heads_of(model, component)
     by_layer: dict[int, list[int]] = {}
     for l, h in receivers:
         if not 0 <= l < L:
@@ -355,7 +318,7 @@ def _check_receivers(model, receivers, component) -> dict[int, list[int]]:
             kind = "query heads" if component == "q" else "key/value heads"
             hint = "" if component == "q" else (
                 f" (for '{component}' a receiver is a key/value head; query head q reads key/value head "
-                f"q // {model.cfg.n_heads // n})")
+                f"q // {group_size(model)})")
             raise ValueError(f"receiver {(l, h)}: this model has {n} {kind}, 0..{n - 1}{hint}")
         by_layer.setdefault(l, [])
         if h not in by_layer[l]:
@@ -375,7 +338,7 @@ def receiver_query_heads(model, receivers: Sequence[Head], component: str) -> li
     by_layer = _check_receivers(model, receivers, component)
     if component == "q":
         return [(l, h) for l, hs in by_layer.items() for h in hs]
-    group = model.cfg.n_heads // _n_kv_heads(model)
+    group = group_size(model)
     return [(l, g * group + i) for l, hs in by_layer.items() for g in hs for i in range(group)]
 
 
@@ -440,8 +403,8 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
     blocks = model.blocks
     sandwich = getattr(blocks[0], "ln1_post", None) is not None
     top = max(by_layer)  # senders are the heads of layers < top
-    pre_names = [f"blocks.{l}.hook_resid_pre" for l in range(top + 1)]
-    mid_names = [f"blocks.{l}.hook_resid_mid" for l in range(top)]
+    pre_names = [hook_name(l, "resid_pre") for l in range(top + 1)]
+    mid_names = [hook_name(l, "resid_mid") for l in range(top)]
     z_names = [_z(l) for l in range(top)]
     comp_names = [_comp_hook(r, component) for r in by_layer]
     out = torch.empty(len(pt), L, H)

@@ -9,6 +9,11 @@ Methods (all return per-pair numbers, turned into a score where higher = more im
 - ``"ablation"``: KL of the final next-token distribution with the head ablated (mean or
   scaled-query), no counterfactual needed; ``kind="kl"``.
 
+Each method is a ``RankingMethod`` in ``REGISTRY`` (one signature: model, pairs, options ->
+per-pair numbers; auto-circuit's ``PruneAlgo`` is the model); ``RankOptions`` holds every
+option, validated once (a bad value is a ``ValueError`` naming the choices, which the CLI
+prints as its one-line error).
+
 With ``checkpoint=PATH`` every chunk of ``batch_size`` pairs is saved when done
 and a re-run with the same settings resumes from the saved chunks; the file is
 removed once the result is complete.
@@ -17,15 +22,100 @@ removed once the result is complete.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable, Literal, get_args
 
 import torch
 
 from ..tokens import PairTokens, tokenize_pairs
+from .ablation import HOWS
+from .activation import COMPONENTS, DIRECTIONS
 from .checkpoint import Checkpoint, tokens_hash
 from .metrics import baseline_logit_diffs, batches
 from .scores import HeadScores
 
-METHODS = ("path", "activation", "attribution", "ablation")
+Component = Literal[COMPONENTS]  # the one list of each lives beside the code that reads it
+Direction = Literal[DIRECTIONS]
+Ablation = Literal[HOWS]
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Every option of every ranking method, validated once here (a bad value is a ValueError)."""
+
+    component: Component = "z"
+    direction: Direction = "noising"
+    ablation: Ablation = "mean"
+    alpha: float = 0.0
+    batch_size: int = 8
+    max_rows: int = 128
+    ig_steps: int = 1  # attribution: integrated-gradient steps (1 = plain attribution patching)
+
+    def __post_init__(self):
+        for name, allowed in (("component", Component), ("direction", Direction), ("ablation", Ablation)):
+            _one_of(name, getattr(self, name), get_args(allowed))
+        if self.batch_size < 1 or self.max_rows < 1:
+            raise ValueError(f"batch_size and max_rows must be positive, got {self.batch_size}, {self.max_rows}")
+        if self.ig_steps < 1:
+            raise ValueError(f"ig_steps must be at least 1 (1 = plain attribution patching), got {self.ig_steps}")
+
+
+@dataclass(frozen=True)
+class RankingMethod:
+    """One way to score every head (auto-circuit's ``PruneAlgo`` is the model): ``run(model, pt, opts,
+    means, progress)`` gives per-pair numbers [pair, layer, head] and an extra tensor (or an empty one)."""
+
+    key: str
+    kind: Callable[[RankOptions], str]  # "noising", "denoising" or "kl"
+    run: Callable
+    component_free: bool = False  # patches z whatever ``component`` says
+    options: tuple[str, ...] = ()  # the RankOptions it reads (recorded in meta / the checkpoint key)
+
+
+def _path(model, pt, o, means, progress):
+    from .path import path_patch_logits
+
+    return path_patch_logits(model, pt, batch_size=o.batch_size, progress=progress), torch.zeros(0)
+
+
+def _activation(model, pt, o, means, progress):
+    from .activation import activation_patch_heads
+
+    return activation_patch_heads(model, pt, o.component, o.direction, o.batch_size, o.max_rows,
+                                  progress=progress), torch.zeros(0)
+
+
+def _attribution(model, pt, o, means, progress):
+    from .attribution import attribution_patch_heads
+
+    return attribution_patch_heads(model, pt, o.component, o.direction, o.batch_size, progress=progress,
+                                   ig_steps=o.ig_steps), torch.zeros(0)
+
+
+def _ablation(model, pt, o, means, progress):
+    from .ablation import ablation_kl
+
+    return ablation_kl(model, pt, o.ablation, o.alpha, means, o.batch_size, o.max_rows, progress=progress)
+
+
+REGISTRY: dict[str, RankingMethod] = {m.key: m for m in (
+    RankingMethod("path", lambda o: "noising", _path, component_free=True),
+    RankingMethod("activation", lambda o: o.direction, _activation, options=("direction",)),
+    RankingMethod("attribution", lambda o: o.direction, _attribution, options=("direction", "ig_steps")),
+    RankingMethod("ablation", lambda o: "kl", _ablation, component_free=True, options=("ablation", "alpha")),
+)}
+METHODS = tuple(REGISTRY)
+
+
+def ranking_method(method: str) -> RankingMethod:
+    """The registered method called ``method`` (ValueError naming the choices otherwise)."""
+    _one_of("method", method, METHODS)
+    return REGISTRY[method]
 
 
 def subset(pt: PairTokens, sl: slice) -> PairTokens:
@@ -36,7 +126,7 @@ def subset(pt: PairTokens, sl: slice) -> PairTokens:
 
 
 def gqa_note(model, component: str) -> dict | None:
-    from .activation import gqa_groups
+    from ..heads import gqa_groups
 
     groups = gqa_groups(model)
     if groups is None:
@@ -59,21 +149,20 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
     (path patching is z, noising; ablation is no-counterfactual). ``n_boot``
     bootstrap resamples of the pairs give CIs and rank stability (0 = none).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method in ("path", "ablation"):
-        component = "z"
+    how = ranking_method(method)
+    opts = RankOptions("z" if how.component_free else component, direction, ablation, alpha, batch_size, max_rows,
+                       ig_steps)
     pt = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(model.tokenizer, pairs, chat=chat)
     if len(pt) == 0:
         raise ValueError("no counterfactual pairs: give more items (about half of them pair up)")
     name = getattr(model, "vru_name", type(model).__name__)
-    kind = "kl" if method == "ablation" else ("noising" if method == "path" else direction)
-    key = {"model": name, "method": method, "component": component, "kind": kind, "tokens": tokens_hash(pt),
+    kind = how.kind(opts)
+    key = {"model": name, "method": method, "component": opts.component, "kind": kind, "tokens": tokens_hash(pt),
            "ablation": ablation if method == "ablation" else None, "alpha": alpha if method == "ablation" else None,
            "batch_size": batch_size, **({"ig_steps": ig_steps} if method == "attribution" and ig_steps != 1 else {})}
     ckpt = Checkpoint(checkpoint, key) if checkpoint else None
     means = None
-    if method == "ablation" and ablation == "mean":
+    if method == "ablation" and opts.ablation == "mean":
         from .ablation import head_means
 
         means = head_means(model, pt, batch_size)  # over all pairs, so chunks share one mean
@@ -86,25 +175,7 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
         if saved is None:
             sub = subset(pt, sl)
             clean, corrupt = baseline_logit_diffs(model, sub, batch_size)
-            extra = torch.zeros(0)
-            show = progress and len(chunks) == 1
-            if method == "path":
-                from .path import path_patch_logits
-
-                per = path_patch_logits(model, sub, batch_size=batch_size, progress=show)
-            elif method == "activation":
-                from .activation import activation_patch_heads
-
-                per = activation_patch_heads(model, sub, component, direction, batch_size, max_rows, progress=show)
-            elif method == "attribution":
-                from .attribution import attribution_patch_heads
-
-                per = attribution_patch_heads(model, sub, component, direction, batch_size, progress=show,
-                                              ig_steps=ig_steps)
-            else:
-                from .ablation import ablation_kl
-
-                per, extra = ablation_kl(model, sub, ablation, alpha, means, batch_size, max_rows, progress=show)
+            per, extra = how.run(model, sub, opts, means, progress and len(chunks) == 1)
             saved = {"per_pair": per, "clean": clean, "corrupt": corrupt, "extra": extra}
             if ckpt:
                 ckpt.put(tag, **saved)
@@ -120,10 +191,11 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
         if ablation == "scaled_query":
             meta["alpha"] = alpha
         meta["ablated_ld_mean"] = cat["extra"].mean(0).tolist()
-    if method in ("activation", "attribution"):
+    if "direction" in how.options:
         meta["direction"] = direction
     if method == "attribution":
         meta["ig_steps"] = ig_steps
+    component = opts.component
     result = HeadScores.from_patched(cat["per_pair"], cat["clean"], cat["corrupt"], method=method, model=name, kind=kind,
                                      component=component, gqa=gqa_note(model, component), meta=meta)
     if n_boot:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..heads import ranks, top_heads
 from ..results import Saveable
 
 KINDS = ("noising", "denoising", "kl")
@@ -129,12 +130,11 @@ class HeadScores(Saveable):
     def top(self, k: int = 10) -> list[tuple[int, int, float]]:
         """The k highest-scoring heads as (layer, head, score), best first (NaN heads last)."""
         s = self.scores
-        order = np.argsort(np.where(np.isnan(s), -np.inf, s), axis=None)[::-1][:k]
-        return [(int(i // s.shape[1]), int(i % s.shape[1]), float(s.flat[i])) for i in order]
+        return [(l, h, float(s[l, h])) for l, h in top_heads(s, k)]
 
     def ranks(self) -> np.ndarray:
         """[layer, head] rank, 1 = highest score."""
-        return _ranks(self.scores)
+        return ranks(self.scores)
 
     # -- uncertainty ---------------------------------------------------------
     def bootstrap(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> "HeadScores":
@@ -154,7 +154,7 @@ class HeadScores(Saveable):
         self.ci_low = np.nanquantile(boots, alpha, axis=0)
         self.ci_high = np.nanquantile(boots, 1 - alpha, axis=0)
         self.ci_level = level
-        self.boot_ranks = np.stack([_ranks(b) for b in boots]).astype(np.int32)
+        self.boot_ranks = np.stack([ranks(b) for b in boots]).astype(np.int32)
         self.boot_taus = np.array([_kendall_tau(boots[i], boots[i + 1]) for i in range(len(boots) - 1)])
         self.meta = {**self.meta, "n_boot": int(len(boots)), "boot_seed": seed}
         if self.kind != "kl":
@@ -229,9 +229,4 @@ class HeadScores(Saveable):
         return fig
 
 
-def _ranks(s: np.ndarray) -> np.ndarray:
-    flat = np.where(np.isnan(s), -np.inf, s).ravel()
-    order = np.argsort(-flat, kind="stable")
-    r = np.empty_like(order)
-    r[order] = np.arange(1, len(flat) + 1)
-    return r.reshape(s.shape)
+_ranks = ranks  # the earlier name

@@ -56,6 +56,17 @@ class SeamUnavailable(RuntimeError):
     """Replaying a block with reused prefix keys/values does not reproduce the recorded run."""
 
 
+def sliding_window(model) -> int | None:
+    """The attention window of the model's sliding-window layers (Gemma 2/3, Mistral), or None."""
+    cfg = getattr(getattr(model, "original_model", None), "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    return None if types is not None and "sliding_attention" not in types else int(window)
+
+
 class _Recorder:
     """Stands in for an HF cache during the base run: keeps each block's keys/values."""
 
@@ -108,6 +119,10 @@ class TailRunner:
         self.L = model.cfg.n_layers
         lengths, starts = lengths.cpu(), starts.cpu()
         S = int(lengths.max())
+        window = sliding_window(model)
+        if window is not None and S > window:  # the replay's mask is full causal; the last-block check may not see it
+            raise SeamUnavailable(f"sliding-window attention ({window} tokens) over sequences of {S} tokens is not "
+                                  "replayed")
         ids = ids[:, :S].to(device)
         b = ids.shape[0]
         self.b = b

@@ -1,0 +1,145 @@
+"""Writes the four study notebooks from the cells below (keeps them reviewable as code).
+
+    .venv/bin/python notebooks/make_notebooks.py
+tests/test_notebooks.py executes every notebook top to bottom (nbclient), so they cannot rot.
+Each starts with a parameter cell: MODEL is vru-organism (seconds on a CPU); any embedded
+name, Hugging Face id or local folder works, with larger N for a real study.
+"""
+
+import json
+from pathlib import Path
+
+SETUP = ("import torch\n\ntorch.set_num_threads(1)  # small models on a shared CPU; remove on your own machine\n"
+         "from vru_lens import load_model\n\nmodel = load_model(MODEL)")
+
+NOTEBOOKS = {
+    "01_benchmark_and_evaluation": [
+        ("md", "# 1. VRUBench and evaluation\n"
+               "A story turns the viewer (\"turn 90 degrees right\") and names what is seen at some headings; the "
+               "question asks what is in front after the last turn, or \"unknown\" if that heading was never seen. "
+               "A model tracks the viewpoint only if it beats **every rotation-blind rule** (\"the last object "
+               "named\", \"always unknown\", ...); the generator keeps all of them near chance.\n\n"
+               "The default model is `vru-organism`, a 4-layer Llama trained on the task with planted heads (a model "
+               "with a known answer); set `MODEL` to `smollm2-135m-instruct` to see a model that does not solve it."),
+        ("code", "MODEL = \"vru-organism\"\nN_ITEMS = 200\nSEED = 0"),
+        ("code", SETUP),
+        ("md", "## The items\nThe study's prompt format (paper style), about 30% of answers \"unknown\"."),
+        ("code", "from vru_lens.bench import audit, make_items\n\n"
+                 "items = make_items(N_ITEMS, SEED, split=\"test\")\n"
+                 "print(items[0][\"prompt\"])\nprint(\"answer:\", items[0][\"answer\"], \"| candidates:\", items[0][\"candidates\"])"),
+        ("md", "## The floor: chance and the rotation-blind rules"),
+        ("code", "rules = audit(items)\nprint(f\"chance {rules['chance']:.1%}; best rule {rules['best'][0]!r} at {rules['best'][1]:.1%}\")\n"
+                 "sorted(rules[\"rules\"].items(), key=lambda kv: -kv[1])[:5]"),
+        ("md", "## Evaluation with both scorings\n`method=\"both\"`: candidate log-probabilities and greedy generation "
+               "scored like the study (exact match of the normalised answer)."),
+        ("code", "from vru_lens.evaluate import evaluate\n\n"
+                 "result = evaluate(model, items, method=\"both\", progress=False)\nprint(result.table())"),
+        ("code", "from vru_lens.viz import accuracy_figure\n\naccuracy_figure({MODEL: result})"),
+        ("md", "The final turn's direction is where a rotation-blind model fails; every direction should sit well "
+               "above the best rule."),
+        ("code", "accuracy_figure({MODEL: result}, key=\"final_direction\")"),
+    ],
+    "02_probing": [
+        ("md", "# 2. Where does the viewpoint live? Probes and the logit lens\n"
+               "A linear probe on each layer's residual stream (at the end of every step and at the question) "
+               "predicts the current heading. The **control task** (Hewitt & Liang: the same inputs with labels "
+               "assigned by phrase type) tells decodable structure from probe memorisation; the gap is the selectivity."),
+        ("code", "MODEL = \"vru-organism\"\nN_PROBE = 400\nN_LENS = 200"),
+        ("code", SETUP),
+        ("code", "from vru_lens.bench import make_items\nfrom vru_lens.probe import probe\n\n"
+                 "heading = probe(model, make_items(N_PROBE, seed=2, split=\"train\"), target=\"heading\", progress=False)\n"
+                 "heading.plot()"),
+        ("code", "{k: heading.summary()[k] for k in (\"best_layer\", \"best_accuracy\", \"best_selectivity\", \"chance\")}"),
+        ("md", "## Logit lens of the answer\nEach layer's residual at the final position, read through the final norm "
+               "and the unembedding: when does the gold answer overtake the strongest wrong candidate?"),
+        ("code", "from vru_lens.logit_lens import logit_lens\n\n"
+                 "answerable = [it for it in make_items(N_LENS, seed=0, split=\"test\") if it[\"answerable\"]]\n"
+                 "lens = logit_lens(model, answerable, progress=False)\nlens.plot()"),
+        ("code", "{k: lens.summary()[k] for k in (\"peak_layer\", \"peak_gold_top\", \"final_gold_top\", \"chance_top\")}"),
+    ],
+    "03_head_ranking": [
+        ("md", "# 3. Which heads carry the final turn? Rankings, knockout, attention\n"
+               "Counterfactual pairs flip the final turn's direction, so the answer changes. Each method scores every "
+               "head by how much of the clean-corrupted logit difference it carries (bootstrap CIs over pairs). On the "
+               "organism the planted heads G are the known answer: a method that finds them earns trust."),
+        ("code", "MODEL = \"vru-organism\"\nN_PAIRS = 48\nN_ITEMS = 200\nK = 8\nN_BOOT = 200"),
+        ("code", SETUP),
+        ("code", "from vru_lens.bench import PAIRABLE, make_items\nfrom vru_lens.tokens import tokenize_pairs\n\n"
+                 "pairs = tokenize_pairs(model.tokenizer, make_items(4 * N_PAIRS, seed=1, cfg=PAIRABLE, split=\"validation\"),\n"
+                 "                       max_pairs=N_PAIRS)\npairs.pairs.summary()"),
+        ("code", "from vru_lens.patching import rank_heads\n\n"
+                 "scores = {m: rank_heads(model, pairs, method=m, n_boot=N_BOOT, progress=False)\n"
+                 "          for m in (\"path\", \"activation\", \"attribution\")}\nscores[\"path\"].to_frame().head(K)"),
+        ("md", "Side by side, with the planted heads outlined (organisms only). Path patching to the logits sees only "
+               "direct effects, so heads that act through later heads score low there and high under activation patching."),
+        ("code", "from vru_lens.study import planted_heads\nfrom vru_lens.viz import heatmaps\n\n"
+                 "planted = planted_heads(MODEL)  # None for models without a known answer\nheatmaps(scores, planted)"),
+        ("md", "## Knockout curve\nMean-ablate the top k heads together, k = 0..K, against random k-head sets (the band)."),
+        ("code", "from vru_lens.patching import head_means, knockout_curve\n\n"
+                 "items = make_items(N_ITEMS, seed=0, split=\"test\")\n"
+                 "rankings = {m: [(l, h) for l, h, _ in s.top(K)] for m, s in scores.items()}\n"
+                 "curve = knockout_curve(model, items, rankings, head_means(model, pairs), max_k=K, n_random=3)\ncurve.plot()"),
+        ("md", "## Where the top heads look\nHover a token to see where it attends."),
+        ("code", "from vru_lens.viz import attention_patterns\n\n"
+                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, rankings[\"path\"][:4]).plot()"),
+    ],
+    "04_selective_finetuning": [
+        ("md", "# 4. Fine-tune only the top heads\n"
+               "The study's intervention: train only the W_Q/W_K/W_V/W_O slices of the top-k heads (the rest of the "
+               "model frozen), then re-measure. Starting point: the model's base checkpoint where the package ships one "
+               "(`vru-organism-base`, stopped early in training), else the model itself. The control: as many random heads."),
+        ("code", "MODEL = \"vru-organism\"\nK = 8\nSTEPS = 50\nLR = 1e-3\nN_PAIRS = 48"),
+        ("code", "import torch\n\ntorch.set_num_threads(1)\nfrom vru_lens import load_model\nfrom vru_lens.study import base_checkpoint\n\n"
+                 "BASE = base_checkpoint(MODEL) or MODEL\nbase = load_model(BASE)\nBASE"),
+        ("code", "from vru_lens.bench import PAIRABLE, make_items, make_splits\nfrom vru_lens.evaluate import evaluate\n"
+                 "from vru_lens.patching import rank_heads\nfrom vru_lens.tokens import tokenize_pairs\n\n"
+                 "splits = make_splits(1600, 64, 200, seed=0)\n"
+                 "pairs = tokenize_pairs(base.tokenizer, make_items(4 * N_PAIRS, seed=1, cfg=PAIRABLE, split=\"validation\"),\n"
+                 "                       max_pairs=N_PAIRS)\n"
+                 "before = evaluate(base, splits[\"test\"], progress=False)\n"
+                 "ranked = rank_heads(base, pairs, method=\"path\", n_boot=0, progress=False)\n"
+                 "top = [(l, h) for l, h, _ in ranked.top(K)]\n"
+                 "print(before.table().splitlines()[0])\ntop"),
+        ("code", "from vru_lens.finetune import HeadDeltas, TrainConfig, random_heads, train\n\n"
+                 "cfg = TrainConfig(steps=STEPS, batch_size=32, lr=LR, eval_every=10)\nruns, tuned = {}, {}\n"
+                 "for label, heads in ((\"top heads\", top), (\"random heads\", random_heads(base, K, seed=0, exclude=top))):\n"
+                 "    deltas = HeadDeltas(base, heads, components=\"qkvo\")\n"
+                 "    runs[label] = train(base, deltas, splits[\"train\"], splits[\"validation\"], cfg, progress=False)\n"
+                 "    with deltas.applied(base):\n"
+                 "        tuned[label] = (deltas, evaluate(base, splits[\"test\"], progress=False))\n"
+                 "print(deltas.num_parameters(), \"trainable parameters per run\")"),
+        ("code", "from vru_lens.viz import accuracy_figure, finetune_curves\n\n"
+                 "accuracy_figure({\"before\": before, **{k: r for k, (_, r) in tuned.items()}})"),
+        ("code", "finetune_curves(runs)"),
+        ("md", "## Forgetting\nAn organism's second task (list recall) and the KL from the untuned model there; "
+               "for language models, the general benchmarks (`GeneralSuite`)."),
+        ("code", "from vru_lens.general_eval import GeneralSuite, ListRecallSuite, compare\nfrom vru_lens.models.organisms import ORGANISMS\n\n"
+                 "suite = ListRecallSuite() if BASE in ORGANISMS else GeneralSuite(n_per_task=20, mmlu_n=20, wiki_n=10)\n"
+                 "reference = suite.run(base)\ndeltas = tuned[\"top heads\"][0]\nwith deltas.applied(base):\n"
+                 "    after = suite.run(base, reference=reference)\ncompare(reference, after)"),
+        ("md", "## Did the tuned heads change role? Re-rank the tuned model"),
+        ("code", "from vru_lens.viz import heatmaps\n\n"
+                 "with deltas.applied(base):\n    retuned = rank_heads(base, pairs, method=\"path\", n_boot=0, progress=False)\n"
+                 "heatmaps({\"before\": ranked, \"after\": retuned})"),
+    ],
+}
+
+
+def notebook(cells) -> dict:
+    out = []
+    for kind, text in cells:
+        cell = {"cell_type": "markdown" if kind == "md" else "code", "metadata": {}, "source": text.splitlines(True)}
+        if kind == "code":
+            cell.update(execution_count=None, outputs=[])
+            if text.startswith("MODEL ="):
+                cell["metadata"]["tags"] = ["parameters"]  # papermill's parameter cell
+        out.append(cell)
+    return {"cells": out, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                                       "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+
+
+if __name__ == "__main__":
+    for name, cells in NOTEBOOKS.items():
+        path = Path(__file__).with_name(f"{name}.ipynb")
+        path.write_text(json.dumps(notebook(cells), indent=1) + "\n")
+        print(f"wrote {path}")

@@ -55,6 +55,34 @@ def reset_peak() -> bool:
         return False
 
 
+class SavedForBackward:
+    """Bytes autograd keeps for backward, new tensors only (the frozen weights it also references are not counted).
+
+    Exact where RSS is noisy: outside checkpointed blocks this is what the graph holds; inside one,
+    checkpointing keeps nothing and recomputes one block at a time in backward.
+    """
+
+    def __init__(self, model):
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.params and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.bytes += t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self):
+        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+
+
 class Stage:
     """Times a block and records its peak RSS above and including what was resident before."""
 
@@ -194,13 +222,14 @@ def main(argv=None):
     for ckpt in (True, False):
         name = "finetune_step" + ("_checkpointed" if ckpt else "")
         deltas = HeadDeltas(model, top, "qkvo")
-        with Stage(name, stages):
+        with Stage(name, stages), SavedForBackward(model) as saved:
             result = train(model, deltas, train_items, None,
                            TrainConfig(steps=1, batch_size=args.batch, warmup_steps=1, eval_every=0,
                                        activation_checkpointing=ckpt), progress=False)
         stages[name].update(loss=round(result.history[-1]["loss"], 4), trainable_params=result.trainable_params,
                             optimizer_state_bytes=result.optimizer_state_bytes, batch=args.batch,
-                            tokens=sum(len(tok(it["prompt"]).input_ids) for it in train_items))
+                            tokens=sum(len(tok(it["prompt"]).input_ids) for it in train_items),
+                            saved_for_backward_gb=round(saved.bytes / 1e9, 4))
         save(record, args.out)
         del deltas, result
     print(json.dumps(record, indent=1))

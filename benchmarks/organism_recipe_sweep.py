@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import time
+from dataclasses import replace
 from pathlib import Path
 
 VARIANTS = {  # on a GPU a step of 128 stories costs about what 32 do
@@ -43,14 +44,13 @@ def run_variant(name: str, overrides: dict, out: str, device: str, steps: int) -
         log.write(msg + "\n")
         log.flush()
 
-    def keep_latest(model, tok, point):
-        if "patch_G_flipped" in point:
-            save(model, tok, cfg_seen[0], [point], Path(out, f"{name}-latest"))
+    cfg = replace(recipe.RECIPE, steps=steps, device=device, **overrides)  # what run_recipe trains
 
-    cfg_seen = []
+    def keep_latest(model, tok, point):
+        if "patch_G_flipped" in point:  # a full evaluation
+            save(model, tok, cfg, [point], Path(out, f"{name}-latest"))
+
     extra = {k: v for k, v in overrides.items() if k != "seed"}
-    from dataclasses import replace
-    cfg_seen.append(replace(recipe.RECIPE, steps=steps, device=device, **overrides))
     recipe.run_recipe(folder, seed=overrides.get("seed", 0), steps=steps, threads=2, log=echo, device=device,
                       on_point=keep_latest, **extra)
     print(f"{name}: {steps} steps in {time.time() - t0:.0f}s", flush=True)

@@ -11,10 +11,18 @@ the stage through /proc/self/clear_refs) and its wall time:
    (batch ``--batch``), with and without activation checkpointing.
 
 Weights are random, so the numbers measure memory and time, not behaviour. The tokenizer is
-Qwen2.5-Coder-0.5B's (same vocabulary) when it is cached, else the tiny test tokenizer.
+Qwen2.5-Coder-0.5B's (same vocabulary) when it is cached (or ``--tokenizer FOLDER``), else the
+tiny test tokenizer.
+
+With ``--device cuda`` every stage runs on the GPU and records the peak GPU memory allocated by
+torch (``torch.cuda.max_memory_allocated``, reset per stage) beside the process's RSS; ``--steps``
+times that many optimizer steps after a warm-up step, ``--full`` adds full fine-tuning (all
+weights, AdamW) for the study's other baseline, and ``--study-items`` trains on the study's
+items (paper style, 2-5 turns, chat template) instead of short 3-turn prompts.
 
     python benchmarks/bench_7b_memory.py --out results/bench_7b.json       # ~15 GB, minutes on 2 cores
     python benchmarks/bench_7b_memory.py --tiny                             # the same code on a tiny shape
+    python benchmarks/bench_7b_memory.py --device cuda --batch 32 --steps 3 --study-items --full --pairs 16 --chunk 8
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,10 +95,14 @@ class SavedForBackward:
 class Stage:
     """Times a block and records its peak RSS above and including what was resident before."""
 
-    def __init__(self, name: str, record: dict):
-        self.name, self.record = name, record
+    def __init__(self, name: str, record: dict, device: str = "cpu"):
+        self.name, self.record, self.cuda = name, record, str(device).startswith("cuda")
 
     def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.gpu_before = torch.cuda.memory_allocated() / 1e9
         self.exact = reset_peak()
         self.before = rss_gb()[0]
         self.t0 = time.perf_counter()
@@ -99,10 +112,16 @@ class Stage:
         now, peak = rss_gb()
         self.record[self.name] = {"seconds": round(time.perf_counter() - self.t0, 1), "rss_before_gb": round(self.before, 2),
                                   "peak_gb": round(peak, 2), "rss_after_gb": round(now, 2), "peak_exact": self.exact}
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.record[self.name].update(
+                seconds=round(time.perf_counter() - self.t0, 2), gpu_before_gb=round(self.gpu_before, 2),
+                gpu_peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2),
+                gpu_reserved_peak_gb=round(torch.cuda.max_memory_reserved() / 1e9, 2))
         print(self.name, self.record[self.name], flush=True)
 
 
-def build_model(shape: dict, dtype=torch.bfloat16):
+def build_model(shape: dict, dtype=torch.bfloat16, device: str = "cpu"):
     """A randomly initialised Qwen2 causal LM of this shape, materialised once in ``dtype``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
@@ -110,8 +129,8 @@ def build_model(shape: dict, dtype=torch.bfloat16):
     config = Qwen2Config(**shape, dtype=dtype)
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config).to(dtype)
-    model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
+    model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
     bound = 0.02 * math.sqrt(3)  # uniform with std 0.02, transformers' init scale
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -121,19 +140,19 @@ def build_model(shape: dict, dtype=torch.bfloat16):
                 p.zero_()
             else:
                 p.uniform_(-bound, bound, generator=gen)
-        model.model.rotary_emb = Qwen2RotaryEmbedding(config)  # its buffers are not parameters: recompute
+        model.model.rotary_emb = Qwen2RotaryEmbedding(config).to(device)  # buffers, not parameters: recompute
     model.config.architectures = ["Qwen2ForCausalLM"]
     return model.eval()
 
 
-def tokenizer():
+def tokenizer(folder: str | None = None):
     from vru_lens.models import cache_dir, tiny_tokenizer
 
-    folder = cache_dir() / "qwen2.5-coder-0.5b-instruct"
+    folder = Path(folder) if folder else cache_dir() / "qwen2.5-coder-0.5b-instruct"
     if (folder / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(folder), "qwen2.5 (from the cached 0.5B model)"
+        return AutoTokenizer.from_pretrained(folder), f"qwen2.5 (the 0.5B model's, {folder.name})"
     return tiny_tokenizer(), "tiny test tokenizer (Qwen 0.5B not cached)"
 
 
@@ -165,6 +184,15 @@ def main(argv=None):
     ap.add_argument("--skip-path", action="store_true", help="no path-patching stage; fine-tune heads spread over "
                                                               "every layer (layer 0 included: backward runs the full depth)")
     ap.add_argument("--out", default=None, help="write the measurements here as JSON")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: on cuda each stage records peak GPU memory")
+    ap.add_argument("--tokenizer", default=None, help="a folder with Qwen2.5's tokenizer (default: the cached 0.5B)")
+    ap.add_argument("--steps", type=int, default=1, help="optimizer steps timed per fine-tuning variant "
+                                                         "(after one warm-up step when above 1)")
+    ap.add_argument("--check-reference", action="store_true", help="compare the fast path-patching path with the "
+                                                                   "one-forward-per-sender reference on one chunk")
+    ap.add_argument("--full", action="store_true", help="also one full fine-tuning step (every weight, AdamW)")
+    ap.add_argument("--study-items", action="store_true", help="fine-tune on the study's items (paper style, "
+                                                               "2-5 turns, chat template) instead of 3-turn prompts")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -176,13 +204,15 @@ def main(argv=None):
     shape = TINY if args.tiny else QWEN_7B
     if args.layers:
         shape = dict(shape, num_hidden_layers=args.layers)
-    record: dict = {"shape": shape, "dtype": "bfloat16", "threads": args.threads, "stages": {}}
+    record: dict = {"shape": shape, "dtype": "bfloat16", "threads": args.threads, "device": args.device, "stages": {}}
+    if args.device.startswith("cuda"):
+        record["gpu"] = torch.cuda.get_device_name()
     stages = record["stages"]
     print("resident before loading:", rss_gb(), flush=True)
-    tok, record["tokenizer"] = tokenizer()
-    with Stage("load", stages):
-        hf = build_model(shape)
-        model = bridge_from_hf(hf, tok, "qwen2.5-7b-shaped-random", device="cpu", dtype=torch.bfloat16)
+    tok, record["tokenizer"] = tokenizer(args.tokenizer)
+    with Stage("load", stages, args.device):
+        hf = build_model(shape, device=args.device)
+        model = bridge_from_hf(hf, tok, "qwen2.5-7b-shaped-random", device=args.device, dtype=torch.bfloat16)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     record["weights_gb"] = round(weights / 1e9, 2)
     hf_ptrs = {q.data_ptr() for q in hf.parameters()}
@@ -205,9 +235,17 @@ def main(argv=None):
     if args.skip_path:
         top = sorted({(i % L, (5 * i) % H) for i in range(args.heads)})
     else:
-        with Stage("path_patching", stages):
+        with Stage("path_patching", stages, args.device), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             scores = rank_heads(model, subset(pt, slice(0, n_run)), method="path", batch_size=args.chunk, n_boot=0,
                                 progress=False)
+        fallback = [str(w.message) for w in caught if "fast path unavailable" in str(w.message)]
+        stages["path_patching"]["fast_path"] = not fallback
+        if fallback:
+            stages["path_patching"]["fallback_reason"] = fallback[0]
+        if args.check_reference:
+            stages["fast_vs_reference"] = compare_with_reference(model, subset(pt, slice(0, args.chunk)), args.chunk)
+            print("fast_vs_reference", stages["fast_vs_reference"], flush=True)
         stages["path_patching"].update(pairs=n_run, chunk=args.chunk, senders=len(scores.top(10**6)),
                                        seconds_per_pair=round(stages["path_patching"]["seconds"] / n_run, 1))
         assert isinstance(pt, PairTokens)
@@ -218,23 +256,67 @@ def main(argv=None):
     from vru_lens.finetune.adapters import HeadDeltas  # imported here so that a long run picks up the latest code
     from vru_lens.finetune.train import TrainConfig, train
 
-    train_items = make_items(args.batch, seed=1, cfg=cfg, split="train")
-    for ckpt in (True, False):
-        name = "finetune_step" + ("_checkpointed" if ckpt else "")
-        deltas = HeadDeltas(model, top, "qkvo")
-        with Stage(name, stages), SavedForBackward(model) as saved:
-            result = train(model, deltas, train_items, None,
-                           TrainConfig(steps=1, batch_size=args.batch, warmup_steps=1, eval_every=0,
-                                       activation_checkpointing=ckpt), progress=False)
+    chat = bool(args.study_items and getattr(tok, "chat_template", None))
+    train_cfg = None if args.study_items else cfg  # None: make_items' default, the study's paper style
+    train_items = make_items(args.batch * args.steps, seed=1, **({"cfg": train_cfg} if train_cfg else {}), split="train")
+    record["train_items"] = {"study_items": args.study_items, "chat": chat}
+    from vru_lens.finetune.baselines import FullFinetune
+    from vru_lens.finetune.train import encode_examples
+
+    tokens = [len(ids) for ids, _ in encode_examples(tok, train_items, chat)]
+    variants = [("finetune_step_checkpointed", True, False), ("finetune_step", False, False)]
+    if args.full:
+        variants += [("full_finetune_step_checkpointed", True, True), ("full_finetune_step", False, True)]
+    for name, ckpt, full in variants:
+        trainable = FullFinetune(model) if full else HeadDeltas(model, top, "qkvo")
+        make_cfg = lambda steps: TrainConfig(steps=steps, batch_size=args.batch, warmup_steps=1, eval_every=0,  # noqa: E731
+                                             activation_checkpointing=ckpt, chat=chat, lr=1e-6 if full else 1e-3)
+        try:
+            if args.steps > 1:  # warm-up: the first step pays for kernel selection and allocator growth
+                train(model, trainable, train_items[:args.batch], None, make_cfg(1), progress=False)
+            with Stage(name, stages, args.device), SavedForBackward(model) as saved:
+                result = train(model, trainable, train_items, None, make_cfg(args.steps), progress=False)
+        except torch.OutOfMemoryError as err:
+            stages[name] = {"error": f"out of memory: {str(err).splitlines()[0]}"}
+            save(record, args.out)
+            torch.cuda.empty_cache()
+            continue
+        step_s = stages[name]["seconds"] / args.steps
         stages[name].update(loss=round(result.history[-1]["loss"], 4), trainable_params=result.trainable_params,
-                            optimizer_state_bytes=result.optimizer_state_bytes, batch=args.batch,
-                            tokens=sum(len(tok(it["prompt"]).input_ids) for it in train_items),
+                            optimizer_state_bytes=result.optimizer_state_bytes, batch=args.batch, steps=args.steps,
+                            seconds_per_step=round(step_s, 3), samples_per_second=round(args.batch / step_s, 2),
+                            tokens_mean=round(sum(tokens) / len(tokens), 1), tokens_max=max(tokens),
                             saved_for_backward_gb=round(saved.bytes / 1e9, 4))
+        print(name, stages[name], flush=True)
         save(record, args.out)
-        del deltas, result
+        del trainable, result
     print(json.dumps(record, indent=1))
     save(record, args.out)
     return record
+
+
+def compare_with_reference(model, pt, chunk: int) -> dict:
+    """Fast path-patching effects against the one-forward-per-sender reference on the same pairs."""
+    from vru_lens.patching.path import path_patch_logits, path_patch_logits_reference
+    from vru_lens.readout import baseline_logit_diffs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        fast = path_patch_logits(model, pt, batch_size=chunk, progress=False)
+        t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = path_patch_logits_reference(model, pt, batch_size=chunk, progress=False)
+    t_ref = time.perf_counter() - t0
+    clean, _ = baseline_logit_diffs(model, pt)
+    effect_ref = (ref - clean[:, None, None]).mean(0).flatten()
+    effect_fast = (fast - clean[:, None, None]).mean(0).flatten()
+    top_ref = set(effect_ref.abs().topk(10).indices.tolist())
+    top_fast = set(effect_fast.abs().topk(10).indices.tolist())
+    return {"pairs": len(pt), "fast_path": not any("fast path unavailable" in str(w.message) for w in caught),
+            "max_abs_diff": float((fast - ref).abs().max()), "effect_std": float(effect_ref.std()),
+            "effect_max_abs": float(effect_ref.abs().max()), "top10_overlap": len(top_ref & top_fast),
+            "seconds_fast": round(t_fast, 2), "seconds_reference": round(t_ref, 2)}
 
 
 def save(record: dict, out: str | None) -> None:

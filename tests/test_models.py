@@ -68,6 +68,26 @@ def test_tiny_tokenizer_round_trips_story_words():
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
 
 
+@pytest.mark.parametrize("style,min_bytes_per_token", [("paper", 4.0), ("story", 1.5)])
+def test_shipped_tiny_tokenizer_covers_vrubench_compactly(style, min_bytes_per_token):
+    """The shipped file (no training at import) is lossless on every item and was fitted to the
+    benchmark's words (paper style: ~4.8 bytes per token, 1.3 tokens per word; story style, which it
+    was not fitted on, ~1.9 bytes per token)."""
+    from dataclasses import replace
+
+    from vru_lens.bench import BenchConfig, make_items
+
+    tok = tiny_tokenizer()
+    assert (len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (512, 0, 1, 2)
+    items = make_items(30, seed=5, cfg=replace(BenchConfig(), style=style))
+    size = tokens = 0
+    for it in items:
+        ids = tok(it["prompt"], add_special_tokens=False).input_ids
+        assert tok.decode(ids) == it["prompt"]
+        size, tokens = size + len(it["prompt"].encode()), tokens + len(ids)
+    assert size / tokens > min_bytes_per_token, size / tokens
+
+
 @pytest.mark.real
 def test_smollm2_logits_match_plain_transformers(smollm2):
     from transformers import AutoModelForCausalLM

@@ -140,7 +140,7 @@ def _final_logits(logits, pos):
     """Logits at each row's last query."""
     last = (pos >= 0).sum(1) - 1
     rows = torch.arange(len(pos), device=pos.device)
-    return logits[rows, pos[rows, last]], last
+    return logits[rows, pos[rows, last]]
 
 
 def _choices(model, tok, items, cue, heads=None, source_items=None, mask=None):
@@ -157,7 +157,7 @@ def _choices(model, tok, items, cue, heads=None, source_items=None, mask=None):
     logits = model(ids).logits
     if heads is not None:
         heads.clear()
-    fl, _ = _final_logits(logits, pos)
+    fl = _final_logits(logits, pos)
     return [it["candidates"][int(fl[r, [vocab[c] for c in it["candidates"]]].argmax())] for r, it in enumerate(items)]
 
 

@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from ..patching.activation import _heads_view, hook_name
+from ..heads import all_heads, heads_view, hook_name, random_heads
 from ..patching.knockout import ablate_heads, set_heads_hooks
 from ..patching.metrics import batches
 
@@ -24,7 +24,7 @@ def _patch_hooks(model, heads, cache):
     H = model.cfg.n_heads
 
     def from_cache(layer, h, view):
-        return _heads_view(cache[hook_name(layer, "z")], H)[:, : view.shape[1], h].to(view.dtype)
+        return heads_view(cache[hook_name(layer, "z")], H)[:, : view.shape[1], h].to(view.dtype)
 
     return set_heads_hooks(model, heads, from_cache)
 
@@ -62,7 +62,7 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
 
     planted = [tuple(h) for h in planted]
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in planted]
+    others = all_heads(L, H, exclude=planted)
     pt = tokenize_pairs(model.tokenizer, pair_items or items)
     clean_ans, corrupt_ans = pt.pairs.clean_answers, pt.pairs.corrupt_answers
     base = patched_choices(model, pt, [], batch_size)
@@ -77,8 +77,8 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
         with ablate_heads(model, heads, means):
             return evaluate(model, items, batch_size=batch_size, progress=False).accuracy
 
-    rng = random.Random(seed)
-    rand = [acc_with(rng.sample(others, len(planted))) for _ in range(n_random)]
+    rng = random.Random(seed)  # one stream: successive draws are independent sets
+    rand = [acc_with(random_heads(L, H, len(planted), exclude=planted, rng=rng)) for _ in range(n_random)]
     rule = best_rule(items)
     return {
         "n_items": len(items), "n_pairs": n, "accuracy": res.accuracy, "by_answerable": res.breakdown("answerable"),
@@ -137,7 +137,7 @@ def attention_roles(model, items, planted, batch_size: int = 64) -> dict:
     seqs = [encode(tok, render(it["prompt"], tok)) for it in items]
     totals = {tuple(h): torch.zeros(4) for h in planted}
     layers = sorted({l for l, _ in planted})
-    names = {f"blocks.{l}.attn.hook_pattern" for l in layers}
+    names = {hook_name(l, "pattern") for l in layers}
     for sl in batches(len(seqs), batch_size):
         ids, lengths = pad_right(seqs[sl], pad_id(tok))
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names)
@@ -149,7 +149,7 @@ def attention_roles(model, items, planted, batch_size: int = 64) -> dict:
             cat[turns[-1]] = 0
             cat[[p for p, t in enumerate(row) if t in obj_ids]] = 2
             for l, h in planted:
-                att = cache[f"blocks.{l}.attn.hook_pattern"][r, h, n - 1, :n].float()
+                att = cache[hook_name(l, "pattern")][r, h, n - 1, :n].float()
                 totals[(l, h)] += torch.zeros(4).index_add_(0, cat, att)
     names4 = ("final_turn", "earlier_turns", "objects", "other")
     return {f"{l}.{h}": {k: round(float(v) / len(items), 3) for k, v in zip(names4, totals[(l, h)])}

@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from vru_lens.results import write_json_atomic
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,8 +68,7 @@ def main():
             report["rows"].append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(args.out, report)
     print(json.dumps(report))
 
 

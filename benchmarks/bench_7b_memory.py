@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from vru_lens.results import write_json_atomic
+
 # Qwen2.5-7B-Instruct's config.json (the shape only).
 QWEN_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1_000_000.0,
@@ -322,8 +324,7 @@ def compare_with_reference(model, pt, chunk: int) -> dict:
 def save(record: dict, out: str | None) -> None:
     """Write what is measured so far (a long run that dies later keeps its earlier stages)."""
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(record, indent=1))
+        write_json_atomic(out, record)
 
 
 if __name__ == "__main__":

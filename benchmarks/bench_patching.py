@@ -27,6 +27,8 @@ import time
 
 import torch
 
+from vru_lens.results import write_json_atomic
+
 
 def timed(fn):
     """(result, seconds): CPU seconds of this process (threads summed), which a busy shared machine
@@ -121,8 +123,7 @@ def main():
     report["wall_s_each_timing"] = WALL
     report["loadavg_end"] = os.getloadavg()[0]
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(args.out, report)
     print(json.dumps(report))
 
 

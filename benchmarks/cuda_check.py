@@ -21,6 +21,7 @@ from vru_lens.evaluate import evaluate
 from vru_lens.models import load_model
 from vru_lens.models.organisms import organism_card
 from vru_lens.patching import activation_patch_heads, activation_patch_heads_reference, rank_heads
+from vru_lens.results import write_json_atomic
 from vru_lens.tokens import tokenize_pairs
 
 
@@ -75,8 +76,7 @@ def main():
         "max_abs_diff": (fast - ref).abs().max().item(), "seconds_fast": round(t_fast, 3),
         "seconds_reference": round(t_ref, 3), "speedup": round(t_ref / t_fast, 2)}
     print(json.dumps(report, indent=1))
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    write_json_atomic(args.out, report)
 
 
 if __name__ == "__main__":

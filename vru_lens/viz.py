@@ -1,7 +1,7 @@
 """Figures shared across stages: accuracy breakdowns (plotly) and attention on a story (circuitsvis).
 
-Stage-specific plots live on their result objects (`HeadScores.plot()`, probe results' `plot()`);
-this module holds the views that cut across them.
+Each result draws itself (``plot()`` of the result contract, ``vru_lens.results.Result``);
+this module holds the views that cut across results (several overlaid) and the attention patterns.
 """
 
 from __future__ import annotations
@@ -167,11 +167,12 @@ def probe_figure(results: dict, title: str | None = None):
     fig = go.Figure()
     for i, (label, res) in enumerate(results.items()):
         color = f"hsl({(i * 137) % 360},60%,45%)"
-        x = [int(l) for l in res.layers]
-        fig.add_scatter(x=x, y=res.accuracy, mode="lines+markers", name=f"{label}: probe", line={"color": color})
-        fig.add_scatter(x=x, y=res.control_accuracy, mode="lines", name=f"{label}: control task ({res.control_by})",
+        f, control_by = res.to_frame(), res.summary()["control_by"]
+        x = [int(l) for l in f["layer"]]
+        fig.add_scatter(x=x, y=f["accuracy"], mode="lines+markers", name=f"{label}: probe", line={"color": color})
+        fig.add_scatter(x=x, y=f["control_accuracy"], mode="lines", name=f"{label}: control task ({control_by})",
                         line={"color": color, "dash": "dot"})
-        fig.add_scatter(x=x, y=[res.chance] * len(x), mode="lines", name=f"{label}: chance (majority)",
+        fig.add_scatter(x=x, y=f["chance"], mode="lines", name=f"{label}: chance (majority)",
                         line={"color": color, "dash": "dash", "width": 1})
     fig.update_xaxes(dtick=1)
     fig.update_layout(title=title or "Probe accuracy by layer", xaxis_title="layer (resid_post)",

@@ -42,7 +42,8 @@ class FinetuneResult(Result):
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {k: getattr(self, k) for k in ("model", "method", "trainable_params", "optimizer_state_bytes",
+        return {k: getattr(self, k) for k in ("model", "method", "heads", "components", "trainable_params",
+                                               "optimizer_state_bytes",
                                                "vru_accuracy_before", "vru_accuracy_after", "vru_before", "vru_after",
                                                "general_before", "general_after", "general_delta")}
 

@@ -1,7 +1,8 @@
 """Patching: metrics, activation/path/attribution patching, ablation, HeadScores, knockout.
 
 Every method returns per-pair numbers ``Float[Tensor, "pair layer head"]`` (the
-patched logit difference, or a KL for ablation); ``HeadScores`` turns them into
+patched logit difference, or a KL for ablation; path patching wraps them in a
+``PathPatchResult``, as ``.effects``); ``HeadScores`` turns them into
 a score where higher = more important, with bootstrap CIs over pairs.
 ``rank_heads`` is the one entry point. See docs/patching.md.
 """

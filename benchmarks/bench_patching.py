@@ -94,9 +94,10 @@ def main():
         print("(1) activation", json.dumps(report["activation"]), flush=True)
 
     if 2 in parts:
-        fast, t_fast = timed(lambda: path_patch_logits(model, pt, batch_size=n, progress=False))
+        fast, t_fast = timed(lambda: path_patch_logits(model, pt, batch_size=n, progress=False).effects)
         senders = [(l, h) for l in ref_layers for h in range(H)]
-        ref, t_ref = timed(lambda: path_patch_logits_reference(model, pt, progress=False, batch_size=n, senders=senders))
+        ref, t_ref = timed(lambda: path_patch_logits_reference(model, pt, progress=False, batch_size=n,
+                                                               senders=senders).effects)
         diff = float((fast[:, ref_layers] - ref[:, ref_layers]).abs().max())
         report["path"] = {"fast_s": t_fast, "ref_s_measured": t_ref, "ref_s_full": t_ref * scale,
                           "ratio": t_ref * scale / t_fast, "max_abs_diff_vs_ref": diff}

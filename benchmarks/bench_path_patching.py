@@ -64,9 +64,10 @@ def main() -> None:
     with torch.inference_mode():
         model(pt.clean[:, :width])  # warm-up
         _, t_fwd = timed(lambda: model(pt.clean[:, :width]))
-    fast, t_fast = timed(lambda: path_patch_logits(model, pt, batch_size=n, progress=False))
+    fast, t_fast = timed(lambda: path_patch_logits(model, pt, batch_size=n, progress=False).effects)
     _, t_cache = timed(lambda: path_patch_logits_reference(model, pt, progress=False, batch_size=n, senders=[]))
-    ref, t_ref = timed(lambda: path_patch_logits_reference(model, pt, progress=False, batch_size=n, senders=senders))
+    ref, t_ref = timed(lambda: path_patch_logits_reference(model, pt, progress=False, batch_size=n,
+                                                           senders=senders).effects)
 
     per_sender = max(t_ref - t_cache, 0.0) / len(senders)
     t_ref_full = t_cache + per_sender * L * H
@@ -99,8 +100,8 @@ def bench_receivers(model, pt, args) -> None:
     top = max(l for l, _ in receivers)
     print(f"receivers {receivers} ({args.component}; query heads touched: {fast.receiver_query_heads})")
     print(f"{top * model.cfg.n_heads} senders x {n} pairs: fast {t_fast:.1f} s, reference {t_ref:.1f} s, "
-          f"speed-up {t_ref / t_fast:.1f}x, max abs diff {(fast - ref).abs().max().item():.2e}, "
-          f"max |patched - clean| {(ref - ref[:, top:top + 1, :1]).abs().max().item():.3f}")
+          f"speed-up {t_ref / t_fast:.1f}x, max abs diff {(fast.effects - ref.effects).abs().max().item():.2e}, "
+          f"max |patched - clean| {(ref.effects - ref.clean_ld[:, None, None]).abs().max().item():.3f}")
 
 
 if __name__ == "__main__":

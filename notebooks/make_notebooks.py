@@ -81,7 +81,7 @@ NOTEBOOKS = {
                  "curve = knockout_curve(model, items, rankings, head_means(model, pairs), max_k=K, n_random=3)\ncurve.plot()"),
         ("md", "## Where the top heads look\nHover a token to see where it attends."),
         ("code", "from vru_lens.viz import attention_patterns\n\n"
-                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, rankings[\"path\"][:4]).plot()"),
+                 "story = pairs.pairs.items[0]\nattention_patterns(model, story, rankings[\"path\"][:4]).view()"),
     ],
     "04_selective_finetuning": [
         ("md", "# 4. Fine-tune only the top heads\n"

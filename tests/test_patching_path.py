@@ -58,6 +58,10 @@ def reference(setup):
 
 
 def _assert_close_with_signal(fast, ref, clean, min_effect=1e-2):
+    """fast, ref: PathPatchResults; clean: the clean logit differences, computed independently."""
+    for res in (fast, ref):
+        assert (res.clean_ld - clean).abs().max() <= TOL
+    fast, ref = fast.effects, ref.effects
     assert fast.shape == ref.shape
     assert not torch.isnan(fast).any() and not torch.isnan(ref).any()
     assert (fast - ref).abs().max() <= TOL
@@ -69,7 +73,8 @@ def test_logits_fast_matches_reference(setup, reference):
     model, pt, clean = setup
     fast = pp.path_patch_logits(model, pt, batch_size=1, progress=False)  # two chunks
     ref = reference
-    assert fast.shape == (len(pt), model.cfg.n_layers, model.cfg.n_heads)
+    assert fast.effects.shape == (len(pt), model.cfg.n_layers, model.cfg.n_heads)
+    assert fast.receivers is None and fast.component is None
     _assert_close_with_signal(fast, ref, clean, min_effect=0.1)
 
 
@@ -85,8 +90,13 @@ def test_receivers_fast_matches_reference(setup, component, receivers):
     _assert_close_with_signal(fast, ref, clean)
     # senders at or after the last receiver layer reach no receiver: exactly the clean run
     top = max(l for l, _ in receivers)
-    assert torch.allclose(fast[:, top:], clean[:, None, None].expand_as(fast[:, top:]), atol=TOL)
+    eff = fast.effects
+    assert torch.allclose(eff[:, top:], clean[:, None, None].expand_as(eff[:, top:]), atol=TOL)
     assert fast.component == component and fast.receivers == receivers
+    assert fast.receiver_query_heads == pp.receiver_query_heads(model, receivers, component)
+    # the drop is clean - patched, averaged over pairs: senders that reach no receiver drop nothing
+    assert torch.allclose(fast.drop, (clean[:, None, None] - eff).mean(0), atol=TOL)
+    assert fast.drop[top:].abs().max() <= TOL
 
 
 def test_gqa_kv_receiver_is_a_key_value_head(setup):
@@ -113,16 +123,16 @@ def test_identical_pairs_give_the_clean_logit_diff(setup):
     model, pt, clean = setup
     same = dataclasses.replace(pt, corrupt=pt.clean.clone())
     expected = clean[:, None, None].expand(len(pt), model.cfg.n_layers, model.cfg.n_heads)
-    assert (pp.path_patch_logits(model, same, progress=False) - expected).abs().max() <= TOL
-    ref = pp.path_patch_logits_reference(model, same, progress=False, senders=[(0, 0), (1, 2)])
+    assert (pp.path_patch_logits(model, same, progress=False).effects - expected).abs().max() <= TOL
+    ref = pp.path_patch_logits_reference(model, same, progress=False, senders=[(0, 0), (1, 2)]).effects
     assert (ref[:, 0, 0] - clean).abs().max() <= TOL and (ref[:, 1, 2] - clean).abs().max() <= TOL
-    assert (pp.path_patch_receivers(model, same, [(2, 0)], "v", progress=False) - expected).abs().max() <= TOL
+    assert (pp.path_patch_receivers(model, same, [(2, 0)], "v", progress=False).effects - expected).abs().max() <= TOL
 
 
 def test_path_patching_is_not_activation_patching(setup):
     """Freezing the downstream heads matters: plain activation patching of a layer-0 head gives other numbers."""
     model, pt, clean = setup
-    path = pp.path_patch_logits(model, pt, progress=False)[:, 0]
+    path = pp.path_patch_logits(model, pt, progress=False).effects[:, 0]
     _, kz = pp._capture(model, pt.corrupt.to(model.cfg.device), [pp._z(0)])
     act = torch.empty_like(path)
     for h in range(model.cfg.n_heads):
@@ -184,8 +194,8 @@ def test_smollm2_sampled_senders(smollm2):
     """SmolLM2 (GQA, 30 layers): fast vs reference on a few senders spread over the layers."""
     pt = tokenize_pairs(smollm2.tokenizer, make_items(20, seed=3, cfg=PAIRABLE_STORY), max_pairs=2)
     senders = [(0, 0), (14, 4), (29, 8)]
-    fast = pp.path_patch_logits(smollm2, pt, progress=False)
-    ref = pp.path_patch_logits_reference(smollm2, pt, progress=False, senders=senders)
+    fast = pp.path_patch_logits(smollm2, pt, progress=False).effects
+    ref = pp.path_patch_logits_reference(smollm2, pt, progress=False, senders=senders).effects
     for l, h in senders:
         assert (fast[:, l, h] - ref[:, l, h]).abs().max() <= TOL
 

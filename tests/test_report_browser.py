@@ -65,3 +65,15 @@ def test_report_inlines_each_library_once(demo_report):
     assert page.count("var CircuitsVis=") == 1  # circuitsvis's bundle, not once per view
     assert "unpkg.com/circuitsvis" not in page  # its CDN loader is not used
     assert page.count("<script src=") == 0  # nothing loaded from outside the file
+
+
+def test_report_has_every_section_of_the_study(demo_report):
+    page = demo_report.read_text()
+    sections = ["<h2>Summary</h2>", "VRUBench accuracy against chance", "Top heads", "Knockout: the top-k heads",
+                "Selective fine-tuning", "<h2>vru-organism</h2>", "<h2>tiny-llama</h2>", "Probe for the heading",
+                "Head rankings on vru-organism", "Knockout curves on vru-organism", "Fine-tuning curves",
+                "Re-ranking the tuned model", "Attention of the top heads", "<h2>Settings</h2>"]
+    where = [page.find(s) for s in sections]
+    assert all(i >= 0 for i in where), [s for s, i in zip(sections, where) if i < 0]
+    assert where[:5] == sorted(where[:5]) and where[4] < where[5]  # the summary tables first, then each model
+    assert "&#9733;" in page  # planted heads are marked in the top-heads table

@@ -21,6 +21,8 @@ def test_run_writes_every_stage_and_a_report_then_resumes_by_settings(tmp_path):
                   "finetune_random", "after_eval", "after_probe", "after_rank_path"):
         assert stage in payload, stage
     assert payload["finetune_random"]["method"] == "random"
+    assert all(isinstance(v, (dict, str)) for v in payload.values())  # every stage summarised, none null
+    assert set(payload["knockout"]["curves"]) == {"path", "activation"} and payload["knockout"]["ks"][0] == 1
     assert "general_delta" in payload["finetune_heads"]
     folder = out / "tiny-llama"
     manifest = json.loads((folder / "study.json").read_text())

@@ -29,7 +29,7 @@ from .bench.answers import UNKNOWN, UNKNOWN_PHRASES, normalise  # noqa: F401  (r
 from .bench.shortcuts import audit, pair_audit
 from .models.kv_cache import kv_cache_ok
 from .readout import baseline_logit_diffs, score_rows
-from .results import Saveable
+from .results import Result
 from .tokens import answer_ids, encode, is_chat_model, pad_id, render, tokenize_pairs
 
 REQUIRED = ("prompt", "candidates", "answer")
@@ -59,7 +59,7 @@ def as_rows(data) -> list[dict]:
 
 
 @dataclass
-class EvalResult(Saveable):
+class EvalResult(Result):
     """Per-item predictions (candidate scoring and/or generation), every breakdown, and the rules' floor.
 
     ``rules``: the rotation-blind audit of the same items ({"chance", "rules", "best"}); empty off VRUBench.
@@ -161,6 +161,13 @@ class EvalResult(Saveable):
         import pandas as pd
 
         return pd.DataFrame(self.per_item)
+
+    def plot(self, title: str | None = None, key: str = "n_steps"):
+        """Accuracy by ``key`` (bars; ``viz.accuracy_figure`` overlays several results)."""
+        from .viz import accuracy_figure
+
+        fig = accuracy_figure({self.model: self}, key)
+        return fig.update_layout(title=title) if title else fig
 
     def table(self) -> str:
         floor = f"chance {self.chance:.1%}"

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .results import Saveable
+from .results import Result
 
 TASKS = ("hellaswag", "arc_easy", "piqa", "winogrande", "boolq", "lambada")
 LIST_METRICS = ("list/acc", "list/kl")
@@ -171,7 +171,7 @@ def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bo
 
 # ------------------------------------------------------------------ results
 @dataclass
-class GeneralResult(Saveable):
+class GeneralResult(Result):
     model: str
     metrics: dict  # name -> value (accuracies in points)
     n: dict  # task -> items
@@ -197,6 +197,19 @@ class GeneralResult(Saveable):
         import pandas as pd
 
         return pd.DataFrame([{"metric": k, "value": v} for k, v in self.metrics.items()])
+
+    def summary(self) -> dict:
+        """The headline metrics (each task's primary one, their average, perplexity and KL where measured)."""
+        return {"model": self.model, "n": dict(self.n), **self.headline()}
+
+    def plot(self, title: str | None = None):
+        """The headline metrics as bars."""
+        import plotly.graph_objects as go
+
+        head = self.headline()
+        fig = go.Figure(go.Bar(x=list(head), y=list(head.values())))
+        fig.update_layout(title=title or f"general ability of {self.model}", xaxis_title="metric", yaxis_title="value")
+        return fig
 
     def save_reference(self, path) -> Path:
         if self.reference is None:

@@ -26,12 +26,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .readout import resid_logits
-from .results import Saveable
+from .results import Result
 from .tokens import answer_ids
 
 
 @dataclass
-class LogitLensResult(Saveable):
+class LogitLensResult(Result):
     """Per item and layer: the gold answer against the strongest wrong candidate."""
 
     layers: np.ndarray  # [layer]

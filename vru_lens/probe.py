@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .heads import hook_name
 from .readout import run_until
-from .results import Saveable
+from .results import Result
 from .tokens import encode, pad_id, pad_right, render, step_positions
 
 TARGETS = {
@@ -373,7 +373,7 @@ def _fit_adam(X, onehot, mean, inv, weight_decay, steps, lr, seed, cosine):
 
 
 @dataclass
-class ProbeResult(Saveable):
+class ProbeResult(Result):
     """Per-layer probe accuracy on held-out items, with the control task and chance."""
 
     target: str

@@ -1,9 +1,12 @@
-"""One self-contained HTML page from a study folder: the summary tables first, then the figures.
+"""One self-contained HTML page from results: the summary tables first, then the figures.
 
-``build_report(out)`` reads every ``<model>/study.json`` under ``out`` (written by
+``build_report(out)`` reads every ``<model>/study.json`` under the folder ``out`` (written by
 ``vru_lens.study``) in the order the models were run, loads the results they list and lays
-them out. plotly.js and circuitsvis's JavaScript are inlined once each, so the page opens
-with no network.
+them out; ``build_report([...], path)`` does the same for results (or studies) in memory.
+The page reads results only through the result contract (``vru_lens.results.Result``:
+``summary()``, ``to_frame()``, ``plot()``), apart from the figures that overlay several
+results (``vru_lens.viz``). plotly.js and circuitsvis's JavaScript are inlined once each, so
+the page opens with no network.
 """
 
 from __future__ import annotations
@@ -32,33 +35,63 @@ def _table(header: list, rows: list) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+# the stage each kind of result fills in a study (vru_lens.study's names); a result of another kind
+# is shown by its own plot() under "Other results"
+STAGE = {"EvalResult": "eval", "ProbeResult": "probe", "LogitLensResult": "lens", "HeadScores": "rank",
+         "KnockoutCurve": "knockout", "AttentionPatterns": "attention", "FinetuneResult": "finetune"}
+
+
+def _result_types() -> None:
+    """Import every module that defines a result, so ``load_result`` knows them all."""
+    from . import evaluate, general_eval, logit_lens, probe, viz  # noqa: F401
+    from .finetune import run, train  # noqa: F401
+    from .patching import knockout, path, scores  # noqa: F401
+
+
 def load_study(folder: Path) -> dict:
     """A model's manifest with its results loaded: {"model", "config", "planted", "base", "results": {stage: obj}}."""
-    from .evaluate import EvalResult
-    from .finetune.run import FinetuneResult
-    from .logit_lens import LogitLensResult
-    from .patching import HeadScores, KnockoutCurve
-    from .probe import ProbeResult
-    from .viz import AttentionPatterns
+    from .results import load_result
 
+    _result_types()
     manifest = json.loads((folder / "study.json").read_text())
-    kinds = {"eval": EvalResult, "probe": ProbeResult, "lens": LogitLensResult, "rank": HeadScores,
-             "knockout": KnockoutCurve, "attention": AttentionPatterns, "finetune": FinetuneResult}
-    results = {}
-    for stage, name in manifest["files"].items():
-        kind = stage.removeprefix("after_").split("_")[0]
-        if kind in kinds and (folder / name).exists():
-            results[stage] = kinds[kind].load(folder / name)
+    results = {stage: load_result(folder / name) for stage, name in manifest["files"].items()
+               if name.endswith(".json") and (folder / name).exists()}
     return {**manifest, "results": results}
 
 
-def _heads_text(scores, k: int, planted) -> str:
+def study_of(results: list, model: str | None = None, planted=None) -> dict:
+    """A study made of results in memory, each under its stage's name (``STAGE``; rankings and fine-tuning
+    runs by their method), so ``build_report`` lays them out as it does a study folder."""
+    if not results:
+        raise ValueError("no results to report: pass a list of result objects (or a study folder)")
+    named = {}
+    for i, res in enumerate(results):
+        s = res.summary()
+        stage = STAGE.get(type(res).__name__, f"other_{i}")
+        if stage in ("rank", "finetune"):
+            stage = f"{stage}_{s['method']}"
+        if stage in named:
+            raise ValueError(f"two results for stage {stage!r}: pass one study per model, as studies "
+                             "({'model', 'results': {stage: result}})")
+        named[stage] = res
+    first = next((r.summary().get("model") for r in results if r.summary().get("model")), "results")
+    return {"model": model or first, "config": {}, "planted": planted, "base": None, "results": named}
+
+
+def _heads_text(top: list, planted) -> str:
+    """Top heads (``HeadScores.summary()["top"]`` rows), planted ones starred, CIs where bootstrapped."""
     marks = {tuple(h) for h in planted or ()}
     out = []
-    for l, h, s in scores.top(k):
-        ci = f" [{scores.ci_low[l, h]:.2f}, {scores.ci_high[l, h]:.2f}]" if scores.ci_low is not None else ""
-        out.append(f"L{l}H{h}{'&#9733;' if (l, h) in marks else ''} {s:.2f}{_e(ci)}")
+    for r in top:
+        ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if "ci_low" in r else ""
+        out.append(f"L{r['layer']}H{r['head']}{'&#9733;' if (r['layer'], r['head']) in marks else ''} "
+                   f"{r['score']:.2f}{_e(ci)}")
     return "<br>".join(out)
+
+
+def _score_map(scores):
+    """[layer, head] score map from ``to_frame()``."""
+    return scores.to_frame().pivot(index="layer", columns="head", values="score").sort_index().to_numpy()
 
 
 def summary(studies: list) -> str:
@@ -66,16 +99,18 @@ def summary(studies: list) -> str:
     parts = []
     rows = []
     for st in studies:
-        tuned = next((ft for k, ft in st["results"].items() if k == "finetune_heads"), None)
-        after = f"{st.get('base') or st['model']} + top-{len(tuned.heads)} head deltas" if tuned else "tuned"
+        tuned = st["results"].get("finetune_heads")
+        after = (f"{st.get('base') or st['model']} + top-{len(tuned.summary()['heads'])} head deltas" if tuned
+                 else "tuned")
         for name, ev in ((st["model"], st["results"].get("eval")),
                          (f"{st.get('base')} (base checkpoint)", st.get("base_results", {}).get("eval")),
                          (after, st["results"].get("after_eval"))):
             if ev is None:
                 continue
-            rule = ev.best_rule
-            rows.append([_e(name), ev.n, _pct(ev.candidate_accuracy), _pct(ev.generation_accuracy), _pct(ev.chance),
-                         f"{_pct(rule[1])} ({_e(rule[0])})" if rule else "n/a"])
+            s = ev.summary()
+            rule = s["best_rule"]
+            rows.append([_e(name), s["n"], _pct(s["candidate_accuracy"]), _pct(s["generation_accuracy"]),
+                         _pct(s["chance"]), f"{_pct(rule[1])} ({_e(rule[0])})" if rule else "n/a"])
     if rows:
         parts.append("<h3>VRUBench accuracy against chance and the best rotation-blind rule</h3>"
                      + _table(["model", "items", "candidate log-prob", "generation (study's scoring)", "chance",
@@ -86,13 +121,13 @@ def summary(studies: list) -> str:
     for st in studies:
         for stage, sc in st["results"].items():
             if stage.startswith("rank_"):
-                k = len(st["planted"]) if st.get("planted") else 5
+                s = sc.summary(k=len(st["planted"]) if st.get("planted") else 5)
                 auroc = ""
                 if st.get("planted"):
                     from .organism.verify import auroc as grade
 
-                    auroc = f"{grade(sc.scores, [tuple(h) for h in st['planted']]):.2f}"
-                rows.append([_e(st["model"]), _e(sc.method), sc.n_pairs, _heads_text(sc, k, st.get("planted")),
+                    auroc = f"{grade(_score_map(sc), [tuple(h) for h in st['planted']]):.2f}"
+                rows.append([_e(st["model"]), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], st.get("planted")),
                              auroc or "n/a"])
     if rows:
         parts.append("<h3>Top heads (score [95% bootstrap CI over pairs])</h3>"
@@ -103,14 +138,15 @@ def summary(studies: list) -> str:
     for st in studies:
         kc = st["results"].get("knockout")
         if kc is not None:
-            ev = st["results"].get("eval")
-            for k in sorted({len(st.get("planted") or ()) or kc.ks[-1], kc.ks[-1]} & set(kc.ks)):
-                r = kc.random_summary()[str(k)]
-                for name, accs in kc.curves.items():
-                    rows.append([_e(st["model"]), _e(name), k, _pct(kc.base_accuracy), _pct(accs[kc.ks.index(k)]),
+            s, ev = kc.summary(), st["results"].get("eval")
+            blind = _pct(ev.summary()["blind_baseline"]) if ev is not None else "n/a"
+            ks = s["ks"]
+            for k in sorted({len(st.get("planted") or ()) or ks[-1], ks[-1]} & set(ks)):
+                r = s["random"][str(k)]
+                for name, accs in s["curves"].items():
+                    rows.append([_e(st["model"]), _e(name), k, _pct(s["base_accuracy"]), _pct(accs[ks.index(k)]),
                                  f"{_pct(r['mean'])} (5-95%: {_pct(r['low'])}-{_pct(r['high'])}, "
-                                 f"{len(kc.random[str(k)])} draws)",
-                                 _pct(ev.blind_baseline) if ev is not None else "n/a"])
+                                 f"{r['n_draws']} draws)", blind])
     if rows:
         parts.append("<h3>Knockout: the top-k heads mean-ablated together, against k random heads</h3>"
                      + _table(["model", "ranking", "k", "no ablation", "top-k ablated", "random k ablated",
@@ -120,11 +156,12 @@ def summary(studies: list) -> str:
         for stage, ft in st["results"].items():
             if not stage.startswith("finetune_"):
                 continue
-            vb, va = ft.vru_before, ft.vru_after
+            s = ft.summary()
+            vb, va, gb, ga = s["vru_before"], s["vru_after"], s["general_before"], s["general_after"]
             pb, pa = (vb.get("pairs") or {}).get("both_right"), (va.get("pairs") or {}).get("both_right")
-            forget = "; ".join(f"{_e(k)} {ft.general_before.get(k, 0):.3g} &rarr; {ft.general_after.get(k, float('nan')):.3g}"
-                               for k in ft.general_before) or "not measured"
-            rows.append([_e(ft.model), _e(ft.method), f"{ft.trainable_params:,}",
+            forget = "; ".join(f"{_e(k)} {gb.get(k, 0):.3g} &rarr; {ga.get(k, float('nan')):.3g}"
+                               for k in gb) or "not measured"
+            rows.append([_e(s["model"]), _e(s["method"]), f"{s['trainable_params']:,}",
                          f"{vb['test'] / 100:.1%} &rarr; {va['test'] / 100:.1%}",
                          f"{_pct(pb)} &rarr; {_pct(pa)}",
                          _pct(vb["blind_baseline"] / 100) if vb.get("blind_baseline") is not None else "n/a", forget])
@@ -168,17 +205,19 @@ def figures(st: dict, figure, attention) -> str:
         out.append(figure(probe_figure(probes, "Probe for the heading by layer, with the control task and chance")))
     if "lens" in res:
         out.append(figure(res["lens"].plot()))
-    ranks = {f"{sc.method} ({sc.n_pairs} pairs)": sc for k, sc in res.items() if k.startswith("rank_")}
+    ranks = {"{method} ({n_pairs} pairs)".format(**sc.summary()): sc for k, sc in res.items() if k.startswith("rank_")}
     if ranks:
         out.append(figure(heatmaps(ranks, planted, f"Head rankings on {model}" +
                                    (" (squares: planted heads)" if planted else ""))))
     if "knockout" in res:
-        kc, ev = res["knockout"], res.get("eval")
-        fig = kc.plot(f"Knockout curves on {model}: top-k heads of each ranking vs random k")
+        ks, ev = res["knockout"].summary()["ks"], res.get("eval")
+        fig = res["knockout"].plot(f"Knockout curves on {model}: top-k heads of each ranking vs random k")
         if ev is not None:  # the floors, on the same test items
-            for value, name, dash in ((ev.chance, "chance", "dash"), (ev.blind_baseline, "best rotation-blind rule", "dashdot")):
+            s = ev.summary()
+            for value, name, dash in ((s["chance"], "chance", "dash"),
+                                      (s["blind_baseline"], "best rotation-blind rule", "dashdot")):
                 if value is not None:
-                    fig.add_scatter(x=[kc.ks[0], kc.ks[-1]], y=[value, value], mode="lines", name=name,
+                    fig.add_scatter(x=[ks[0], ks[-1]], y=[value, value], mode="lines", name=name,
                                     line={"dash": dash, "color": "black", "width": 1})
         fig.update_layout(yaxis_tickformat=".0%")
         out.append(figure(fig))
@@ -190,24 +229,40 @@ def figures(st: dict, figure, attention) -> str:
     after_rank = next((v for k, v in res.items() if k.startswith("after_rank_")), None)
     if before_rank is not None and after_rank is not None:
         out.append(figure(heatmaps({"before tuning": before_rank, "after tuning": after_rank}, planted,
-                                   f"Re-ranking the tuned model ({after_rank.method})")))
+                                   f"Re-ranking the tuned model ({after_rank.summary()['method']})")))
     if "attention" in res:
         att = res["attention"]
-        out.append(f"<h3>Attention of the top heads ({', '.join(att.labels)}) on one story</h3>"
+        out.append(f"<h3>Attention of the top heads ({', '.join(att.summary()['heads'])}) on one story</h3>"
                    "<p class='note'>Hover a head to view it, click to lock; hover a token to see where it attends.</p>"
-                   + attention(att.plot()))
+                   + attention(att.view()))
+    others = [(k, v) for k, v in res.items() if k.startswith("other_")]
+    if others:
+        out.append("<h3>Other results</h3>" + "".join(
+            f"<pre>{_e(json.dumps(v.summary(), default=str))}</pre>" + figure(v.plot()) for _, v in others))
     return "".join(out)
 
 
-def build_report(out: str | Path, path: str | Path | None = None, title: str = "vru-lens study") -> Path:
-    """Write ``out/report.html`` (or ``path``) from every study under ``out``."""
+def _studies(source) -> list:
+    """Studies from a folder of studies, or from a list of studies and/or results (results form one study)."""
+    if isinstance(source, (str, Path)):
+        out = Path(source)
+        manifests = list(out.glob("*/study.json"))
+        if not manifests:
+            raise ValueError(f"no study under {out}: run `vru-lens run --model NAME --out {out}` first")
+        return sorted((load_study(p.parent) for p in manifests), key=lambda st: st.get("started", 0))
+    studies = [st for st in source if isinstance(st, dict)]
+    results = [r for r in source if not isinstance(r, dict)]
+    return studies + ([study_of(results)] if results or not studies else [])
+
+
+def build_report(source, path: str | Path | None = None, title: str = "vru-lens study") -> Path:
+    """Write the report of ``source`` to ``path``: a study folder (default path ``<folder>/report.html``),
+    or a list of results and/or studies ({"model", "results": {stage: result}}, as ``load_study`` gives)."""
     import plotly.offline
 
-    out = Path(out)
-    manifests = list(out.glob("*/study.json"))
-    if not manifests:
-        raise ValueError(f"no study under {out}: run `vru-lens run --model NAME --out {out}` first")
-    loaded = sorted((load_study(p.parent) for p in manifests), key=lambda st: st.get("started", 0))
+    if path is None and not isinstance(source, (str, Path)):
+        raise ValueError("pass path= (where to write report.html) when building a report from results")
+    loaded = _studies(source)
     bases = {st["base"] for st in loaded if st.get("base")}
     studies = [st for st in loaded if st["model"] not in bases]  # a base checkpoint is shown with its model
     for st in studies:
@@ -236,7 +291,8 @@ def build_report(out: str | Path, path: str | Path | None = None, title: str = "
         return div + "<script>\n" + src[end:]
 
     body = [summary(studies)] + [figures(st, figure, attention) for st in studies]
-    settings = "".join(f"<h3>{_e(st['model'])}</h3><pre>{_e(json.dumps(st['config'], indent=1))}</pre>" for st in studies)
+    settings = "".join(f"<h3>{_e(st['model'])}</h3><pre>{_e(json.dumps(st.get('config', {}), indent=1))}</pre>"
+                       for st in studies)
     page = ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{_e(title)}</title><style>{_CSS}</style>"
             f"<script>{plotly.offline.get_plotlyjs()}</script>"
@@ -245,7 +301,7 @@ def build_report(out: str | Path, path: str | Path | None = None, title: str = "
             "<p class='note'>Written by vru-lens from the saved results in this folder; every number is measured. "
             "Settings of each run are at the end.</p>"
             + "".join(body) + f"<h2>Settings</h2>{settings}</body></html>")
-    target = Path(path) if path else out / "report.html"
+    target = Path(path) if path else Path(source) / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
     return target

@@ -1,9 +1,12 @@
-"""Shared plumbing for result objects: JSON save/load of dataclasses holding arrays.
+"""The result contract, and JSON save/load of dataclasses holding arrays.
 
-Every stage returns a small dataclass that inherits ``Saveable``; numpy arrays
-and tensors are stored as nested lists with their dtype, so a saved result
-reads back to equal arrays. Writes go to a temporary file and are renamed, so
-an interrupted save never leaves a truncated file.
+Every stage returns a small dataclass that inherits ``Result``: ``summary()``
+(a small JSON-able dict), ``to_frame()`` (a pandas DataFrame), ``plot()`` (a
+plotly figure) and ``save(path)``/``load(path)``; the CLI's ``--json`` and the
+report read results only through these. Numpy arrays and tensors are stored as
+nested lists with their dtype, so a saved result reads back to equal arrays.
+Writes go to a temporary file and are renamed, so an interrupted save never
+leaves a truncated file.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
@@ -76,3 +79,41 @@ class Saveable:
         if kind not in (None, cls.__name__):
             raise ValueError(f"{path} holds a {kind}, not a {cls.__name__}")
         return cls.from_dict(data)
+
+
+class Result(Saveable):
+    """What every stage's result offers; a subclass that lacks a method says so when it is called.
+
+    Subclasses register themselves by class name, so ``load_result`` reads any saved result back."""
+
+    registry: ClassVar[dict] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Result.registry[cls.__name__] = cls
+
+    def _missing(self, method: str):
+        raise NotImplementedError(f"{type(self).__name__} does not implement {method}() of the result contract "
+                                  "(vru_lens.results.Result): add it to the class")
+
+    def summary(self) -> dict:
+        """A small JSON-able dict: the numbers a reader wants first."""
+        self._missing("summary")
+
+    def to_frame(self):
+        """A pandas DataFrame of the result's rows."""
+        self._missing("to_frame")
+
+    def plot(self, title: str | None = None):
+        """A plotly figure."""
+        self._missing("plot")
+
+
+def load_result(path: str | Path) -> Result:
+    """Any saved result, by the type its file names (the class's module must have been imported)."""
+    data = json.loads(Path(path).read_text())
+    kind = data.get("type")
+    if kind not in Result.registry:
+        raise ValueError(f"{path} holds a {kind!r}, not a known result ({', '.join(sorted(Result.registry))}); "
+                         "import the module that defines it first")
+    return Result.registry[kind].from_dict(data)

@@ -1,7 +1,7 @@
 """Figures shared across stages: accuracy breakdowns (plotly) and attention on a story (circuitsvis).
 
-Stage-specific plots live on their result objects (`HeadScores.plot()`, probe results' `plot()`);
-this module holds the views that cut across them.
+Each result draws itself (``plot()`` of the result contract, ``vru_lens.results.Result``);
+this module holds the views that cut across results (several overlaid) and the attention patterns.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .heads import hook_name
-from .results import Saveable
+from .results import Result
 from .tokens import encode, render, step_positions
 
 
@@ -32,7 +32,7 @@ def accuracy_figure(results: dict, key: str = "n_steps"):
 
 
 @dataclass
-class AttentionPatterns(Saveable):
+class AttentionPatterns(Result):
     """Attention patterns of chosen heads on one story, kept so a report can draw them without the model."""
 
     model: str
@@ -51,7 +51,22 @@ class AttentionPatterns(Saveable):
                              for lab, rows in zip(self.labels, self.patterns)
                              for q, row in zip(self.query_tokens, rows) for k, w in zip(self.tokens, row)])
 
-    def plot(self):
+    def plot(self, title: str | None = None):
+        """One heatmap [query x key] per head (plotly); ``view()`` is the interactive circuitsvis one."""
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=len(self.labels), subplot_titles=self.labels, horizontal_spacing=0.03)
+        keys = [f"{i}:{t}" for i, t in enumerate(self.tokens)]  # positions keep repeated tokens apart
+        queries = [f"{i}:{t}" for i, t in enumerate(self.query_tokens)]
+        for i, pattern in enumerate(self.patterns, start=1):
+            fig.add_heatmap(z=pattern, x=keys, y=queries, zmin=0, zmax=1, colorscale="Blues", showscale=i == 1,
+                            hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>", row=1, col=i)
+            fig.update_xaxes(showticklabels=False, row=1, col=i)
+            fig.update_yaxes(autorange="reversed", showticklabels=i == 1, row=1, col=i)
+        fig.update_layout(title=title or f"attention on one story ({self.model})")
+        return fig
+
+    def view(self):
         """circuitsvis ``attention_heads`` (an object that renders itself in notebooks; ``.local_src`` is
         standalone HTML with the JavaScript inlined)."""
         import circuitsvis as cv
@@ -93,7 +108,7 @@ def attention_view(model, item: dict, layer: int, heads: list[int] | None = None
     if not 0 <= layer < model.cfg.n_layers:
         raise ValueError(f"layer must be in [0, {model.cfg.n_layers}), got {layer}")
     heads = list(range(model.cfg.n_heads)) if heads is None else heads
-    return attention_patterns(model, item, [(layer, h) for h in heads], chat, query_steps).plot()
+    return attention_patterns(model, item, [(layer, h) for h in heads], chat, query_steps).view()
 
 
 def heatmaps(scores: dict, planted=None, title: str = "Head rankings"):
@@ -152,11 +167,12 @@ def probe_figure(results: dict, title: str | None = None):
     fig = go.Figure()
     for i, (label, res) in enumerate(results.items()):
         color = f"hsl({(i * 137) % 360},60%,45%)"
-        x = [int(l) for l in res.layers]
-        fig.add_scatter(x=x, y=res.accuracy, mode="lines+markers", name=f"{label}: probe", line={"color": color})
-        fig.add_scatter(x=x, y=res.control_accuracy, mode="lines", name=f"{label}: control task ({res.control_by})",
+        f, control_by = res.to_frame(), res.summary()["control_by"]
+        x = [int(l) for l in f["layer"]]
+        fig.add_scatter(x=x, y=f["accuracy"], mode="lines+markers", name=f"{label}: probe", line={"color": color})
+        fig.add_scatter(x=x, y=f["control_accuracy"], mode="lines", name=f"{label}: control task ({control_by})",
                         line={"color": color, "dash": "dot"})
-        fig.add_scatter(x=x, y=[res.chance] * len(x), mode="lines", name=f"{label}: chance (majority)",
+        fig.add_scatter(x=x, y=f["chance"], mode="lines", name=f"{label}: chance (majority)",
                         line={"color": color, "dash": "dash", "width": 1})
     fig.update_xaxes(dtick=1)
     fig.update_layout(title=title or "Probe accuracy by layer", xaxis_title="layer (resid_post)",

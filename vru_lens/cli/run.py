@@ -64,6 +64,6 @@ def run(
 
         res = load_study(study.folder)["results"]
         print_json({"out": str(study.folder), "report": str(report),
-                    **{k: (v.summary() if hasattr(v, "summary") else None) for k, v in res.items()}})
+                    **{k: v.summary() for k, v in res.items()}})
     else:
         typer.echo(f"report: {report.resolve()}")

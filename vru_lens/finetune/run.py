@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..results import Saveable
+from ..results import Result
 
 METHODS = ("heads", "random", "bottom", "full", "lora")
 HELDOUT_TEMPLATES = ("spin_deg_to_the_dir", "three_quarter_turn", "face_opposite")
@@ -23,7 +23,7 @@ DEFAULT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "full": 2e-5, "lora
 
 
 @dataclass
-class FinetuneResult(Saveable):
+class FinetuneResult(Result):
     model: str
     method: str
     heads: list
@@ -42,9 +42,27 @@ class FinetuneResult(Saveable):
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {k: getattr(self, k) for k in ("model", "method", "trainable_params", "optimizer_state_bytes",
+        return {k: getattr(self, k) for k in ("model", "method", "heads", "components", "trainable_params",
+                                               "optimizer_state_bytes",
                                                "vru_accuracy_before", "vru_accuracy_after", "vru_before", "vru_after",
                                                "general_before", "general_after", "general_delta")}
+
+    def to_frame(self):
+        """One row per measurement (VRU splits, general metrics): before, after and the change."""
+        import pandas as pd
+
+        rows = [{"metric": f"vru/{k}", "before": v, "after": self.vru_after.get(k)}
+                for k, v in self.vru_before.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        rows += [{"metric": k, "before": v, "after": self.general_after.get(k)} for k, v in self.general_before.items()]
+        f = pd.DataFrame(rows, columns=["metric", "before", "after"]).astype({"before": float, "after": float})
+        return f.assign(delta=f["after"] - f["before"])
+
+    def plot(self, title: str | None = None):
+        """Training loss and validation accuracy by step (``viz.finetune_curves``)."""
+        from ..viz import finetune_curves
+
+        fig = finetune_curves({self.method: self})
+        return fig.update_layout(title=title) if title else fig
 
 
 def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..readout import pad_rows, rows_logits
-from ..results import Saveable
+from ..results import Result
 from ..tokens import answer_ids, encode, render
 
 
@@ -69,7 +69,7 @@ class TrainConfig:
 
 
 @dataclass
-class TrainResult(Saveable):
+class TrainResult(Result):
     config: dict
     trainable_params: int
     optimizer_state_bytes: int
@@ -84,6 +84,21 @@ class TrainResult(Saveable):
         import pandas as pd
 
         return pd.DataFrame(self.history)
+
+    def summary(self) -> dict:
+        """Size of the run, its last loss and its best validation step."""
+        last = self.history[-1]["loss"] if self.history else None
+        return {"steps": len(self.history), "trainable_params": self.trainable_params,
+                "optimizer_state_bytes": self.optimizer_state_bytes, "final_loss": last,
+                "best_step": self.best_step, "best_accuracy": self.best_accuracy, "seconds": self.seconds,
+                "step_seconds": self.step_seconds}
+
+    def plot(self, title: str | None = None):
+        """Training loss and validation accuracy by step (``viz.finetune_curves``)."""
+        from ..viz import finetune_curves
+
+        fig = finetune_curves({"run": self})
+        return fig.update_layout(title=title) if title else fig
 
 
 # ------------------------------------------------------------------ data

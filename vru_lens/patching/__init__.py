@@ -1,7 +1,8 @@
 """Patching: metrics, activation/path/attribution patching, ablation, HeadScores, knockout.
 
 Every method returns per-pair numbers ``Float[Tensor, "pair layer head"]`` (the
-patched logit difference, or a KL for ablation); ``HeadScores`` turns them into
+patched logit difference, or a KL for ablation; path patching wraps them in a
+``PathPatchResult``, as ``.effects``); ``HeadScores`` turns them into
 a score where higher = more important, with bootstrap CIs over pairs.
 ``rank_heads`` is the one entry point. See docs/patching.md.
 """
@@ -17,10 +18,7 @@ from .metrics import (baseline_logit_diffs, items_pair_accuracy, logit_diff_from
 from .rank import METHODS, rank_heads
 from .scores import HeadScores
 
-try:  # written alongside; exported when present
-    from .path import path_patch_logits, path_patch_logits_reference, path_patch_receivers
-except ImportError:  # pragma: no cover
-    pass
+from .path import PathPatchResult, path_patch_logits, path_patch_logits_reference, path_patch_receivers
 
 __all__ = [
     "HeadScores", "rank_heads", "METHODS",
@@ -30,7 +28,7 @@ __all__ = [
     "ablation_kl", "ablation_reference", "head_means",
     "knockout", "ablate_heads", "KnockoutResult", "knockout_curve", "KnockoutCurve",
     "Checkpoint",
-    "path_patch_logits", "path_patch_logits_reference", "path_patch_receivers",
+    "PathPatchResult", "path_patch_logits", "path_patch_logits_reference", "path_patch_receivers",
     "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise", "pair_accuracy",
     "items_pair_accuracy",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..heads import Head, all_heads, heads_view, hook_name, random_heads
-from ..results import Saveable
+from ..results import Result
 from .ablation import head_means
 from .metrics import baseline_logit_diffs
 
@@ -51,7 +51,7 @@ def ablate_heads(model, heads, means):
 
 
 @dataclass
-class KnockoutResult(Saveable):
+class KnockoutResult(Result):
     """Accuracy and logit difference with no heads, the top-k heads, and random k-head sets ablated."""
 
     model: str
@@ -74,6 +74,23 @@ class KnockoutResult(Saveable):
                          "ld_drop_each": [base["mean_ld"] - c["mean_ld"] for c in rand],
                          "accuracy_drop_each": [base["accuracy"] - c["accuracy"] for c in rand]},
         }
+
+    def to_frame(self):
+        """One row per condition (none, top, random0, ...): accuracy and logit difference."""
+        import pandas as pd
+
+        return pd.DataFrame([{**c, "n_heads": len(c["heads"])} for c in self.conditions])
+
+    def plot(self, title: str | None = None):
+        """Accuracy and normalised logit difference per condition (bars)."""
+        import plotly.graph_objects as go
+
+        f = self.to_frame()
+        fig = go.Figure([go.Bar(x=f["name"], y=f["accuracy"], name="accuracy"),
+                         go.Bar(x=f["name"], y=f["normalised_ld"], name="normalised logit difference")])
+        fig.update_layout(barmode="group", title=title or f"knockout of {self.k} heads on {self.model}: "
+                          "top-k against random k", xaxis_title="heads mean-ablated", yaxis_title="value")
+        return fig
 
 
 def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0, means=None,
@@ -114,7 +131,7 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
 
 
 @dataclass
-class KnockoutCurve(Saveable):
+class KnockoutCurve(Result):
     """Accuracy as the top-k heads of each ranking are mean-ablated together, k = 1..max, beside random k-sets.
 
     ``random[k]``: accuracies of ``n_random`` draws of k heads from all heads (the same draws for every
@@ -133,6 +150,25 @@ class KnockoutCurve(Saveable):
 
         return {k: {"mean": float(np.mean(v)), "low": float(np.quantile(v, 0.05)), "high": float(np.quantile(v, 0.95))}
                 for k, v in self.random.items()}
+
+    def summary(self) -> dict:
+        """Accuracy at each k for each ranking and for random k-sets (mean, 5th-95th percentile, draws)."""
+        rnd = self.random_summary()
+        return {"model": self.model, "base_accuracy": self.base_accuracy, "ks": list(self.ks),
+                "curves": {name: list(accs) for name, accs in self.curves.items()},
+                "tops": {name: [list(h) for h in heads] for name, heads in self.tops.items()},
+                "random": {k: {**r, "n_draws": len(self.random[k])} for k, r in rnd.items()}}
+
+    def to_frame(self):
+        """One row per (ranking, k); random k-sets as ranking "random" (their mean, with the 5-95% band)."""
+        import pandas as pd
+
+        rnd = self.random_summary()
+        rows = [{"ranking": name, "k": k, "accuracy": acc} for name, accs in self.curves.items()
+                for k, acc in zip(self.ks, accs)]
+        rows += [{"ranking": "random", "k": k, "accuracy": rnd[str(k)]["mean"], "low": rnd[str(k)]["low"],
+                  "high": rnd[str(k)]["high"]} for k in self.ks]
+        return pd.DataFrame(rows)
 
     def plot(self, title: str | None = None):
         import plotly.graph_objects as go

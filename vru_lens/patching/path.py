@@ -36,6 +36,7 @@ a real forward (attention after the receivers must be recomputed), batched over
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
 
@@ -44,8 +45,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..heads import Head, group_size, hook_name, n_heads_of, n_kv_heads
+from ..heads import Head, group_size, hook_name, n_heads_of, n_kv_heads, top_heads
 from ..readout import logit_diff_from_logits, logit_diff_from_resid, record
+from ..results import Result
 from .metrics import batches
 
 COMPONENTS = ("q", "k", "v")
@@ -53,6 +55,73 @@ COMPONENTS = ("q", "k", "v")
 
 class FastPathUnsupported(RuntimeError):
     """The fast recurrence does not describe this model; the reference is used instead."""
+
+
+@dataclass
+class PathPatchResult(Result):
+    """Logit difference with each sender head path-patched: ``effects[pair, layer, head]``.
+
+    ``clean_ld[pair]`` is the unpatched logit difference, so ``clean_ld - effects`` is
+    each sender's effect (higher = the path matters more). To receivers, ``receivers``,
+    ``component`` and ``receiver_query_heads`` say which inputs were patched (to the
+    logits they are empty). NaN entries: senders a reference run was told to skip.
+    """
+
+    effects: Tensor  # [pair, layer, head]
+    clean_ld: Tensor  # [pair]
+    model: str = ""
+    receivers: list | None = None  # [(layer, head)]; None: to the logits
+    component: str | None = None  # q, k or v for receivers
+    receiver_query_heads: list | None = None  # the query heads a k/v receiver patch touches (GQA groups)
+
+    def __post_init__(self):
+        self.effects = torch.as_tensor(self.effects, dtype=torch.float32)
+        self.clean_ld = torch.as_tensor(self.clean_ld, dtype=torch.float32)
+        for name in ("receivers", "receiver_query_heads"):  # JSON gives lists back
+            if getattr(self, name) is not None:
+                setattr(self, name, [(int(l), int(h)) for l, h in getattr(self, name)])
+
+    @property
+    def drop(self) -> Tensor:
+        """[layer, head] mean over pairs of clean - patched logit difference (skipped senders NaN)."""
+        return (self.clean_ld[:, None, None] - self.effects).nanmean(0)
+
+    @property
+    def target(self) -> str:
+        return "logits" if self.receivers is None else f"{self.component} of {self.receivers}"
+
+    def top(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """The k senders whose path lowers the logit difference most, as (layer, head, drop)."""
+        d = self.drop.numpy()
+        return [(l, h, float(d[l, h])) for l, h in top_heads(d, k)]
+
+    def summary(self, k: int = 10) -> dict:
+        return {"model": self.model, "target": "logits" if self.receivers is None else "receivers",
+                "receivers": self.receivers, "component": self.component,
+                "receiver_query_heads": self.receiver_query_heads, "n_pairs": int(self.effects.shape[0]),
+                "clean_ld": round(float(self.clean_ld.mean()), 4),
+                "top": [[l, h, round(d, 4)] for l, h, d in self.top(k)]}
+
+    def to_frame(self):
+        """One row per sender head: mean patched logit difference and mean drop from clean."""
+        import pandas as pd
+
+        mean, drop = self.effects.nanmean(0), self.drop
+        return pd.DataFrame([{"layer": l, "head": h, "patched_ld": float(mean[l, h]), "drop": float(drop[l, h])}
+                             for l in range(mean.shape[0]) for h in range(mean.shape[1])])
+
+    def plot(self, title: str | None = None):
+        """Heatmap [layer x sender head] of the mean drop of the logit difference."""
+        import plotly.graph_objects as go
+
+        d = self.drop.numpy()
+        lim = float(self.drop.abs().nan_to_num(0).max()) or 1.0
+        fig = go.Figure(go.Heatmap(z=d, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                                   hovertemplate="layer %{y} head %{x}<br>drop %{z:.4f}<extra></extra>"))
+        fig.update_layout(title=title or f"path patching senders -> {self.target} on {self.model}, "
+                          f"{self.effects.shape[0]} pairs", xaxis_title="sender head", yaxis_title="layer")
+        fig.update_yaxes(autorange="reversed")
+        return fig
 
 
 # ---------------------------------------------------------------- model helpers
@@ -177,10 +246,10 @@ def _warn_fallback(reason: str) -> None:
 # ---------------------------------------------------------------- to the logits
 
 @torch.inference_mode()
-def path_patch_logits(model, pt, batch_size: int = 16, progress: bool = True) -> Float[Tensor, "pair layer head"]:
+def path_patch_logits(model, pt, batch_size: int = 16, progress: bool = True) -> PathPatchResult:
     """Logit difference with each sender head path-patched to the logits (fast, exact).
 
-    ``out[p, l, h]``: pair p, clean run, head (l, h)'s output taken from the
+    ``.effects[p, l, h]``: pair p, clean run, head (l, h)'s output taken from the
     corrupted run, every other head's output frozen to its clean value, MLPs and
     norms recomputed. ``pt`` is a ``tokens.PairTokens``; ``batch_size`` pairs are
     processed per chunk (2 forwards + the MLP recurrence for all senders of the
@@ -193,7 +262,7 @@ def path_patch_logits(model, pt, batch_size: int = 16, progress: bool = True) ->
     reason = _unsupported_reason(model)
     if reason is None:
         try:
-            return _path_patch_logits_fast(model, pt, batch_size, progress)
+            return PathPatchResult(*_path_patch_logits_fast(model, pt, batch_size, progress), _name(model))
         except FastPathUnsupported as err:
             reason = str(err)
     _warn_fallback(reason)
@@ -212,7 +281,7 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
     z_names = [_z(l) for l in range(L)]
     last = hook_name(L - 1, "resid_post")
     _check_readout(model, pt, device)
-    out = []
+    out, clean_lds = [], []
     bar = tqdm(total=len(pt), desc="path patching to logits (fast)", disable=not progress, unit="pair")
     for sl in batches(len(pt), batch_size):
         clean, corrupt, fp, a, b = _chunk(pt, sl, device)
@@ -238,9 +307,10 @@ def _path_patch_logits_fast(model, pt, batch_size, progress):
         ld = _final_ld(model, x, a[pair_idx], b[pair_idx]).view(L, H + 1, B)
         _self_check("logit difference", ld[:, H, :], clean_ld.expand(L, B), x.dtype)
         out.append(ld[:, :H, :].permute(2, 0, 1).float().cpu())
+        clean_lds.append(clean_ld.float().cpu())
         bar.update(B)
     bar.close()
-    return torch.cat(out)
+    return torch.cat(out), torch.cat(clean_lds)
 
 
 def _senders(model, senders, max_layer: int | None = None) -> list[Head]:
@@ -257,7 +327,7 @@ def _senders(model, senders, max_layer: int | None = None) -> list[Head]:
 
 @torch.inference_mode()
 def path_patch_logits_reference(model, pt, progress: bool = True, batch_size: int = 16,
-                                senders: Sequence[Head] | None = None) -> Float[Tensor, "pair layer head"]:
+                                senders: Sequence[Head] | None = None) -> PathPatchResult:
     """The plain way: per sender, one clean forward with hooks on every layer's ``hook_z``.
 
     The hooks set every head's ``z`` to its clean value except the sender's,
@@ -270,12 +340,14 @@ def path_patch_logits_reference(model, pt, progress: bool = True, batch_size: in
     L, H = model.cfg.n_layers, model.cfg.n_heads
     todo = _senders(model, senders)
     out = torch.full((len(pt), L, H), float("nan"))
+    clean_ld = torch.empty(len(pt))
     z_names = [_z(l) for l in range(L)]
     bar = tqdm(total=len(todo) * len(pt), desc="path patching to logits (reference)", disable=not progress,
                unit="pair")
     for sl in batches(len(pt), batch_size):
         clean, corrupt, fp, a, b = _chunk(pt, sl, device)
-        _, cz = _capture(model, clean, z_names)
+        logits, cz = _capture(model, clean, z_names)
+        clean_ld[sl] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
         _, kz = _capture(model, corrupt, z_names)
         for sender in todo:
             hooks = _frozen_z_hooks(L, cz, kz, sender)
@@ -283,7 +355,7 @@ def path_patch_logits_reference(model, pt, progress: bool = True, batch_size: in
             out[sl, sender[0], sender[1]] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
             bar.update(clean.shape[0])
     bar.close()
-    return out
+    return PathPatchResult(out, clean_ld, _name(model))
 
 
 def _frozen_z_hooks(L, cz, kz, sender):
@@ -342,11 +414,14 @@ def receiver_query_heads(model, receivers: Sequence[Head], component: str) -> li
     return [(l, g * group + i) for l, hs in by_layer.items() for g in hs for i in range(group)]
 
 
-def _annotate(result: Tensor, model, receivers, component) -> Tensor:
-    result.receivers = [(int(l), int(h)) for l, h in receivers]
-    result.component = component
-    result.receiver_query_heads = receiver_query_heads(model, receivers, component)
-    return result
+def _name(model) -> str:
+    return getattr(model, "vru_name", type(model).__name__)
+
+
+def _to_receivers(effects: Tensor, clean_ld: Tensor, model, receivers, component) -> "PathPatchResult":
+    return PathPatchResult(effects, clean_ld, _name(model),
+                           [(int(l), int(h)) for l, h in receivers], component,
+                           receiver_query_heads(model, receivers, component))
 
 
 def _patch_comp_hooks(values: dict[int, Tensor], by_layer, component):
@@ -362,21 +437,21 @@ def _patch_comp_hooks(values: dict[int, Tensor], by_layer, component):
 
 @torch.inference_mode()
 def path_patch_receivers(model, pt, receivers: Sequence[Head], component: str, batch_size: int = 8,
-                         progress: bool = True) -> Float[Tensor, "pair layer head"]:
+                         progress: bool = True) -> PathPatchResult:
     """Path patching sender -> receivers' q, k or v input (Wang et al.), for every sender head.
 
     ``receivers``: (layer, head) pairs, all patched together. For ``"q"`` the
     head is a query head; for ``"k"``/``"v"`` it is a key/value head (index of
     ``hook_k``/``hook_v``): under GQA one key/value head is shared by a group of
     query heads, and patching it changes the attention of the whole group (see
-    ``receiver_query_heads``; the result carries ``.receivers``, ``.component``
-    and ``.receiver_query_heads``).
+    ``receiver_query_heads``; the ``PathPatchResult`` carries ``.receivers``,
+    ``.component`` and ``.receiver_query_heads``).
 
     For sender (l, h): run 1 = clean run, the sender's z corrupted, every other
     head frozen clean, MLPs recomputed, up to each receiver layer r > l; run 2 =
     a normal clean run in which only the receivers' chosen input at layer r takes
     its run-1 value (all positions). ``out[p, l, h]`` is run 2's logit
-    difference. A sender at or after the last receiver layer reaches no
+    difference (``.effects``). A sender at or after the last receiver layer reaches no
     receiver: its entries are the clean logit difference (no effect).
     Run 1 is the fast recurrence (all positions, no attention; memory about
     ``(n_heads + 1) * batch_size * pos`` MLP-hidden vectors), run 2 real
@@ -388,7 +463,7 @@ def path_patch_receivers(model, pt, receivers: Sequence[Head], component: str, b
     if reason is None:
         try:
             out = _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progress)
-            return _annotate(out, model, receivers, component)
+            return _to_receivers(*out, model, receivers, component)
         except FastPathUnsupported as err:
             reason = str(err)
     _warn_fallback(reason)
@@ -407,7 +482,7 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
     mid_names = [hook_name(l, "resid_mid") for l in range(top)]
     z_names = [_z(l) for l in range(top)]
     comp_names = [_comp_hook(r, component) for r in by_layer]
-    out = torch.empty(len(pt), L, H)
+    out, clean_lds = torch.empty(len(pt), L, H), torch.empty(len(pt))
     bar = tqdm(total=len(pt) * top, desc=f"path patching to receivers' {component} (fast)", disable=not progress,
                unit="pair-layer")
     for sl in batches(len(pt), batch_size):
@@ -415,7 +490,7 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
         B, P = clean.shape
         logits, cc = _capture(model, clean, pre_names + mid_names + z_names + comp_names)
         _, cr = _capture(model, corrupt, z_names, stop_after=z_names[-1])
-        clean_ld = logit_diff_from_logits(logits, fp, a, b).float().cpu()
+        clean_ld = clean_lds[sl] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
         out[sl] = clean_ld[:, None, None]  # senders that reach no receiver
         for l in range(top):
             x = _sender_resid(cc, cr, l, W_O, b_O, blocks[l], sandwich)  # [H + 1, B, P, d]
@@ -440,13 +515,13 @@ def _path_patch_receivers_fast(model, pt, by_layer, component, batch_size, progr
             out[sl, l, :] = torch.cat(rows_ld).view(H, B).T
             bar.update(B)
     bar.close()
-    return out
+    return out, clean_lds
 
 
 @torch.inference_mode()
 def path_patch_receivers_reference(model, pt, receivers: Sequence[Head], component: str, progress: bool = True,
                                    batch_size: int = 8, senders: Sequence[Head] | None = None
-                                   ) -> Float[Tensor, "pair layer head"]:
+                                   ) -> PathPatchResult:
     """The plain way: two forwards per sender.
 
     Run 1: clean tokens, hooks set every head's z to clean except the sender's
@@ -461,7 +536,7 @@ def path_patch_receivers_reference(model, pt, receivers: Sequence[Head], compone
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top = max(by_layer)
     todo = _senders(model, senders, max_layer=top if senders is None else None)
-    out = torch.full((len(pt), L, H), float("nan"))
+    out, clean_ld = torch.full((len(pt), L, H), float("nan")), torch.empty(len(pt))
     z_names = [_z(l) for l in range(L)]
     comp_names = [_comp_hook(r, component) for r in by_layer]
     bar = tqdm(total=len(todo) * len(pt), desc=f"path patching to receivers' {component} (reference)",
@@ -470,8 +545,9 @@ def path_patch_receivers_reference(model, pt, receivers: Sequence[Head], compone
         clean, corrupt, fp, a, b = _chunk(pt, sl, device)
         logits, cz = _capture(model, clean, z_names)
         _, kz = _capture(model, corrupt, z_names)
+        clean_ld[sl] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
         if senders is None:
-            out[sl] = logit_diff_from_logits(logits, fp, a, b).float().cpu()[:, None, None]
+            out[sl] = clean_ld[sl, None, None]
         for sender in todo:
             _, got = _capture(model, clean, comp_names, fwd_hooks=_frozen_z_hooks(L, cz, kz, sender))
             values = {r: got[_comp_hook(r, component)][:, :, hs] for r, hs in by_layer.items()}
@@ -479,10 +555,10 @@ def path_patch_receivers_reference(model, pt, receivers: Sequence[Head], compone
             out[sl, sender[0], sender[1]] = logit_diff_from_logits(lg, fp, a, b).float().cpu()
             bar.update(clean.shape[0])
     bar.close()
-    return _annotate(out, model, receivers, component)
+    return _to_receivers(out, clean_ld, model, receivers, component)
 
 
 __all__ = [
-    "Head", "COMPONENTS", "FastPathUnsupported", "path_patch_logits", "path_patch_logits_reference",
+    "Head", "COMPONENTS", "FastPathUnsupported", "PathPatchResult", "path_patch_logits", "path_patch_logits_reference",
     "path_patch_receivers", "path_patch_receivers_reference", "receiver_query_heads",
 ]

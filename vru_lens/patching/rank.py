@@ -80,7 +80,7 @@ class RankingMethod:
 def _path(model, pt, o, means, progress):
     from .path import path_patch_logits
 
-    return path_patch_logits(model, pt, batch_size=o.batch_size, progress=progress), torch.zeros(0)
+    return path_patch_logits(model, pt, batch_size=o.batch_size, progress=progress).effects, torch.zeros(0)
 
 
 def _activation(model, pt, o, means, progress):

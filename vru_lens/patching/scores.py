@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..heads import ranks, top_heads
-from ..results import Saveable
+from ..results import Result
 
 KINDS = ("noising", "denoising", "kl")
 
@@ -52,7 +52,7 @@ def _kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @dataclass
-class HeadScores(Saveable):
+class HeadScores(Result):
     """Scores [n_layers, n_heads] (or [n_layers, n_kv_heads] for k/v patching) with their raw per-pair numbers."""
 
     method: str  # "path", "activation", "attribution", "ablation"
@@ -177,6 +177,22 @@ class HeadScores(Saveable):
         return out
 
     # -- views ---------------------------------------------------------------
+    def summary(self, k: int = 10) -> dict:
+        """The method, the pairs, the signal and the top-k heads (with their CIs once bootstrapped)."""
+        f = self.to_frame().head(k)
+        top = [{c: (int(v) if c in ("layer", "head", "rank", "kv_head") else round(float(v), 4))
+                for c, v in row.items()} for row in f.to_dict("records")]
+        gap = self.clean_ld - self.corrupt_ld
+        out = {"method": self.method, "model": self.model, "kind": self.kind, "component": self.component,
+               "n_pairs": self.n_pairs, "shape": [int(n) for n in self.shape], "ci_level": self.ci_level, "top": top}
+        if self.kind != "kl":
+            out["gap"] = round(float(gap.mean()), 4)  # mean clean - corrupted logit difference: the normaliser
+        if self.boot_taus is not None and len(self.boot_taus):
+            out["kendall_tau_mean"] = round(float(np.mean(self.boot_taus)), 4)
+        if "warning" in self.meta:
+            out["warning"] = self.meta["warning"]
+        return out
+
     def to_frame(self):
         """One row per head: layer, head, score, rank (+ ci_low, ci_high, kv_head where known)."""
         import pandas as pd

@@ -1,0 +1,177 @@
+"""The result contract (vru_lens.results.Result): every stage's result, built by running the stage on tiny-llama,
+has summary() (JSON), to_frame() (rows), plot() (a plotly Figure) and save/load that round-trips; the report
+reads studies made of such results."""
+
+import json
+
+import pytest
+
+from vru_lens.bench import PAIRABLE, make_items
+from vru_lens.report import _result_types, build_report, study_of
+from vru_lens.results import Result, load_result
+from vru_lens.tokens import tokenize_pairs
+
+_result_types()  # every module that defines a result, so the registry is complete
+
+
+@pytest.fixture(scope="module")
+def items():
+    return make_items(12, seed=0, split="test")
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_llama):
+    return tokenize_pairs(tiny_llama.tokenizer, make_items(40, seed=1, cfg=PAIRABLE, split="validation"), max_pairs=4)
+
+
+@pytest.fixture(scope="module")
+def scores(tiny_llama, pairs):
+    from vru_lens.patching import rank_heads
+
+    return rank_heads(tiny_llama, pairs, method="activation", n_boot=20, progress=False)
+
+
+def _eval(m, items, pairs, scores):
+    from vru_lens.evaluate import evaluate
+
+    return evaluate(m, items, method="logprob", progress=False)
+
+
+def _probe(m, items, pairs, scores):
+    from vru_lens.probe import probe
+
+    return probe(m, make_items(30, seed=2, split="train"), target="heading", progress=False, steps=20)
+
+
+def _lens(m, items, pairs, scores):
+    from vru_lens.logit_lens import logit_lens
+
+    return logit_lens(m, [it for it in items if it["answerable"]], progress=False)
+
+
+def _scores(m, items, pairs, scores):
+    return scores
+
+
+def _knockout(m, items, pairs, scores):
+    from vru_lens.patching import knockout
+
+    return knockout(m, pairs, items[:6], [(0, 1), (1, 2)], n_random=2, seed=0, batch_size=8)
+
+
+def _curve(m, items, pairs, scores):
+    from vru_lens.patching import head_means, knockout_curve
+
+    return knockout_curve(m, items[:6], {"activation": [(l, h) for l, h, _ in scores.top(2)]},
+                          head_means(m, pairs), max_k=2, n_random=2)
+
+
+def _train(m, items, pairs, scores):
+    from vru_lens.finetune import HeadDeltas, TrainConfig, train
+
+    d = HeadDeltas(m, [(0, 0), (1, 2)], "qo")
+    return train(m, d, items, items[:4], TrainConfig(steps=2, batch_size=4, warmup_steps=1, lr=1e-2, eval_every=1),
+                 progress=False)
+
+
+def _finetune(m, items, pairs, scores, tmp_path):
+    from vru_lens.finetune import TrainConfig
+    from vru_lens.finetune.run import run_experiment
+
+    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=1e-2, eval_every=1)
+    return run_experiment(m, "heads", heads=scores, top_k=2, train_cfg=cfg, n_train=8, n_val=4, n_test=6,
+                          cache_dir=tmp_path / "cache", progress=False, log=lambda *a: None)
+
+
+def _general(m, items, pairs, scores):
+    from vru_lens.general_eval import GeneralSuite
+
+    return GeneralSuite(n_per_task=2, mmlu_n=2, wiki_n=1, wiki_tokens=16, kl_top_k=8, tasks=("arc_easy",)).run(
+        m, progress=False)
+
+
+def _attention(m, items, pairs, scores):
+    from vru_lens.viz import attention_patterns
+
+    return attention_patterns(m, items[0], [(0, 1), (2, 3)])
+
+
+def _path(m, items, pairs, scores):
+    from vru_lens.patching.path import path_patch_receivers
+
+    return path_patch_receivers(m, pairs, [(2, 1)], "k", batch_size=4, progress=False)
+
+
+BUILD = {"EvalResult": _eval, "ProbeResult": _probe, "LogitLensResult": _lens, "HeadScores": _scores,
+         "KnockoutResult": _knockout, "KnockoutCurve": _curve, "TrainResult": _train, "FinetuneResult": _finetune,
+         "GeneralResult": _general, "AttentionPatterns": _attention, "PathPatchResult": _path}
+
+
+def test_every_result_class_is_checked():
+    ours = {name for name, cls in Result.registry.items() if cls.__module__.startswith("vru_lens.")}
+    assert ours == set(BUILD), "a result class without a contract test: add a builder to BUILD"
+
+
+@pytest.mark.parametrize("name", sorted(BUILD))
+def test_result_contract(name, tiny_llama, items, pairs, scores, tmp_path, one_thread):
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    build = BUILD[name]
+    args = (tiny_llama, items, pairs, scores) + ((tmp_path,) if name == "FinetuneResult" else ())
+    res = build(*args)
+    assert type(res).__name__ == name and isinstance(res, Result)
+    summary = json.dumps(res.summary())  # JSON-able as it is, no default=
+    assert len(json.loads(summary)) >= 2
+    frame = res.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) > 0
+    fig = res.plot()
+    assert isinstance(fig, go.Figure) and len(fig.data) > 0
+    path = res.save(tmp_path / f"{name}.json")
+    back = type(res).load(path)
+    assert json.dumps(back.summary()) == summary
+    assert json.dumps(load_result(path).summary()) == summary  # the file says what it holds
+    pd.testing.assert_frame_equal(back.to_frame(), frame, check_dtype=False)
+
+
+def test_a_missing_method_is_named():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Half(Result):
+        x: int = 1
+
+        def summary(self):
+            return {"x": self.x}
+
+    with pytest.raises(NotImplementedError, match="Half does not implement plot"):
+        Half().plot()
+    with pytest.raises(NotImplementedError, match="to_frame"):
+        Half().to_frame()
+    Result.registry.pop("Half")
+
+
+def test_load_result_refuses_an_unknown_type(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"type": "Nope"}))
+    with pytest.raises(ValueError, match="not a known result"):
+        load_result(path)
+
+
+def test_report_from_results_has_every_section(tiny_llama, items, pairs, scores, tmp_path, one_thread):
+    """A study made of results in memory: each section of the report appears, with the results' numbers."""
+    built = [f(tiny_llama, items, pairs, scores) for f in (_eval, _probe, _lens, _curve, _attention, _path)]
+    ft = _finetune(tiny_llama, items, pairs, scores, tmp_path)
+    page = build_report(built + [scores, ft], tmp_path / "report.html").read_text()
+    for section in ("<h2>Summary</h2>", "VRUBench accuracy against chance", "Top heads", "Knockout: the top-k",
+                    "Selective fine-tuning", "Probe for the heading", "Head rankings on tiny-llama",
+                    "Knockout curves on tiny-llama", "Attention of the top heads", "Other results", "Fine-tuning curves"):
+        assert section in page, section
+    ev = built[0].summary()
+    assert f"{ev['candidate_accuracy']:.1%}" in page
+    top = scores.summary(k=5)["top"][0]
+    assert f"L{top['layer']}H{top['head']} {top['score']:.2f}" in page
+    with pytest.raises(ValueError, match="path="):
+        build_report(built)
+    with pytest.raises(ValueError, match="two results for stage 'eval'"):
+        study_of(built[:1] * 2)

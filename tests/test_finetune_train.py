@@ -22,10 +22,10 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(f[1:], f[2:]))
 
 
-def test_resume_matches_uninterrupted(items, tmp_path):
+def test_resume_matches_uninterrupted(tiny_llama, items, tmp_path):
     train_items, val = items
     cfg = TrainConfig(steps=4, batch_size=2, grad_accum=2, warmup_steps=2, lr=5e-3, eval_every=2, checkpoint_every=2)
-    m = load_model("tiny-llama")
+    m = tiny_llama
     a = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
     ra = train(m, a, train_items, val, cfg, checkpoint=tmp_path / "a.pt", progress=False)
     b = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
@@ -41,9 +41,9 @@ def test_resume_matches_uninterrupted(items, tmp_path):
         train(m, c, train_items, val, TrainConfig(steps=7), checkpoint=tmp_path / "b.pt", resume=True, progress=False)
 
 
-def test_baselines_budgets(items):
+def test_baselines_budgets(tiny_llama, items):
     train_items, _ = items
-    m = load_model("tiny-llama")
+    m = tiny_llama
     heads = [(0, 1), (2, 0)]
     top = HeadDeltas(m, heads, "qo")
     rnd = HeadDeltas(m, random_heads(m, 2, seed=1, exclude=heads), "qo")
@@ -98,13 +98,15 @@ def _weights_hash(model) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("method", ["heads", "full", "lora"])
-def test_every_method_gives_the_model_back(items, method):
+@pytest.mark.parametrize("method", ["heads", "lora", "full"])  # full after lora: on the same model object
+def test_every_method_gives_the_model_back(tiny_llama, items, method):
     """After training (and measuring with the method active), the model hashes as before; re-activating gives
     the tuned model again, so the tuned state was kept, not lost."""
     train_items, _ = items
-    m = load_model("tiny-llama")
+    m = tiny_llama
     before = _weights_hash(m)
+    flags = [p.requires_grad for p in m.parameters()]
+    assert all(flags)  # as loaded; PEFT's injection used to freeze them for good, which broke full fine-tuning
     ids = torch.tensor([[0, 5, 9, 11]])
     with torch.no_grad():
         base = m(ids)
@@ -122,6 +124,7 @@ def test_every_method_gives_the_model_back(items, method):
         with trainable.active(m):
             torch.testing.assert_close(m(ids), tuned)
     assert _weights_hash(m) == before
+    assert [p.requires_grad for p in m.parameters()] == flags
 
 
 def _saved_bytes(model, deltas, batch, checkpointed: bool) -> tuple[int, dict]:
@@ -143,9 +146,9 @@ def _saved_bytes(model, deltas, batch, checkpointed: bool) -> tuple[int, dict]:
     return sum(saved), {k: p.grad.clone() for k, p in deltas.deltas.items()}
 
 
-def test_activation_checkpointing_same_gradients_less_saved(items):
+def test_activation_checkpointing_same_gradients_less_saved(tiny_llama, items):
     """Checkpointed blocks give the same gradients while the graph keeps far fewer activations."""
-    m = load_model("tiny-llama")
+    m = tiny_llama
     d = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
     with torch.no_grad():
         for p in d.trainable_parameters():

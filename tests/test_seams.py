@@ -86,7 +86,7 @@ def test_kv_cache_failure_is_detected_and_disables_cache(monkeypatch):
     """Where the cached step disagrees, the forwarding comes off and generation runs uncached."""
     from vru_lens.models import load_model
 
-    model = load_model("tiny-llama", device="cpu")
+    model = load_model("tiny-llama", device="cpu")  # its own model: this test takes the cache off it
     assert model.vru_kv_cache_ok and model._vru_kv_handles
     monkeypatch.setattr(kv_cache, "CACHE_KWARG", "keyword_nobody_reads")  # the cache never arrives
     with pytest.warns(RuntimeWarning, match="without a cache"):

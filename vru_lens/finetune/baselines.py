@@ -117,7 +117,10 @@ class LoraAdapters(_NamedParameters):
         self.rank, self.alpha = rank, alpha if alpha is not None else 2.0 * rank
         torch.manual_seed(seed)
         config = LoraConfig(r=rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+        flags = [(p, p.requires_grad) for p in hf.parameters()]
         inject_adapter_in_model(config, hf)
+        for p, flag in flags:  # PEFT freezes every other weight of the model: a later full fine-tuning would
+            p.requires_grad_(flag)  # find nothing to train. The adapters are the only change it may make.
         self.hf = hf
         self.named = [(n, p) for n, p in hf.named_parameters() if "lora_" in n]
         for _, p in self.named:

@@ -24,7 +24,7 @@ NOTEBOOKS = {
         ("code", "MODEL = \"vru-organism\"\nN_ITEMS = 200\nSEED = 0"),
         ("code", SETUP),
         ("md", "## The items\nThe study's prompt format (paper style), about 30% of answers \"unknown\"."),
-        ("code", "from vru_lens.bench import audit, make_items\n\n"
+        ("code", "from vru_lens.bench import make_items\nfrom vru_lens.evaluate import audit\n\n"
                  "items = make_items(N_ITEMS, SEED, split=\"test\")\n"
                  "print(items[0][\"prompt\"])\nprint(\"answer:\", items[0][\"answer\"], \"| candidates:\", items[0][\"candidates\"])"),
         ("md", "## The floor: chance and the rotation-blind rules"),

@@ -85,7 +85,7 @@ def list_recall(model, items, reference: torch.Tensor | None = None) -> tuple[di
 def behaviour(model, data, reference=None) -> dict:
     """VRU accuracy, pairs right on both sides (logit-difference signs), list recall (and its KL)."""
     from ..evaluate import evaluate
-    from ..patching.metrics import pair_accuracy
+    from ..evaluate import pair_accuracy
 
     acc = evaluate(model, data["items"], batch_size=64, progress=False).accuracy
     lst, _ = list_recall(model, data["list"], reference)

@@ -125,9 +125,9 @@ def summary(studies: list) -> str:
             forget = "; ".join(f"{_e(k)} {ft.general_before.get(k, 0):.3g} &rarr; {ft.general_after.get(k, float('nan')):.3g}"
                                for k in ft.general_before) or "not measured"
             rows.append([_e(ft.model), _e(ft.method), f"{ft.trainable_params:,}",
-                         f"{vb['test'] / 100:.1%} &rarr; {va['test'] / 100:.1%}",
+                         f"{_pct(vb['test'])} &rarr; {_pct(va['test'])}",
                          f"{_pct(pb)} &rarr; {_pct(pa)}",
-                         _pct(vb["blind_baseline"] / 100) if vb.get("blind_baseline") is not None else "n/a", forget])
+                         _pct(vb.get("blind_baseline")), forget])
     if rows:
         parts.append("<h3>Selective fine-tuning: before &rarr; after, against baselines; forgetting</h3>"
                      + _table(["tuned checkpoint", "method", "trainable parameters", "VRU accuracy",

@@ -134,7 +134,7 @@ def summary(studies: list) -> str:
                                "pairs right on both sides", "best rotation-blind rule", "forgetting check"], rows)
                      + "<p class='note'>heads: the top-k heads of the ranking on the tuned checkpoint (W_Q/W_K/W_V/W_O "
                        "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
-                       "the second task (list recall, points) and KL(before || after) for an organism, general "
+                       "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
                        "benchmarks otherwise.</p>")
     return "<h2>Summary</h2>" + "".join(parts)
 

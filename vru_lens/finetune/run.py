@@ -173,7 +173,7 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
             vru_file.write_text(json.dumps(vru))
     general = None
     if suite is not None:
-        gkey = _key(name, asdict(suite))
+        gkey = _key(name, asdict(suite), "fractions")  # earlier versions cached accuracies in points
         gfile, rfile = (cache / f"general_base_{name}_{gkey}.json", cache / f"general_base_{name}_{gkey}.pt") if cache else (None, None)
         if gfile and gfile.exists() and rfile.exists():
             general = GeneralResult.load(gfile).load_reference(rfile)

@@ -24,7 +24,7 @@ NOTEBOOKS = {
         ("code", "MODEL = \"vru-organism\"\nN_ITEMS = 200\nSEED = 0"),
         ("code", SETUP),
         ("md", "## The items\nThe study's prompt format (paper style), about 30% of answers \"unknown\"."),
-        ("code", "from vru_lens.bench import audit, make_items\n\n"
+        ("code", "from vru_lens.bench import make_items\nfrom vru_lens.evaluate import audit\n\n"
                  "items = make_items(N_ITEMS, SEED, split=\"test\")\n"
                  "print(items[0][\"prompt\"])\nprint(\"answer:\", items[0][\"answer\"], \"| candidates:\", items[0][\"candidates\"])"),
         ("md", "## The floor: chance and the rotation-blind rules"),
@@ -75,10 +75,13 @@ NOTEBOOKS = {
         ("code", "from vru_lens.study import planted_heads\nfrom vru_lens.viz import heatmaps\n\n"
                  "planted = planted_heads(MODEL)  # None for models without a known answer\nheatmaps(scores, planted)"),
         ("md", "## Knockout curve\nMean-ablate the top k heads together, k = 0..K, against random k-head sets (the band)."),
-        ("code", "from vru_lens.patching import head_means, knockout_curve\n\n"
+        ("code", "from functools import partial\n\nfrom vru_lens.evaluate import accuracy\n"
+                 "from vru_lens.patching import head_means, knockout_curve\n\n"
                  "items = make_items(N_ITEMS, seed=0, split=\"test\")\n"
                  "rankings = {m: [(l, h) for l, h, _ in s.top(K)] for m, s in scores.items()}\n"
-                 "curve = knockout_curve(model, items, rankings, head_means(model, pairs), max_k=K, n_random=3)\ncurve.plot()"),
+                 "curve = knockout_curve(model, items, rankings, head_means(model, pairs), max_k=K, n_random=3,\n"
+                 "                       accuracy=partial(accuracy, batch_size=64))  # patching takes the accuracy function\n"
+                 "curve.plot()"),
         ("md", "## Where the top heads look\nHover a token to see where it attends."),
         ("code", "from vru_lens.viz import attention_patterns\n\n"
                  "story = pairs.pairs.items[0]\nattention_patterns(model, story, rankings[\"path\"][:4]).view()"),
@@ -100,11 +103,12 @@ NOTEBOOKS = {
                  "ranked = rank_heads(base, pairs, method=\"path\", n_boot=0, progress=False)\n"
                  "top = [(l, h) for l, h, _ in ranked.top(K)]\n"
                  "print(before.table().splitlines()[0])\ntop"),
-        ("code", "from vru_lens.finetune import HeadDeltas, TrainConfig, random_heads, train\n\n"
+        ("code", "from vru_lens.evaluate import accuracy\nfrom vru_lens.finetune import HeadDeltas, TrainConfig, random_heads, train\n\n"
                  "cfg = TrainConfig(steps=STEPS, batch_size=32, lr=LR, eval_every=10)\nruns, tuned = {}, {}\n"
                  "for label, heads in ((\"top heads\", top), (\"random heads\", random_heads(base, K, seed=0, exclude=top))):\n"
                  "    deltas = HeadDeltas(base, heads, components=\"qkvo\")\n"
-                 "    runs[label] = train(base, deltas, splits[\"train\"], splits[\"validation\"], cfg, progress=False)\n"
+                 "    runs[label] = train(base, deltas, splits[\"train\"], splits[\"validation\"], cfg, progress=False,\n"
+                 "                        accuracy=accuracy)  # validation: the fraction of items right\n"
                  "    with deltas.applied(base):\n"
                  "        tuned[label] = (deltas, evaluate(base, splits[\"test\"], progress=False))\n"
                  "print(deltas.num_parameters(), \"trainable parameters per run\")"),

@@ -5,10 +5,11 @@ from collections import Counter
 import pytest
 
 from vru_lens.bench import (
-    ROTATION_TEMPLATES, TEMPLATE_IDS, BenchConfig, audit, build_pairs, counterfactual_variants, load, make_items,
+    ROTATION_TEMPLATES, TEMPLATE_IDS, BenchConfig, build_pairs, counterfactual_variants, load, make_items,
     make_splits, save, solve,
 )
 from vru_lens.bench.styles import INSTRUCTION
+from vru_lens.evaluate import audit
 from vru_lens.bench.world import signed_angle, template_turns
 
 STORY = BenchConfig(style="story")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vru_lens.bench import BenchConfig, make_items
-from vru_lens.bench.shortcuts import audit
+from vru_lens.evaluate import audit
 from vru_lens.evaluate import EvalResult, evaluate, match_answer, match_generation, normalise, score_candidates
 from vru_lens.tokens import answer_ids, encode, render
 

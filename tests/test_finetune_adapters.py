@@ -128,12 +128,13 @@ def test_save_load_roundtrip(tmp_path, tiny_llama, tiny_gpt2):
 
 
 def test_resolve_heads_from_a_saved_ranking(tmp_path):
-    """The rank -> finetune hand-off: a HeadScores saved by `rank-heads` (and the stand-in gradient ranking)
-    gives its top-k heads, best first, read back from the file."""
+    """The rank -> finetune hand-off: a HeadScores saved by `rank-heads` (and the stand-in gradient ranking's
+    earlier file format) gives its top-k heads, best first, read back from the file."""
+    import json
+
     import numpy as np
 
     from vru_lens.finetune.adapters import resolve_heads
-    from vru_lens.finetune.rank import save_scores
     from vru_lens.patching import HeadScores
 
     # noising scores = (mean clean - mean patched) / (mean clean - mean corrupt); clean 2, corrupt 0:
@@ -147,7 +148,8 @@ def test_resolve_heads_from_a_saved_ranking(tmp_path):
     assert resolve_heads(path, 4) == best
     assert resolve_heads(str(path), 2) == best[:2]
     assert resolve_heads(hs, 4) == best
-    grad = save_scores(want, tmp_path / "grad.json", "tiny-llama", 8)
+    grad = tmp_path / "grad.json"  # as finetune.rank wrote it before the gradient ranking became a HeadScores
+    grad.write_text(json.dumps({"type": "GradientHeadScores", "model": "tiny-llama", "scores": want.tolist()}))
     assert resolve_heads(grad, 4) == best
     assert resolve_heads([(2, 1), (0, 3, 0.5)], None) == [(2, 1), (0, 3)]
     with pytest.raises(ValueError, match="top_k"):

@@ -12,7 +12,7 @@ from vru_lens.finetune import HeadDeltas
 torch.set_num_threads(1)  # a shared 2-core machine: OpenMP spinning makes >1 thread far slower
 
 
-def test_finetune_cli_json(tmp_path):
+def test_finetune_cli_json(tmp_path, tiny_llama):
     out = tmp_path / "d.safetensors"
     args = ["finetune", "--model", "tiny-llama", "--top-k", "2", "--components", "qkvo", "--steps", "2",
             "--batch-size", "2", "--eval-every", "1", "--n-train", "8", "--n-val", "4", "--n-test", "6",
@@ -23,8 +23,15 @@ def test_finetune_cli_json(tmp_path):
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("vru_accuracy_before", "vru_accuracy_after", "general_before", "general_after", "trainable_params"):
         assert key in payload
-    pairs = payload["vru_after"]["pairs"]  # counterfactual pair accuracy of the test split, or None (< 2 pairs)
-    assert pairs is None or 0 <= pairs["both_right"] <= 1
+    from vru_lens.evaluate import evaluate, items_pair_accuracy
+    from vru_lens.finetune import FinetuneConfig
+    from vru_lens.models import load_model
+
+    test = FinetuneConfig(n_train=8, n_val=4, n_test=6).splits()["test"]  # the CLI's test split (seed 0)
+    assert payload["vru_accuracy_before"] == evaluate(tiny_llama, test, progress=False).accuracy  # a fraction
+    assert payload["vru_before"]["pairs"] == items_pair_accuracy(tiny_llama, test)  # None: < 2 pairs
+    tuned = load_model("tiny-llama", deltas=out)  # the saved (best) deltas are what was measured after
+    assert payload["vru_accuracy_after"] == evaluate(tuned, test, progress=False).accuracy
     assert "arc_easy" in payload["general_before"] and "average" in payload["general_before"] and "wiki/kl" in payload["general_after"]
     meta = HeadDeltas.read_metadata(out)
     assert meta["components"] == "qkvo" and len(meta["heads"]) == 2 and meta["train_config"]["steps"] == 2
@@ -77,14 +84,13 @@ def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path, tiny_llama):
     assert r.exit_code == 2 and "vru-lens finetune" in r.output
 
 
-def test_base_cache_from_an_older_version_is_completed(tmp_path):
-    """A cached base measurement without pair accuracy / blind baseline gets them, equal to a fresh run."""
+def test_base_measurement_comes_from_the_cache(tmp_path):
+    """A second run reads the base's VRU measurement (fractions, with pairs and the blind baseline) from the cache."""
     args = ["finetune", "--model", "tiny-llama", "--top-k", "2", "--steps", "1", "--batch-size", "2", "--n-train", "8",
             "--n-val", "4", "--n-test", "30", "--general-n", "0", "--json", "--cache-dir", str(tmp_path)]
     first = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])["vru_before"]
+    assert first["blind_baseline"] is not None and first["n"] == 30
     cached = next(tmp_path.glob("vru_base_*.json"))
-    old = {k: v for k, v in json.loads(cached.read_text()).items() if k not in ("pairs", "blind_baseline")}
-    cached.write_text(json.dumps(old))
+    cached.write_text(json.dumps({**first, "test": 0.125}))
     again = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])["vru_before"]
-    assert again["pairs"] == first["pairs"] and again["blind_baseline"] == first["blind_baseline"] is not None
-    assert "blind_baseline" in json.loads(cached.read_text())
+    assert again == {**first, "test": 0.125}

@@ -1,9 +1,12 @@
 """Training loop: resume equals an uninterrupted run, best-on-validation kept, baselines run."""
 
+from functools import partial
+
 import pytest
 import torch
 
 from vru_lens.bench import make_items
+from vru_lens.evaluate import accuracy
 from vru_lens.finetune import FullFinetune, HeadDeltas, LoraAdapters, TrainConfig, bottom_heads, random_heads, train
 from vru_lens.models import load_model
 
@@ -27,18 +30,40 @@ def test_resume_matches_uninterrupted(tiny_llama, items, tmp_path):
     cfg = TrainConfig(steps=4, batch_size=2, grad_accum=2, warmup_steps=2, lr=5e-3, eval_every=2, checkpoint_every=2)
     m = tiny_llama
     a = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
-    ra = train(m, a, train_items, val, cfg, checkpoint=tmp_path / "a.pt", progress=False)
+    acc = partial(accuracy, batch_size=4)
+    ra = train(m, a, train_items, val, cfg, checkpoint=tmp_path / "a.pt", progress=False, accuracy=acc)
     b = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")
-    train(m, b, train_items, val, cfg, checkpoint=tmp_path / "b.pt", progress=False, stop_after=2)
+    train(m, b, train_items, val, cfg, checkpoint=tmp_path / "b.pt", progress=False, stop_after=2, accuracy=acc)
     c = HeadDeltas(m, [(0, 1), (2, 0)], "qkvo")  # a fresh process would start like this
-    rc = train(m, c, train_items, val, cfg, checkpoint=tmp_path / "b.pt", resume=True, progress=False)
+    rc = train(m, c, train_items, val, cfg, checkpoint=tmp_path / "b.pt", resume=True, progress=False, accuracy=acc)
     for k in a.deltas:
         torch.testing.assert_close(a.deltas[k], c.deltas[k], atol=0, rtol=0)
     assert [h["loss"] for h in ra.history] == [h["loss"] for h in rc.history]
     assert ra.validation == rc.validation and ra.best_step == rc.best_step
     assert [v["step"] for v in ra.validation] == [0, 2, 4]
     with pytest.raises(ValueError, match="TrainConfig"):
-        train(m, c, train_items, val, TrainConfig(steps=7), checkpoint=tmp_path / "b.pt", resume=True, progress=False)
+        train(m, c, train_items, val, TrainConfig(steps=7), checkpoint=tmp_path / "b.pt", resume=True, progress=False,
+              accuracy=acc)
+    with pytest.raises(ValueError, match="accuracy="):  # validation without a way to score it
+        train(m, c, train_items, val, cfg, progress=False)
+
+
+def test_validation_uses_the_accuracy_function_with_the_trainable_active(items):
+    """Validation records what the accuracy function returns, on the validation items, and keeps the best."""
+    train_items, val = items
+    m = load_model("tiny-llama")
+    d = HeadDeltas(m, [(0, 1)], "qo")
+    seen = []
+
+    def acc(model, its):
+        seen.append((model is m, len(its)))
+        return 0.25 * len(seen)
+
+    res = train(m, d, train_items, val, TrainConfig(steps=2, batch_size=2, warmup_steps=1, eval_every=1),
+                progress=False, accuracy=acc)
+    assert [v["accuracy"] for v in res.validation] == [0.25, 0.5, 0.75]
+    assert res.best_accuracy == 0.75 and res.best_step == 2
+    assert seen == [(True, len(val))] * 3
 
 
 def test_baselines_budgets(tiny_llama, items):
@@ -68,9 +93,8 @@ def test_baselines_budgets(tiny_llama, items):
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_fast_rows_and_scoring_match_the_bridge(name, items):
-    from vru_lens.evaluate import evaluate
-    from vru_lens.finetune.train import rows_logits, score_items
+def test_fast_rows_match_the_bridge(name, items):
+    from vru_lens.finetune.train import rows_logits
     from vru_lens.readout import final_normed, unembed_rows
 
     m = load_model(name)
@@ -79,9 +103,6 @@ def test_fast_rows_and_scoring_match_the_bridge(name, items):
     with torch.no_grad():
         torch.testing.assert_close(rows_logits(m, ids, pos), unembed_rows(m, final_normed(m, ids, pos)),
                                    atol=1e-5, rtol=1e-5)
-    _, val = items
-    ref = evaluate(m, val, progress=False)
-    assert score_items(m, val) == [r["correct"] for r in ref.per_item]
 
 
 def _weights_hash(model) -> str:

@@ -23,14 +23,17 @@ def test_grade_against_a_known_answer(planted):
 def test_knockout_curve_random_band_and_G(organism, planted):
     """Ablating G's top-k (k = |G|) costs far more than random k-sets; the curve's k=0 is the plain accuracy."""
     from vru_lens.bench import PAIRABLE, BenchConfig, make_items
-    from vru_lens.evaluate import evaluate
+    from functools import partial
+
+    from vru_lens.evaluate import accuracy, evaluate
     from vru_lens.patching import head_means, knockout_curve
     from vru_lens.tokens import tokenize_pairs
 
     items = make_items(200, 77, BenchConfig(style="paper"))
     pt = tokenize_pairs(organism.tokenizer, make_items(32, 5, PAIRABLE, split="validation"))
     means = head_means(organism, pt, 32)
-    curve = knockout_curve(organism, items, {"G": planted}, means, max_k=len(planted), n_random=5, seed=0)
+    curve = knockout_curve(organism, items, {"G": planted}, means, max_k=len(planted), n_random=5, seed=0,
+                           accuracy=partial(accuracy, batch_size=64))
     assert curve.base_accuracy == pytest.approx(evaluate(organism, items, progress=False).accuracy)
     assert len(curve.curves["G"]) == len(planted) and all(len(v) == 5 for v in curve.random.values())
     drop_g = curve.base_accuracy - curve.curves["G"][-1]

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.cli import app
-from vru_lens.patching import pair_accuracy
+from vru_lens.evaluate import pair_accuracy
 from vru_lens.tokens import PairTokens, tokenize_pairs
 
 torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def test_a_model_blind_to_the_phrase_gets_no_pair_right(tiny_llama):
 
 def test_unknown_first_counts_both_prompts_of_each_pair(tiny_llama):
     from vru_lens.evaluate import evaluate
-    from vru_lens.patching import items_pair_accuracy
+    from vru_lens.evaluate import items_pair_accuracy
 
     items = make_items(30, 3, cfg=PAIRABLE, split="test")
     got = items_pair_accuracy(tiny_llama, items, max_pairs=6)
@@ -57,7 +57,7 @@ def test_unknown_first_counts_both_prompts_of_each_pair(tiny_llama):
 def test_eval_cli_pairs(tiny_llama):
     """The CLI's pair scores are the library's on the same items (the object-object pairs come from
     --n pairable items generated with seed + 1)."""
-    from vru_lens.patching import items_pair_accuracy
+    from vru_lens.evaluate import items_pair_accuracy
     from vru_lens.tokens import is_chat_model
 
     r = CliRunner().invoke(app, ["eval", "--model", "tiny-llama", "--n", "30", "--pairs", "--json"])

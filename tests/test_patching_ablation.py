@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from vru_lens.bench import PAIRABLE, make_items
-from vru_lens.evaluate import evaluate
+from functools import partial
+
+from vru_lens.evaluate import accuracy, evaluate
 from vru_lens.patching.ablation import ablation_kl, ablation_reference, head_means
 from vru_lens.patching.knockout import ablate_heads, knockout
 from vru_lens.patching.metrics import baseline_logit_diffs
@@ -57,7 +59,8 @@ def test_ablate_heads_reaches_evaluation_and_undoes_itself(setup):
 
 def test_knockout_result(setup):
     model, items, pt = setup
-    res = knockout(model, pt, items[:6], [(0, 1), (2, 3)], n_random=2, seed=0, batch_size=8)
+    acc = partial(accuracy, batch_size=8)
+    res = knockout(model, pt, items[:6], [(0, 1), (2, 3)], n_random=2, seed=0, batch_size=8, accuracy=acc)
     names = [c["name"] for c in res.conditions]
     assert names == ["none", "top", "random0", "random1"]
     assert res.conditions[0]["normalised_ld"] == pytest.approx(1.0)
@@ -65,7 +68,7 @@ def test_knockout_result(setup):
         assert len(c["heads"]) == 2 and not {tuple(h) for h in c["heads"]} & {(0, 1), (2, 3)}
     s = res.summary()
     assert s["random_k"]["n_draws"] == 2 and "accuracy_drop" in s["top_k"]
-    again = knockout(model, pt, items[:6], [(0, 1), (2, 3)], n_random=2, seed=0, batch_size=8)
+    again = knockout(model, pt, items[:6], [(0, 1), (2, 3)], n_random=2, seed=0, batch_size=8, accuracy=acc)
     assert again.conditions == res.conditions  # seeded
 
 
@@ -73,4 +76,4 @@ def test_knockout_refuses_more_top_heads_than_random_ones_can_match(setup):
     model, items, pt = setup
     top = [(l, h) for l in range(3) for h in range(4)][:7]  # 7 of tiny-llama's 12 heads leave only 5 others
     with pytest.raises(ValueError, match="random heads can be drawn"):
-        knockout(model, pt, items[:2], top, n_random=1)
+        knockout(model, pt, items[:2], top, n_random=1, accuracy=accuracy)

@@ -37,7 +37,7 @@ def test_methods(setup):
 
 
 def test_bad_options_are_one_value_error(setup):
-    with pytest.raises(ValueError, match="method must be one of path, activation, attribution, ablation"):
+    with pytest.raises(ValueError, match="method must be one of path, activation, attribution, ablation, gradient"):
         rank_heads(setup[0], setup[1], "magic")
     with pytest.raises(ValueError, match="component must be one of z, q, k, v, got 'w'"):
         rank_heads(setup[0], setup[1], "activation", component="w")
@@ -50,9 +50,10 @@ def test_bad_options_are_one_value_error(setup):
 def test_registry_is_the_method_list():
     from vru_lens.patching.rank import METHODS, REGISTRY, RankOptions
 
-    assert METHODS == ("path", "activation", "attribution", "ablation") == tuple(REGISTRY)
+    assert METHODS == ("path", "activation", "attribution", "ablation", "gradient") == tuple(REGISTRY)
     assert {k: m.kind(RankOptions(direction="denoising")) for k, m in REGISTRY.items()} == {
-        "path": "noising", "activation": "denoising", "attribution": "denoising", "ablation": "kl"}
+        "path": "noising", "activation": "denoising", "attribution": "denoising", "ablation": "kl",
+        "gradient": "gradient"}
 
 
 def test_checkpoint_resumes(setup, tmp_path, monkeypatch):

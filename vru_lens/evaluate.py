@@ -10,23 +10,26 @@ Generation scoring is the study's: greedy decoding, then exact match after
 normalisation (``normalise``: first line, case, punctuation, articles,
 whitespace; the phrases in ``UNKNOWN_PHRASES`` read as "unknown"). Every
 result carries the rotation-blind rules' accuracies on the same items
-(``bench.shortcuts``) so that no accuracy is shown without its floor.
-Pair accuracy (``pair_accuracy``) asks whether the choice between a
-counterfactual pair's two answers follows the rotation phrase.
+(``audit``: the rules themselves live in ``bench.shortcuts``) so that no
+accuracy is shown without its floor. Pair accuracy (``pair_accuracy``) asks
+whether the choice between a counterfactual pair's two answers follows the
+rotation phrase. ``accuracy`` and ``vru_breakdown`` are the accuracy functions
+the stages below this one take as arguments (fine-tuning's validation and
+before/after, knockout); every accuracy is a fraction (0-1).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .bench.answers import UNKNOWN, UNKNOWN_PHRASES, normalise  # noqa: F401  (re-exported)
-from .bench.shortcuts import audit, pair_audit
+from .bench.shortcuts import RULES, picks
 from .models.kv_cache import kv_cache_ok
 from .readout import baseline_logit_diffs, score_rows
 from .results import Result
@@ -36,6 +39,57 @@ REQUIRED = ("prompt", "candidates", "answer")
 BREAKDOWNS = ("n_steps", "answerable", "final_direction", "final_angle", "final_template", "uses_heldout_template",
               "n_slots", "style")
 METHODS = ("logprob", "generate", "both")
+
+
+# ------------------------------------------------------------------ the rotation-blind rules' accuracies
+def chance(items) -> float:
+    """Expected accuracy of a uniform guess among each item's candidates."""
+    items = list(items)
+    return sum(1 / len(it["candidates"]) for it in items) / max(len(items), 1)
+
+
+def audit(items, rules: dict = RULES) -> dict:
+    """Every rotation-blind rule's accuracy beside chance on items with VRUBench fields:
+    {"n", "chance", "rules": {name: accuracy}, "best": [name, accuracy]}."""
+    items = [it for it in items if it.get("steps")]
+    if not items:
+        raise ValueError("no VRUBench items to audit: rules need the 'steps' field (generate or load_vrubench them)")
+    hits = Counter()
+    for it in items:
+        for name, pick in picks(it, rules).items():
+            hits[name] += pick == it["answer"]
+    acc = {name: hits[name] / len(items) for name in rules}
+    best = max(acc.items(), key=lambda kv: kv[1])
+    return {"n": len(items), "chance": chance(items), "rules": acc, "best": list(best)}
+
+
+def pair_audit(pairs, rules: dict = RULES) -> dict:
+    """Each rule's share of counterfactual pairs (``bench.PairSet``) it answers right under both rotations.
+
+    A rule that ignores the final action picks the same object twice and gets no pair right; the
+    "same action" rules read it and may. {"rules": {name: both_right}, "best": [name, both_right]}.
+    """
+    both = Counter()
+    for clean, corrupt in zip(pairs.items, pairs.corrupt_items):
+        a, b = picks(clean, rules), picks(corrupt, rules)
+        for name in rules:
+            both[name] += a[name] == clean["answer"] and b[name] == corrupt["answer"]
+    acc = {name: both[name] / max(len(pairs.items), 1) for name in rules}
+    return {"rules": acc, "best": list(max(acc.items(), key=lambda kv: kv[1]))}
+
+
+def best_rule(items) -> tuple[str, float] | None:
+    """The strongest rule and its accuracy; None for items without VRUBench fields."""
+    try:
+        return tuple(audit(items)["best"])
+    except ValueError:
+        return None
+
+
+def blind_accuracy(items) -> float | None:
+    """The best rotation-blind rule's accuracy (the floor a VRU gain must clear); None off VRUBench."""
+    best = best_rule(items)
+    return best[1] if best else None
 
 
 def match_generation(text: str, candidates: list[str]) -> str:
@@ -281,6 +335,32 @@ def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, 
     return {**pair_accuracy(model, pt, batch_size), "pairs": pt.pairs.summary(), "kind": kind,
             "yield": pt.pairs.yield_, "best_rule": best,
             "unknown_first": sum(p == UNKNOWN for p in picks) / len(picks) if picks else None}
+
+
+# ------------------------------------------------------------------ accuracy functions for the stages
+def accuracy(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> float:
+    """Fraction of ``items`` whose gold answer is the best-scoring candidate (``evaluate``, method "logprob").
+
+    The accuracy function fine-tuning (validation) and knockout take:
+    ``functools.partial(accuracy, chat=..., batch_size=...)`` is a ``(model, items) -> float``.
+    """
+    return evaluate(model, items, chat=chat, batch_size=batch_size, progress=progress).accuracy
+
+
+def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
+    """VRU accuracy (fractions) on ``items``, on those using held-out templates and on the rest, with the
+    counterfactual pairs they yield (``items_pair_accuracy``) and the best rotation-blind rule's accuracy.
+
+    Fine-tuning's before/after measurement: ``functools.partial(vru_breakdown, chat=..., batch_size=...)``.
+    An accuracy gain that leaves pairs' ``both_right`` at 0 did not come from following the rotation.
+    """
+    res = evaluate(model, items, chat=chat, batch_size=batch_size, progress=progress)
+    held = res.breakdown("uses_heldout_template")
+    counts = res.counts("uses_heldout_template")
+    return {"test": res.accuracy, "n": res.n, "heldout_templates": held.get(True, float("nan")),
+            "in_distribution": held.get(False, float("nan")) if counts else res.accuracy,
+            "n_heldout": counts.get(True, 0), "n_in_distribution": counts.get(False, 0) if counts else res.n,
+            "pairs": items_pair_accuracy(model, items, chat, batch_size), "blind_baseline": res.blind_baseline}
 
 
 def match_answer(text: str, candidates: list[str]) -> str:

@@ -23,7 +23,7 @@ distributions, a lower bound on the full KL (equal when the rest has no mass).
 
 The headline ``average`` is the mean over the six zero-shot tasks of the
 primary metric (``acc_norm`` for HellaSwag, ARC-Easy, PIQA; ``acc`` for
-WinoGrande, BoolQ, LAMBADA), in accuracy points.
+WinoGrande, BoolQ, LAMBADA); accuracies are fractions (0-1).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _mc_metrics(docs, scored) -> dict:
         norm += int(max(range(len(lps)), key=per_char.__getitem__) == doc["gold"])
         gold_lp.append(lps[doc["gold"]])
     n = len(docs)
-    return {"acc": 100.0 * acc / n, "acc_norm": 100.0 * norm / n, "gold_logprob": sum(gold_lp) / n}
+    return {"acc": acc / n, "acc_norm": norm / n, "gold_logprob": sum(gold_lp) / n}
 
 
 @torch.inference_mode()
@@ -173,7 +173,7 @@ def wiki_logprobs(model, texts, n_tokens: int, batch_size: int = 8, progress: bo
 @dataclass
 class GeneralResult(Result):
     model: str
-    metrics: dict  # name -> value (accuracies in points)
+    metrics: dict  # name -> value (accuracies as fractions, 0-1)
     n: dict  # task -> items
     suite: dict
 
@@ -275,7 +275,7 @@ class GeneralSuite:
             scored = score_continuations(model, reqs, self.max_tokens, self.batch_size, progress, desc=task)
             n[task] = len(docs)
             if task == "lambada":
-                metrics["lambada/acc"] = 100.0 * sum(s[1] for s in scored) / len(scored)
+                metrics["lambada/acc"] = sum(s[1] for s in scored) / len(scored)
                 metrics["lambada/logprob"] = sum(s[0] for s in scored) / len(scored)
             else:
                 for k, v in _mc_metrics(docs, scored).items():
@@ -318,7 +318,7 @@ class ListRecallSuite:
     """The organisms' second task (list recall, ``vru_lens.organism.data``) as a forgetting check.
 
     An organism's word-level vocabulary cannot read the general tasks, so its forgetting is
-    measured here: list-recall accuracy (points) and KL(base || model) of the next-token
+    measured here: list-recall accuracy (a fraction) and KL(base || model) of the next-token
     distribution at the answer position (full vocabulary, exact). Same interface as ``GeneralSuite``.
     """
 
@@ -346,7 +346,7 @@ class ListRecallSuite:
         right = [it["candidates"][int(row[[first(c) for c in it["candidates"]]].argmax())] == it["answer"]
                  for row, it in zip(logp, items)]
         acc = sum(right) / len(items)
-        metrics = {"list/acc": 100.0 * acc}
+        metrics = {"list/acc": acc}
         if reference is not None:
             if reference.reference is None:
                 raise ValueError("the reference result has no stored distributions; run it with keep_reference=True")

@@ -162,16 +162,16 @@ def summary(studies: list) -> str:
             forget = "; ".join(f"{_e(k)} {gb.get(k, 0):.3g} &rarr; {ga.get(k, float('nan')):.3g}"
                                for k in gb) or "not measured"
             rows.append([_e(s["model"]), _e(s["method"]), f"{s['trainable_params']:,}",
-                         f"{vb['test'] / 100:.1%} &rarr; {va['test'] / 100:.1%}",
+                         f"{_pct(vb['test'])} &rarr; {_pct(va['test'])}",
                          f"{_pct(pb)} &rarr; {_pct(pa)}",
-                         _pct(vb["blind_baseline"] / 100) if vb.get("blind_baseline") is not None else "n/a", forget])
+                         _pct(vb.get("blind_baseline")), forget])
     if rows:
         parts.append("<h3>Selective fine-tuning: before &rarr; after, against baselines; forgetting</h3>"
                      + _table(["tuned checkpoint", "method", "trainable parameters", "VRU accuracy",
                                "pairs right on both sides", "best rotation-blind rule", "forgetting check"], rows)
                      + "<p class='note'>heads: the top-k heads of the ranking on the tuned checkpoint (W_Q/W_K/W_V/W_O "
                        "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
-                       "the second task (list recall, points) and KL(before || after) for an organism, general "
+                       "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
                        "benchmarks otherwise.</p>")
     return "<h2>Summary</h2>" + "".join(parts)
 

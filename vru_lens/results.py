@@ -16,12 +16,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
 from .heads import Head  # noqa: F401  (re-exported; it lives in heads)
 R = TypeVar("R", bound="Saveable")
+
+# An accuracy function, as the stages below evaluate take it: (model, items) -> fraction of items right (0-1).
+# ``functools.partial(vru_lens.evaluate.accuracy, chat=..., batch_size=...)`` is one.
+Accuracy = Callable[[Any, list], float]
 
 
 def _encode(value):

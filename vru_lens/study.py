@@ -122,7 +122,9 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
     import torch
 
     from .bench import PAIRABLE, make_items
-    from .evaluate import EvalResult, evaluate
+    from functools import partial
+
+    from .evaluate import EvalResult, accuracy, evaluate
     from .logit_lens import LogitLensResult, logit_lens
     from .models import load_model
     from .patching import HeadScores, KnockoutCurve, knockout_curve, rank_heads
@@ -185,7 +187,8 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
             from .patching.ablation import head_means
 
             return knockout_curve(lm, test_items, rankings, head_means(lm, get_pairs(lm)), k_max,
-                                  n_random=cfg.n_random, seed=cfg.seed, chat=chat)
+                                  n_random=cfg.n_random, seed=cfg.seed,
+                                  accuracy=partial(accuracy, chat=chat, batch_size=64))
 
         study.stage("knockout", KnockoutCurve, {**data, "n": cfg.n_eval, "n_pairs": cfg.n_pairs, "k": k_max,
                                                 "n_random": cfg.n_random, "rankings": rankings}, curve)
@@ -205,9 +208,12 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
                     dtype=None):
     """Rank on the checkpoint to tune (the base where one exists), tune the top heads (and baselines),
     then measure the tuned model again. The base's own results live in their own folder."""
+    from functools import partial
+
+    from .evaluate import accuracy, vru_breakdown
     from .finetune import TrainConfig
     from .finetune.adapters import merge_deltas
-    from .finetune.run import FinetuneResult, run_experiment
+    from .finetune.run import FinetuneConfig, FinetuneResult, run_experiment
     from .general_eval import GeneralSuite, ListRecallSuite
     from .models import load_model
     from .models.organisms import ORGANISMS
@@ -228,16 +234,19 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     train_cfg = TrainConfig(steps=cfg.steps(), batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=min(20, cfg.steps()),
                             eval_every=max(1, cfg.steps() // 10), seed=cfg.seed, chat=data["chat"])
     settings = {**data, "tuned": base_name or study.model, "top_k": top_k, "components": cfg.components,
+                "vru_accuracy": "fraction",  # results written in points (0-100) by earlier versions are not reused
                 "train": asdict(train_cfg), "n_train": cfg.n_train, "n_test": cfg.n_eval, "suite": repr(suite),
                 "ranking": study.files.get(f"rank_{cfg.method}") if not base_name else bst.files.get(f"rank_{cfg.method}")}
     deltas = study.folder / f"deltas-{_key(study.model, settings)}.safetensors"
 
     def experiment(method):
-        model = base if method == "heads" else fresh()  # a baseline may leave its model changed: a fresh copy
-        return run_experiment(model, method, heads=scores, top_k=top_k, components=cfg.components,
-                              train_cfg=train_cfg, n_train=cfg.n_train, n_val=64, n_test=cfg.n_eval,
-                              data_seed=cfg.seed, suite=suite, out=deltas if method == "heads" else None,
-                              head_seed=cfg.seed, progress=progress, log=lambda *a: None)
+        model = base if method == "heads" else fresh()  # LoRA leaves PEFT's adapter config on its model: a fresh copy
+        ecfg = FinetuneConfig(method, top_k, cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=64,
+                              n_test=cfg.n_eval, data_seed=cfg.seed, train=train_cfg)
+        bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
+        return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress, **bind),
+                              accuracy=partial(accuracy, **bind), suite=suite,
+                              out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None)
 
     for method in ("heads", *cfg.baselines):
         if method == "heads" and not deltas.exists():  # the deltas are the heads stage's result too

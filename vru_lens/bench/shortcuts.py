@@ -3,10 +3,11 @@
 Each rule reads an item the way a model that ignores rotation arithmetic
 could (which objects were named, in what order, how often, and the surface of
 the actions) and names exactly one candidate; a pick that is not a candidate
-falls back to the first candidate. ``audit`` scores every rule beside chance
-(the mean over items of 1 / number of candidates, i.e. a uniform guess). An
-accuracy means viewpoint tracking only above the best rule; the generator
-keeps every rule within a point or two of chance (``Balancer``).
+falls back to the first candidate. The rules' accuracies (``audit``, ``pair_audit``:
+every rule beside chance) are computed in ``vru_lens.evaluate``, which owns every
+accuracy; here live the rules and the ``Balancer`` with which the generator keeps
+every rule within a point or two of chance. An accuracy means viewpoint tracking
+only above the best rule.
 """
 
 from __future__ import annotations
@@ -77,55 +78,6 @@ def picks(item: dict, rules: dict = RULES) -> dict[str, str]:
         pick = rule(v)
         out[name] = pick if pick in v["candidates"] else v["candidates"][0]
     return out
-
-
-def chance(items) -> float:
-    """Expected accuracy of a uniform guess among each item's candidates."""
-    items = list(items)
-    return sum(1 / len(it["candidates"]) for it in items) / max(len(items), 1)
-
-
-def audit(items, rules: dict = RULES) -> dict:
-    """{"n", "chance", "rules": {name: accuracy}, "best": (name, accuracy)} on items with VRUBench fields."""
-    items = [it for it in items if it.get("steps")]
-    if not items:
-        raise ValueError("no VRUBench items to audit: rules need the 'steps' field (generate or load_vrubench them)")
-    hits = Counter()
-    for it in items:
-        for name, pick in picks(it, rules).items():
-            hits[name] += pick == it["answer"]
-    acc = {name: hits[name] / len(items) for name in rules}
-    best = max(acc.items(), key=lambda kv: kv[1])
-    return {"n": len(items), "chance": chance(items), "rules": acc, "best": list(best)}
-
-
-def pair_audit(pairs, rules: dict = RULES) -> dict:
-    """Each rule's share of counterfactual pairs (``bench.PairSet``) it answers right under both rotations.
-
-    A rule that ignores the final action picks the same object twice and gets no pair right; the
-    "same action" rules read it and may. {"rules": {name: both_right}, "best": [name, both_right]}.
-    """
-    both = Counter()
-    for clean, corrupt in zip(pairs.items, pairs.corrupt_items):
-        a, b = picks(clean, rules), picks(corrupt, rules)
-        for name in rules:
-            both[name] += a[name] == clean["answer"] and b[name] == corrupt["answer"]
-    acc = {name: both[name] / max(len(pairs.items), 1) for name in rules}
-    return {"rules": acc, "best": list(max(acc.items(), key=lambda kv: kv[1]))}
-
-
-def best_rule(items) -> tuple[str, float] | None:
-    """The strongest rule and its accuracy; None for items without VRUBench fields."""
-    try:
-        return tuple(audit(items)["best"])
-    except ValueError:
-        return None
-
-
-def blind_accuracy(items) -> float | None:
-    """The best rotation-blind rule's accuracy (the floor a VRU gain must clear); None off VRUBench."""
-    best = best_rule(items)
-    return best[1] if best else None
 
 
 class Balancer:

@@ -35,7 +35,7 @@ def bench(
 ):
     """Generate VRUBench splits (or --audit the shortcut rules, or convert a published file --from FILE)."""
     from ..bench import BenchConfig, make_items, make_splits, read_published, save, solve
-    from ..bench.shortcuts import audit as run_audit
+    from ..evaluate import audit as run_audit
 
     if from_file:
         if not out:

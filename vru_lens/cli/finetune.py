@@ -65,9 +65,11 @@ def finetune(
 
     if threads > 0:
         torch.set_num_threads(threads)
+    from functools import partial
+
+    from ..evaluate import accuracy, vru_breakdown
     from ..finetune import TrainConfig
-    from ..finetune.rank import gradient_head_scores, save_scores
-    from ..finetune.run import run_experiment
+    from ..finetune.run import FinetuneConfig, gradient_ranking, run_experiment
     from ..general_eval import GeneralSuite
     from ..models import load_model
 
@@ -78,13 +80,10 @@ def finetune(
     torch.manual_seed(seed)
     ranking = heads
     if ranking is None and method in ("heads", "random", "bottom"):
-        from ..bench import make_items
-
         ranking = (out.parent if out else Path("results/finetune")) / f"ranking_grad_{model.replace('/', '_')}.json"
         if not ranking.exists():
-            log(f"no --heads given: ranking heads by gradient x activation on 64 training items -> {ranking}")
-            scores = gradient_head_scores(m, make_items(64, seed=seed + 1, split="train"), chat=chat)
-            save_scores(scores, ranking, model, 64)
+            log(f"no --heads given: ranking heads by gradient x activation on training pairs -> {ranking}")
+        gradient_ranking(m, ranking, chat=chat, seed=seed)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr or DEFAULT_LR[method],
                       warmup_steps=min(warmup, steps), eval_every=eval_every, seed=seed, chat=chat,
                       checkpoint_every=eval_every if checkpoint else 0, activation_checkpointing=activation_checkpointing)
@@ -94,9 +93,12 @@ def finetune(
     except ValueError as err:
         fail(str(err))
     try:
-        res = run_experiment(m, method, ranking, top_k, components, cfg, n_train, n_val, n_test, seed, suite=suite,
-                             out=out, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir, lora_rank=lora_rank,
-                             head_seed=seed, progress=not (quiet or as_json), log=log)
+        experiment = FinetuneConfig(method, top_k, components, lora_rank, seed, n_train, n_val, n_test, seed, train=cfg)
+        res = run_experiment(m, experiment, ranking, measure=partial(vru_breakdown, chat=chat, batch_size=cfg.eval_batch_size,
+                                                                     progress=not (quiet or as_json)),
+                             accuracy=partial(accuracy, chat=chat, batch_size=cfg.eval_batch_size), suite=suite,
+                             out=out, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir,
+                             progress=not (quiet or as_json), log=log)
     except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as err:
         fail(str(err))
     if results:
@@ -109,11 +111,11 @@ def finetune(
     vb, va = res.vru_before, res.vru_after
     for k in ("test", "in_distribution", "heldout_templates"):
         if k in vb:
-            typer.echo(f"  VRU {k:<18} {vb[k]:6.1f} -> {va[k]:6.1f}")
+            typer.echo(f"  VRU {k:<18} {vb[k]:6.1%} -> {va[k]:6.1%}")
     if vb.get("blind_baseline") is not None:
-        typer.echo(f"  best rotation-blind rule {vb['blind_baseline']:6.1f}  (the floor; bench.shortcuts)")
+        typer.echo(f"  best rotation-blind rule {vb['blind_baseline']:6.1%}  (the floor; evaluate.audit)")
     if vb.get("pairs") and va.get("pairs"):
-        typer.echo(f"  VRU pairs both right  {100 * vb['pairs']['both_right']:6.1f} -> {100 * va['pairs']['both_right']:6.1f}"
+        typer.echo(f"  VRU pairs both right  {vb['pairs']['both_right']:6.1%} -> {va['pairs']['both_right']:6.1%}"
                    f"  (of {va['pairs']['n_pairs']} counterfactual pairs; 0 = the rotation phrase is ignored)")
     for k, b in res.general_before.items():
         a = res.general_after.get(k, float("nan"))

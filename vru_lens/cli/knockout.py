@@ -30,7 +30,10 @@ def knockout(
         fail("--top-k, --n and --n-random must be positive and --n-pairs at least 2")
     import numpy as np
 
+    from functools import partial
+
     from ..bench import PAIRABLE, make_items
+    from ..evaluate import accuracy
     from ..finetune.adapters import resolve_heads
     from ..models import load_model
     from ..patching import knockout as run
@@ -45,7 +48,7 @@ def knockout(
             fail(f"heads {bad} are outside this model's {L} layers x {H} heads: is {heads} a ranking of {model}?")
         pt = tokenize_pairs(lm.tokenizer, make_items(n_pairs, seed + 1, PAIRABLE, split="validation"), chat=chat)
         res = run(lm, pt, make_items(n, seed, split="test"), top, n_random=n_random, seed=seed, batch_size=batch_size,
-                  chat=chat)
+                  accuracy=partial(accuracy, chat=chat, batch_size=batch_size))
     except (ValueError, OSError, KeyError, ModuleNotFoundError) as err:
         fail(str(err).splitlines()[0])
     by = {c["name"]: c for c in res.conditions}

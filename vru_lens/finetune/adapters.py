@@ -314,7 +314,7 @@ def resolve_heads(heads, top_k: int | None = None) -> list[tuple[int, int]]:
         data = json.loads(Path(heads).read_text())
         if isinstance(data, list):
             return resolve_heads(data, top_k)
-        if data.get("type") == "GradientHeadScores":  # vru_lens.finetune.rank's stand-in ranking
+        if data.get("type") == "GradientHeadScores":  # the stand-in ranking's earlier format (now a HeadScores)
             if top_k is None:
                 raise ValueError("a ranking needs top_k")
             return top_heads(data["scores"], top_k)

@@ -1,10 +1,22 @@
-"""One fine-tuning experiment end to end: VRU + general ability before, train, after.
+"""One fine-tuning experiment in three steps: choose what to train, measure the base, train and measure again.
 
-``run_experiment`` is what ``vru-lens finetune`` calls; the baselines go through
-it too (``method``), so every method sees the same items and the same steps.
-Base-model measurements (VRU accuracy and the general suite with its KL
-reference) are cached in ``cache_dir`` keyed by model, data and suite, so a
-series of runs computes them once.
+``FinetuneConfig`` holds every setting (as nanoGPT's ``GPTConfig`` does):
+
+    trainable, heads, extra = make_trainable(model, cfg, ranking)        # choosing the heads
+    vru, general = measure_base(model, cfg, measure, suite, cache_dir)   # the base, cached
+    result = run_experiment(model, cfg, ranking, measure=..., accuracy=...)  # both, then training
+
+``run_experiment`` is what ``vru-lens finetune`` and the study call; the baselines go
+through it too (``cfg.method``), so every method sees the same items and the same
+steps. Base-model measurements (VRU accuracy and the general suite with its KL
+reference) are cached in ``cache_dir`` keyed by model, data and suite, so a series
+of runs computes them once (the key assumes the same ``measure``).
+
+Accuracy comes from the caller, so fine-tuning never imports the evaluation stage
+above it: ``measure(model, items) -> dict`` of VRU accuracies as fractions (0-1),
+with at least ``"test"`` (``functools.partial(vru_lens.evaluate.vru_breakdown,
+chat=..., batch_size=...)``), and ``accuracy(model, items) -> float`` for validation
+during training (``vru_lens.evaluate.accuracy`` bound the same way).
 """
 
 from __future__ import annotations
@@ -15,7 +27,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..results import Result
+from ..results import Accuracy, Result
+from .adapters import COMPONENTS
+from .train import TrainConfig
 
 METHODS = ("heads", "random", "bottom", "full", "lora")
 HELDOUT_TEMPLATES = ("spin_deg_to_the_dir", "three_quarter_turn", "face_opposite")
@@ -32,7 +46,7 @@ class FinetuneResult(Result):
     optimizer_state_bytes: int
     vru_accuracy_before: float
     vru_accuracy_after: float
-    vru_before: dict  # test / in_distribution / heldout_templates accuracies
+    vru_before: dict  # the measure's dict: test / in_distribution / heldout_templates accuracies (fractions), ...
     vru_after: dict
     general_before: dict
     general_after: dict
@@ -65,140 +79,173 @@ class FinetuneResult(Result):
         return fig.update_layout(title=title) if title else fig
 
 
-def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
-    """VRU accuracy (points) on the test split, on its items using held-out templates, and on the rest."""
-    from ..patching.metrics import items_pair_accuracy
-    from .train import score_items
-
-    ok = score_items(model, items, chat, batch_size, progress)
-    held = [c for c, it in zip(ok, items) if it.get("uses_heldout_template")]
-    seen = [c for c, it in zip(ok, items) if not it.get("uses_heldout_template")]
-    pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return {"test": pct(ok), "n": len(ok), "heldout_templates": pct(held), "in_distribution": pct(seen),
-            "n_heldout": len(held), "n_in_distribution": len(seen),
-            # an accuracy gain that leaves pairs' both_right at 0 did not come from following the rotation
-            "pairs": items_pair_accuracy(model, items, chat, batch_size), "blind_baseline": blind_points(items)}
-
-
-def blind_points(items) -> float | None:
-    """The rotation-blind guess's accuracy in points (``bench.shortcuts``): the floor a VRU gain must clear."""
-    from ..bench.shortcuts import blind_accuracy
-
-    blind = blind_accuracy(items)
-    return None if blind is None else 100.0 * blind
-
-
 def _key(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def make_trainable(model, method: str, heads=None, top_k: int = 16, components: str = "qo",
-                   lora_rank: int | None = None, head_seed: int = 0, seed: int = 0):
-    """What ``method`` trains on ``model``: (trainable, chosen heads, extra facts). ``heads``: a ranking (file,
+@dataclass
+class FinetuneConfig:
+    """Every setting of one experiment: what to train, on which data, how (``train``: None = the method's
+    default learning rate, ``DEFAULT_LR``)."""
+
+    method: str = "heads"  # one of METHODS
+    top_k: int = 16  # heads (and LoRA's parameter budget)
+    components: str = "qo"  # head-delta slices, one of finetune.COMPONENTS
+    lora_rank: int | None = None  # None: matched to the head-delta budget
+    head_seed: int = 0  # random-k draws
+    n_train: int = 2000
+    n_val: int = 64
+    n_test: int = 300
+    data_seed: int = 0
+    heldout_templates: tuple = HELDOUT_TEMPLATES
+    train: TrainConfig | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.components not in COMPONENTS:
+            raise ValueError(f"components must be one of {', '.join(COMPONENTS)}, got {self.components!r}")
+        if min(self.top_k, self.n_train, self.n_test) < 1 or self.n_val < 0:
+            raise ValueError("top_k, n_train and n_test must be positive and n_val not negative")
+        self.heldout_templates = tuple(self.heldout_templates)
+        if self.train is None:
+            self.train = TrainConfig(lr=DEFAULT_LR[self.method])
+
+    def data(self) -> dict:
+        """The data settings (recorded in the result and keying the base-measurement cache)."""
+        return {"n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test, "seed": self.data_seed,
+                "heldout_templates": list(self.heldout_templates), "chat": self.train.chat}
+
+    def splits(self) -> dict:
+        from ..bench import BenchConfig, make_splits
+
+        return make_splits(self.n_train, self.n_val, self.n_test, self.data_seed, BenchConfig(),
+                           heldout_templates=self.heldout_templates)
+
+
+# ------------------------------------------------------------------ choosing the heads
+def make_trainable(model, cfg: FinetuneConfig, heads=None):
+    """What ``cfg.method`` trains on ``model``: (trainable, chosen heads, extra facts). ``heads``: a ranking (file,
     HeadScores or list) for top/bottom-k and for the heads random-k avoids; LoRA's rank matches the head budget."""
     from .adapters import HeadDeltas, geometry, resolve_heads
     from .baselines import FullFinetune, LoraAdapters, random_heads
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    method, top_k = cfg.method, cfg.top_k
     geom = geometry(model)
     chosen, extra = [], {}
     if method in ("heads", "random", "bottom"):
         if method == "heads":
+            if heads is None:
+                raise ValueError("method heads needs a ranking (a ranking file, HeadScores or a list of heads)")
             chosen = resolve_heads(heads, top_k)
         elif method == "random":
             exclude = resolve_heads(heads, top_k) if heads is not None else ()
-            chosen = random_heads(geom, top_k, seed=head_seed, exclude=exclude)
+            chosen = random_heads(geom, top_k, seed=cfg.head_seed, exclude=exclude)
         else:
             if heads is None:
                 raise ValueError("bottom-k needs a ranking (a ranking file or HeadScores)")
             ranked = resolve_heads(heads, geom["n_layers"] * geom["n_heads"])  # best first
             chosen = sorted(ranked[-top_k:])
-        trainable = HeadDeltas(model, chosen, components)
+        trainable = HeadDeltas(model, chosen, cfg.components)
         extra["kv_sharing"] = trainable.kv_sharing
     elif method == "full":
         trainable = FullFinetune(model)
     else:
-        budget = 2 * top_k * geom["d_head"] * geom["d_model"] * (1 if components == "qo" else 2)
-        trainable = LoraAdapters(model, rank=lora_rank, budget=None if lora_rank else budget, seed=seed)
+        budget = 2 * top_k * geom["d_head"] * geom["d_model"] * (1 if cfg.components == "qo" else 2)
+        trainable = LoraAdapters(model, rank=cfg.lora_rank, budget=None if cfg.lora_rank else budget, seed=cfg.train.seed)
         extra["lora_rank"], extra["lora_alpha"], extra["budget"] = trainable.rank, trainable.alpha, budget
     return trainable, chosen, extra
 
 
-def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, components: str = "qo",
-                   train_cfg=None, n_train: int = 2000, n_val: int = 64, n_test: int = 300, data_seed: int = 0,
-                   heldout_templates=HELDOUT_TEMPLATES, suite=None, out: str | Path | None = None,
-                   checkpoint: str | Path | None = None, resume: bool = False, cache_dir: str | Path | None = None,
-                   lora_rank: int | None = None, head_seed: int = 0, progress: bool = True, log=print) -> FinetuneResult:
-    """Train one method on VRUBench and measure VRU and general ability before and after."""
-    import torch
+def gradient_ranking(model, path: str | Path, chat: bool = False, seed: int = 0, n_items: int = 128) -> Path:
+    """The stand-in ranking where no patching ranking exists yet: ``rank_heads(..., "gradient")`` on the
+    counterfactual pairs of ``n_items`` training items, saved as HeadScores at ``path`` (reused if there)."""
+    from ..bench import PAIRABLE, make_items
+    from ..patching.rank import rank_heads
 
-    from ..bench import BenchConfig, make_splits
-    from ..general_eval import GeneralResult, compare
-    from .adapters import HeadDeltas
-    from .baselines import LoraAdapters
-    from .train import TrainConfig, train
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rank_heads(model, make_items(n_items, seed + 1, PAIRABLE, split="train"), "gradient", n_boot=0,
+                   progress=False, chat=chat).save(path)
+    return path
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    cfg = train_cfg or TrainConfig(lr=DEFAULT_LR[method])
+
+# ------------------------------------------------------------------ measuring (cached)
+def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str | Path | None = None,
+                 progress: bool = True, test_items=None):
+    """The base model's VRU measurement (``measure(model, test items)``) and general suite result (with its
+    KL reference), read from ``cache_dir`` when there and written there otherwise."""
+    from ..general_eval import GeneralResult
+
     name = getattr(model, "vru_name", "model")
-    splits = make_splits(n_train, n_val, n_test, data_seed, BenchConfig(), heldout_templates=tuple(heldout_templates))
-    data = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": data_seed,
-            "heldout_templates": list(heldout_templates), "chat": cfg.chat}
     cache = Path(cache_dir) if cache_dir else None
-
-    # ---- base measurements (cached) ----
-    t0 = time.perf_counter()
-    vru_file = cache / f"vru_base_{name}_{_key(data)}.json" if cache else None
+    items = test_items if test_items is not None else cfg.splits()["test"]
+    vru_file = cache / f"vru_base_{name}_{_key(cfg.data(), 'fractions')}.json" if cache else None
     if vru_file and vru_file.exists():
-        vru_before = json.loads(vru_file.read_text())
-        if "pairs" not in vru_before or "blind_baseline" not in vru_before:  # cached by an older version
-            from ..patching.metrics import items_pair_accuracy
-
-            if "pairs" not in vru_before:
-                vru_before["pairs"] = items_pair_accuracy(model, splits["test"], cfg.chat, cfg.eval_batch_size)
-            vru_before["blind_baseline"] = blind_points(splits["test"])
-            vru_file.write_text(json.dumps(vru_before))
+        vru = json.loads(vru_file.read_text())
     else:
-        vru_before = vru_breakdown(model, splits["test"], cfg.chat, cfg.eval_batch_size, progress)
+        vru = measure(model, items)
         if vru_file:
             vru_file.parent.mkdir(parents=True, exist_ok=True)
-            vru_file.write_text(json.dumps(vru_before))
-    general_before = None
+            vru_file.write_text(json.dumps(vru))
+    general = None
     if suite is not None:
-        gkey = _key(name, asdict(suite))
+        gkey = _key(name, asdict(suite), "fractions")  # earlier versions cached accuracies in points
         gfile, rfile = (cache / f"general_base_{name}_{gkey}.json", cache / f"general_base_{name}_{gkey}.pt") if cache else (None, None)
         if gfile and gfile.exists() and rfile.exists():
-            general_before = GeneralResult.load(gfile).load_reference(rfile)
+            general = GeneralResult.load(gfile).load_reference(rfile)
         else:
-            general_before = suite.run(model, progress=progress)
+            general = suite.run(model, reference=None, progress=progress)
             if gfile:
-                general_before.save(gfile)
-                general_before.save_reference(rfile)
-    log(f"base measured in {time.perf_counter() - t0:.0f}s: VRU {vru_before}")
+                general.save(gfile)
+                general.save_reference(rfile)
+    return vru, general
 
-    # ---- what to train ----
-    trainable, chosen, extra = make_trainable(model, method, heads, top_k, components, lora_rank, head_seed, cfg.seed)
-    log(f"{method}: {trainable.num_parameters():,} trainable parameters" + (f", heads {chosen}" if chosen else ""))
 
-    # ---- train ----
-    result = train(model, trainable, splits["train"], splits.get("validation"), cfg, checkpoint=checkpoint,
-                   resume=resume, progress=progress)
-    log(f"trained {cfg.steps} steps in {result.seconds:.0f}s; best validation {result.best_accuracy:.3f} at step {result.best_step}")
-    if out is not None and isinstance(trainable, HeadDeltas):
-        trainable.save(out, train_config=asdict(cfg), extra={"method": method, "data": data,
-                                                             "best_step": result.best_step})
-    elif out is not None and isinstance(trainable, LoraAdapters):
+# ------------------------------------------------------------------ training, and the whole experiment
+def save_trainable(trainable, out: str | Path, cfg: FinetuneConfig, best_step: int) -> None:
+    """Head deltas or LoRA weights as .safetensors with their settings (full fine-tuning writes nothing)."""
+    from .adapters import HeadDeltas
+    from .baselines import LoraAdapters
+
+    if isinstance(trainable, HeadDeltas):
+        trainable.save(out, train_config=asdict(cfg.train), extra={"method": cfg.method, "data": cfg.data(),
+                                                                    "best_step": best_step})
+    elif isinstance(trainable, LoraAdapters):
         from safetensors.torch import save_file
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in trainable.trainable_state().items()}, str(out),
-                  metadata={"method": "lora", "rank": str(trainable.rank), "train_config": json.dumps(asdict(cfg))})
+                  metadata={"method": "lora", "rank": str(trainable.rank), "train_config": json.dumps(asdict(cfg.train))})
 
-    # ---- after ----
+
+def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy: Accuracy, suite=None,
+                   out: str | Path | None = None, checkpoint: str | Path | None = None, resume: bool = False,
+                   cache_dir: str | Path | None = None, progress: bool = True, log=print) -> FinetuneResult:
+    """Train ``cfg.method`` on VRUBench and measure VRU (``measure``) and general ability (``suite``) before and
+    after; ``accuracy`` scores validation. The model's own weights are unchanged on return."""
+    import torch
+
+    from ..general_eval import compare
+    from .train import train
+
+    tc, name = cfg.train, getattr(model, "vru_name", "model")
+    splits = cfg.splits()
+    t0 = time.perf_counter()
+    vru_before, general_before = measure_base(model, cfg, measure, suite, cache_dir, progress, splits["test"])
+    log(f"base measured in {time.perf_counter() - t0:.0f}s: VRU {vru_before}")
+
+    trainable, chosen, extra = make_trainable(model, cfg, heads)
+    log(f"{cfg.method}: {trainable.num_parameters():,} trainable parameters" + (f", heads {chosen}" if chosen else ""))
+    result = train(model, trainable, splits["train"], splits.get("validation"), tc, checkpoint=checkpoint,
+                   resume=resume, progress=progress, accuracy=accuracy)
+    log(f"trained {tc.steps} steps in {result.seconds:.0f}s; best validation {result.best_accuracy:.3f} at step {result.best_step}")
+    if out is not None:
+        save_trainable(trainable, out, cfg, result.best_step)
+
     with trainable.active(model), torch.no_grad():
-        vru_after = vru_breakdown(model, splits["test"], cfg.chat, cfg.eval_batch_size, progress)
+        vru_after = measure(model, splits["test"])
         general_after = suite.run(model, reference=general_before, progress=progress, keep_reference=False) if suite else None
     gb = general_before.headline() if general_before else {}
     ga = general_after.headline() if general_after else {}
@@ -207,6 +254,6 @@ def run_experiment(model, method: str = "heads", heads=None, top_k: int = 16, co
         table = compare(general_before, general_after)
         delta = dict(zip(table.metric, table.delta))
         gb = dict(zip(table.metric, table.before))
-    return FinetuneResult(name, method, [list(h) for h in chosen], components if chosen else "", trainable.num_parameters(),
-                          result.optimizer_state_bytes, vru_before["test"], vru_after["test"], vru_before, vru_after,
-                          gb, ga, delta, result.to_dict(), data, extra)
+    return FinetuneResult(name, cfg.method, [list(h) for h in chosen], cfg.components if chosen else "",
+                          trainable.num_parameters(), result.optimizer_state_bytes, vru_before["test"], vru_after["test"],
+                          vru_before, vru_after, gb, ga, delta, result.to_dict(), cfg.data(), extra)

@@ -5,7 +5,9 @@
 (prompt tokens carry no loss), with linear warmup then cosine (or linear)
 decay, gradient accumulation, gradient clipping, validation accuracy every
 ``eval_every`` steps with the best state kept, a tqdm bar, checkpoints and
-resume. The batch at every step is a function of (seed, step), so a resumed
+resume. Validation accuracy comes from the caller's ``accuracy`` function,
+``(model, items) -> fraction correct`` (``vru_lens.evaluate.accuracy`` with
+chat and batch size bound): fine-tuning never imports the evaluation stage. The batch at every step is a function of (seed, step), so a resumed
 run sees exactly the batches an uninterrupted one would.
 
 A *trainable* is anything with ``trainable_parameters()``,
@@ -28,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..readout import pad_rows, rows_logits
-from ..results import Result
+from ..results import Accuracy, Result
 from ..tokens import answer_ids, encode, render
 
 
@@ -154,19 +156,6 @@ def checkpointed_blocks(model):
             object.__delattr__(block, "forward")  # back to the class's forward
 
 
-def score_items(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> list[bool]:
-    """Per item: is the gold answer the best-scoring candidate? (``vru_lens.evaluate.score_candidates``)"""
-    from ..evaluate import score_candidates
-
-    scores = score_candidates(model, items, chat, batch_size, progress)
-    return [max(s, key=s.get) == it["answer"] for s, it in zip(scores, items)]
-
-
-def accuracy(model, items, chat: bool, batch_size: int) -> float:
-    ok = score_items(model, items, chat, batch_size)
-    return sum(ok) / len(ok)
-
-
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
 
@@ -182,14 +171,20 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 # ------------------------------------------------------------------ loop
 def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = TrainConfig(),
           checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, accuracy: Accuracy | None = None) -> TrainResult:
     """Train ``trainable`` on VRU items; on return it holds the best-on-validation state (or the last).
+
+    ``accuracy(model, items) -> fraction``: how validation is scored (needed with ``val_items``), e.g.
+    ``functools.partial(vru_lens.evaluate.accuracy, chat=cfg.chat, batch_size=cfg.eval_batch_size)``.
 
     ``checkpoint``: file written every ``cfg.checkpoint_every`` steps and at the end (and on
     KeyboardInterrupt); with ``resume=True`` training continues from it. ``stop_after``
     (for tests and budgets) ends the run after that many optimizer steps in total, still
     writing the checkpoint, without the final best-state restore.
     """
+    if val_items and accuracy is None:
+        raise ValueError("validation needs accuracy=: a function (model, items) -> fraction correct, e.g. "
+                         "functools.partial(vru_lens.evaluate.accuracy, chat=cfg.chat, batch_size=cfg.eval_batch_size)")
     torch.manual_seed(cfg.seed)
     examples = encode_examples(model.tokenizer, train_items, cfg.chat)
     if not examples:
@@ -223,7 +218,7 @@ def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = Trai
 
     def validate():
         nonlocal best_state
-        acc = accuracy(model, val_items, cfg.chat, cfg.eval_batch_size)
+        acc = float(accuracy(model, val_items))
         result.validation.append({"step": step, "accuracy": acc})
         if not acc <= result.best_accuracy:  # first, or better (nan-safe)
             result.best_accuracy, result.best_step = acc, step

@@ -84,8 +84,7 @@ def list_recall(model, items, reference: torch.Tensor | None = None) -> tuple[di
 
 def behaviour(model, data, reference=None) -> dict:
     """VRU accuracy, pairs right on both sides (logit-difference signs), list recall (and its KL)."""
-    from ..evaluate import evaluate
-    from ..patching.metrics import pair_accuracy
+    from ..evaluate import evaluate, pair_accuracy
 
     acc = evaluate(model, data["items"], batch_size=64, progress=False).accuracy
     lst, _ = list_recall(model, data["list"], reference)
@@ -113,15 +112,14 @@ def grade(scores, planted) -> dict:
 
 
 def rankings(model, data, planted, ig_steps: int, batch_size: int = 32) -> dict:
-    """Every ranking method's HeadScores (and the gradient ranking's array): {name: scores object}."""
-    from ..finetune.rank import gradient_head_scores
+    """Every ranking method's HeadScores: {name: HeadScores}."""
     from ..patching.rank import rank_heads
 
     pt = data["pairs"]
     run = lambda method, **kw: rank_heads(model, pt, method, n_boot=0, progress=False, batch_size=batch_size, **kw)  # noqa: E731
     out = {"activation": run("activation"), "path": run("path"), "attribution": run("attribution"),
-           f"attribution_ig{ig_steps}": run("attribution", ig_steps=ig_steps), "ablation": run("ablation")}
-    out["gradient"] = gradient_head_scores(model, [it for it in data["items"] if it["answerable"]][:200])
+           f"attribution_ig{ig_steps}": run("attribution", ig_steps=ig_steps), "ablation": run("ablation"),
+           "gradient": run("gradient")}
     return out
 
 
@@ -133,7 +131,7 @@ def scores_of(x) -> np.ndarray:
 def finetune_runs(cfg: StudyConfig, ranking: list, planted, log=print, deltas_dir: Path | None = None) -> dict:
     """Each method x seed from a fresh copy of the base: before/after behaviour (same data, same steps)."""
     from ..bench import BenchConfig, make_items
-    from ..finetune.run import make_trainable
+    from ..finetune.run import FinetuneConfig, make_trainable
     from ..finetune.train import TrainConfig, train
     from ..models import load_model
 
@@ -148,10 +146,10 @@ def finetune_runs(cfg: StudyConfig, ranking: list, planted, log=print, deltas_di
             if before is None:
                 _, ref = list_recall(model, data["list"])
                 before = behaviour(model, data, ref)
-            trainable, chosen, extra = make_trainable(model, method, ranking, k, cfg.ft_components,
-                                                      head_seed=seed, seed=seed)
             tc = TrainConfig(steps=cfg.ft_steps, batch_size=cfg.ft_batch, lr=FT_LR[method],
                              warmup_steps=min(20, cfg.ft_steps), eval_every=0, seed=seed)
+            trainable, chosen, extra = make_trainable(
+                model, FinetuneConfig(method, k, cfg.ft_components, head_seed=seed, train=tc), ranking)
             t0 = time.perf_counter()
             res = train(model, trainable, train_items, None, tc, progress=False)
             with trainable.active(model):
@@ -231,7 +229,9 @@ def _top(s, k):
 def run_study(model_name: str = "vru-organism", out="results/organism-study", cfg: StudyConfig = StudyConfig(),
               threads: int = 1, log=print) -> dict:
     """Every part of the study (``cfg.parts``); results and figures in ``out``, the summary returned."""
-    from ..evaluate import evaluate
+    from functools import partial
+
+    from ..evaluate import accuracy, evaluate
     from ..models import load_model
     from ..models.organisms import organism_card
     from ..patching import head_means, knockout_curve
@@ -264,17 +264,15 @@ def run_study(model_name: str = "vru-organism", out="results/organism-study", cf
         ranks = rankings(model, data, planted, cfg.ig_steps)
         summary["rankings"] = {}
         for name, sc in ranks.items():
-            if hasattr(sc, "save"):
-                sc.save(out / f"ranking_{name}.json")
-                sc.plot(title=f"{name} on {model_name}").write_html(out / f"ranking_{name}.html", include_plotlyjs="cdn")
-            else:
-                (out / f"ranking_{name}.json").write_text(json.dumps(_top(sc, sc.size)))
+            sc.save(out / f"ranking_{name}.json")
+            sc.plot(title=f"{name} on {model_name}").write_html(out / f"ranking_{name}.html", include_plotlyjs="cdn")
             summary["rankings"][name] = grade(scores_of(sc), planted)
         log(f"rankings done ({time.perf_counter() - t0:.0f}s)")
     if "knockout" in cfg.parts:
         means = head_means(model, data["pairs"], 64)
         curve = knockout_curve(model, data["items"], {n: g["ranking"] for n, g in summary["rankings"].items()} | {
-            "G (planted)": planted}, means, max_k=2 * len(planted), n_random=cfg.n_random, seed=cfg.seed)
+            "G (planted)": planted}, means, max_k=2 * len(planted), n_random=cfg.n_random, seed=cfg.seed,
+            accuracy=partial(accuracy, batch_size=64))
         curve.save(out / "knockout_curves.json")
         curve.plot().write_html(out / "knockout_curves.html", include_plotlyjs="cdn")
         summary["knockout"] = {"base_accuracy": curve.base_accuracy, "ks": curve.ks, "curves": curve.curves,

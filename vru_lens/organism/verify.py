@@ -54,10 +54,8 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
                  batch_size: int = 64) -> dict:
     """Every check of the organism's card: accuracy and ablations on ``items`` (paper-style VRUBench,
     unknowns included), pairs and patching on the counterfactual pairs of ``pair_items`` (default: items)."""
-    from ..bench.shortcuts import best_rule
-    from ..evaluate import evaluate
+    from ..evaluate import best_rule, evaluate, pair_accuracy
     from ..patching.ablation import head_means
-    from ..patching.metrics import pair_accuracy
     from ..tokens import tokenize_pairs
 
     planted = [tuple(h) for h in planted]

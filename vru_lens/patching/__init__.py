@@ -13,8 +13,7 @@ from .activation import (activation_patch_heads, activation_patch_heads_by_pos, 
 from .attribution import agreement, attribution_patch_heads
 from .checkpoint import Checkpoint
 from .knockout import KnockoutCurve, KnockoutResult, ablate_heads, knockout, knockout_curve
-from .metrics import (baseline_logit_diffs, items_pair_accuracy, logit_diff_from_logits, logit_diff_from_resid,
-                      normalise, pair_accuracy)
+from .metrics import baseline_logit_diffs, logit_diff_from_logits, logit_diff_from_resid, normalise
 from .rank import METHODS, rank_heads
 from .scores import HeadScores
 
@@ -29,6 +28,5 @@ __all__ = [
     "knockout", "ablate_heads", "KnockoutResult", "knockout_curve", "KnockoutCurve",
     "Checkpoint",
     "PathPatchResult", "path_patch_logits", "path_patch_logits_reference", "path_patch_receivers",
-    "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise", "pair_accuracy",
-    "items_pair_accuracy",
+    "baseline_logit_diffs", "logit_diff_from_logits", "logit_diff_from_resid", "normalise",
 ]

@@ -3,6 +3,9 @@
 The top-k heads of a ranking are compared with several draws of k random
 heads (drawn from the heads outside the top-k, seeded), so a ranking is
 trusted only if removing its heads hurts more than removing as many others.
+Accuracy is the caller's ``accuracy(model, items) -> fraction`` (e.g.
+``functools.partial(vru_lens.evaluate.accuracy, chat=..., batch_size=...)``),
+run with the heads ablated: patching never imports the evaluation stage.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..heads import Head, all_heads, heads_view, hook_name, random_heads
-from ..results import Result
+from ..results import Accuracy, Result
 from .ablation import head_means
 from .metrics import baseline_logit_diffs
 
@@ -94,16 +97,14 @@ class KnockoutResult(Result):
 
 
 def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0, means=None,
-             batch_size: int = 16, progress: bool = False, chat: bool = False) -> KnockoutResult:
+             batch_size: int = 16, *, accuracy: Accuracy) -> KnockoutResult:
     """Ablate ``top`` together, then ``n_random`` random sets of the same size; evaluate each.
 
-    ``items``: VRUBench items for accuracy (``vru_lens.evaluate``); ``pt``:
+    ``items``: VRUBench items scored by ``accuracy(model, items)``; ``pt``:
     their counterfactual pairs for the logit difference (clean prompts, the
     normalised value uses the unablated clean/corrupted means: 1 = unchanged,
     0 = as if corrupted).
     """
-    from ..evaluate import evaluate
-
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top = [(int(l), int(h)) for l, h in top]
     k = len(top)
@@ -120,7 +121,7 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
     result = KnockoutResult(getattr(model, "vru_name", type(model).__name__), k, [list(h) for h in top])
     for name, heads in sets:
         with ablate_heads(model, heads, means), torch.inference_mode():
-            acc = evaluate(model, items, chat=chat, batch_size=batch_size, progress=progress).accuracy
+            acc = accuracy(model, items)
             clean, corrupt = baseline_logit_diffs(model, pt, batch_size)
         if clean0 is None:
             clean0, corrupt0 = clean, corrupt
@@ -185,15 +186,15 @@ class KnockoutCurve(Result):
         return fig
 
 
-def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0,
-                   batch_size: int = 64, chat: bool = False) -> KnockoutCurve:
-    """Accuracy on ``items`` with the top-k of each ranking ({name: [(layer, head), ...] best first}) ablated,
-    k = 1..max_k, and with ``n_random`` random k-sets; ``means``: ``head_means`` of the model."""
-    from ..evaluate import evaluate
+def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0, *,
+                   accuracy: Accuracy) -> KnockoutCurve:
+    """``accuracy(model, items)`` with the top-k of each ranking ({name: [(layer, head), ...] best first})
+    ablated, k = 1..max_k, and with ``n_random`` random k-sets; ``means``: ``head_means`` of the model."""
+    score = accuracy
 
     def accuracy(heads) -> float:
         with ablate_heads(model, heads, means), torch.inference_mode():
-            return float(evaluate(model, items, chat=chat, batch_size=batch_size, progress=False).accuracy)
+            return float(score(model, items))
 
     L, H = model.cfg.n_layers, model.cfg.n_heads
     every = [(l, h) for l in range(L) for h in range(H)]

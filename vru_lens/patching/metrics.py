@@ -1,16 +1,15 @@
 """Patching metrics: the normalised logit difference (1 = clean behaviour, 0 = corrupted).
 
 The logit difference itself is read by ``vru_lens.readout`` (two unembedding
-columns at the final position, bias and soft-cap included); pair accuracy lives
-in ``vru_lens.evaluate``. Both are re-exported here under their earlier names.
+columns at the final position, bias and soft-cap included) and re-exported here;
+pair accuracy lives in ``vru_lens.evaluate`` (a stage above patching).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-# re-exported under their earlier names; they live in evaluate, readout and tokens
-from ..evaluate import items_pair_accuracy, pair_accuracy  # noqa: F401
+# re-exported under their earlier names; they live in readout and tokens
 from ..readout import baseline_logit_diffs, gather_final, logit_diff_from_logits, logit_diff_from_resid  # noqa: F401
 from ..tokens import batches  # noqa: F401
 

@@ -8,6 +8,8 @@ Methods (all return per-pair numbers, turned into a score where higher = more im
   integrated gradients over that many backward passes, for effects through saturated attention).
 - ``"ablation"``: KL of the final next-token distribution with the head ablated (mean or
   scaled-query), no counterfactual needed; ``kind="kl"``.
+- ``"gradient"``: gradient x activation of each head's z for the clean answer's log-prob
+  (``gradient.gradient_x_activation``), one forward + one backward pass; ``kind="gradient"``.
 
 Each method is a ``RankingMethod`` in ``REGISTRY`` (one signature: model, pairs, options ->
 per-pair numbers; auto-circuit's ``PruneAlgo`` is the model); ``RankOptions`` holds every
@@ -71,7 +73,7 @@ class RankingMethod:
     means, progress)`` gives per-pair numbers [pair, layer, head] and an extra tensor (or an empty one)."""
 
     key: str
-    kind: Callable[[RankOptions], str]  # "noising", "denoising" or "kl"
+    kind: Callable[[RankOptions], str]  # one of ``scores.KINDS``
     run: Callable
     component_free: bool = False  # patches z whatever ``component`` says
     options: tuple[str, ...] = ()  # the RankOptions it reads (recorded in meta / the checkpoint key)
@@ -103,11 +105,18 @@ def _ablation(model, pt, o, means, progress):
     return ablation_kl(model, pt, o.ablation, o.alpha, means, o.batch_size, o.max_rows, progress=progress)
 
 
+def _gradient(model, pt, o, means, progress):
+    from .gradient import gradient_x_activation
+
+    return gradient_x_activation(model, pt, o.batch_size, progress=progress), torch.zeros(0)
+
+
 REGISTRY: dict[str, RankingMethod] = {m.key: m for m in (
     RankingMethod("path", lambda o: "noising", _path, component_free=True),
     RankingMethod("activation", lambda o: o.direction, _activation, options=("direction",)),
     RankingMethod("attribution", lambda o: o.direction, _attribution, options=("direction", "ig_steps")),
     RankingMethod("ablation", lambda o: "kl", _ablation, component_free=True, options=("ablation", "alpha")),
+    RankingMethod("gradient", lambda o: "gradient", _gradient, component_free=True),
 )}
 METHODS = tuple(REGISTRY)
 

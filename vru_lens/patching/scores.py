@@ -12,6 +12,8 @@ Sign convention: **higher = more important**.
   normalised logit difference recovered, ``normalise(patched).mean()``.
 - ``kind="kl"`` (ablation, no counterfactual): ``per_pair`` holds the KL of
   the final next-token distribution per pair; score = its mean.
+- ``kind="gradient"`` (gradient x activation, no counterfactual): ``per_pair``
+  holds ``|dL/dz . z|`` per pair; score = its mean.
 
 The per-pair numbers (``per_pair``, ``clean_ld``, ``corrupt_ld``) are kept, so
 the bootstrap resamples pairs and recomputes the score, normalisation
@@ -27,12 +29,13 @@ import numpy as np
 from ..heads import ranks, top_heads
 from ..results import Result
 
-KINDS = ("noising", "denoising", "kl")
+KINDS = ("noising", "denoising", "kl", "gradient")
+UNNORMALISED = ("kl", "gradient")  # the score is the mean of per_pair, no logit-difference normaliser
 
 
 def score_from(per_pair: np.ndarray, clean_ld: np.ndarray, corrupt_ld: np.ndarray, kind: str) -> np.ndarray:
     """[layer, head] score from [pair, layer, head] raw numbers (see module docstring)."""
-    if kind == "kl":
+    if kind in UNNORMALISED:
         return np.nanmean(per_pair, axis=0)
     denom = clean_ld.mean() - corrupt_ld.mean()
     if abs(denom) < 1e-8:
@@ -55,9 +58,9 @@ def _kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
 class HeadScores(Result):
     """Scores [n_layers, n_heads] (or [n_layers, n_kv_heads] for k/v patching) with their raw per-pair numbers."""
 
-    method: str  # "path", "activation", "attribution", "ablation"
+    method: str  # a key of ``patching.rank.REGISTRY``: "path", "activation", "attribution", "ablation", "gradient"
     model: str
-    kind: str  # "noising", "denoising" or "kl"
+    kind: str  # one of KINDS
     per_pair: np.ndarray  # [pair, layer, head]: patched logit difference (or KL for kind="kl")
     clean_ld: np.ndarray  # [pair]
     corrupt_ld: np.ndarray  # [pair]
@@ -157,7 +160,7 @@ class HeadScores(Result):
         self.boot_ranks = np.stack([ranks(b) for b in boots]).astype(np.int32)
         self.boot_taus = np.array([_kendall_tau(boots[i], boots[i + 1]) for i in range(len(boots) - 1)])
         self.meta = {**self.meta, "n_boot": int(len(boots)), "boot_seed": seed}
-        if self.kind != "kl":
+        if self.kind not in UNNORMALISED:
             sig = self.signal(n_boot, level, seed)
             self.meta["signal"] = sig
             if not sig["ok"]:

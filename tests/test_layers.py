@@ -20,8 +20,9 @@ LAYERS = {
     # 1: plumbing read by every stage
     "vru_lens.results": 1, "vru_lens.tokens": 1, "vru_lens.models.tiny": 1,
     "vru_lens.organism.data": 1,
-    # 2: the one way to read a model; the organism's own training loop (plain torch, on its data)
-    "vru_lens.readout": 2, "vru_lens.organism.train": 2,
+    # 2: the one way to read a model; the organism's own training loop (plain torch, on its data); figures of
+    # results (every result's plot() draws through viz, so it sits below the stages and reads only 0-1)
+    "vru_lens.readout": 2, "vru_lens.organism.train": 2, "vru_lens.viz": 2,
     # 3-4: the stages; a ranking flows from patching into fine-tuning, the general suite is used by it
     "vru_lens.probe": 3, "vru_lens.patching": 3, "vru_lens.general_eval": 3,
     "vru_lens.logit_lens": 4, "vru_lens.finetune": 4,
@@ -29,8 +30,8 @@ LAYERS = {
     "vru_lens.evaluate": 5,
     # 6: loading a model, saved deltas included (``load_model(deltas=...)``)
     "vru_lens.models": 6,
-    # 7: studies built of stages, and figures of results
-    "vru_lens.organism": 7, "vru_lens.viz": 7,
+    # 7: studies built of stages
+    "vru_lens.organism": 7,
     "vru_lens.study": 8, "vru_lens.sweep": 8,
     "vru_lens.report": 9,
     "vru_lens.cli": 10, "vru_lens": 10,

@@ -3,6 +3,7 @@ has summary() (JSON), to_frame() (rows), plot() (a plotly Figure) and save/load 
 reads studies made of such results."""
 
 import json
+from functools import partial
 
 import pytest
 
@@ -54,33 +55,41 @@ def _scores(m, items, pairs, scores):
 
 
 def _knockout(m, items, pairs, scores):
+    from vru_lens.evaluate import accuracy
     from vru_lens.patching import knockout
 
-    return knockout(m, pairs, items[:6], [(0, 1), (1, 2)], n_random=2, seed=0, batch_size=8)
+    return knockout(m, pairs, items[:6], [(0, 1), (1, 2)], n_random=2, seed=0, batch_size=8,
+                    accuracy=partial(accuracy, batch_size=8))
 
 
 def _curve(m, items, pairs, scores):
+    from vru_lens.evaluate import accuracy
     from vru_lens.patching import head_means, knockout_curve
 
     return knockout_curve(m, items[:6], {"activation": [(l, h) for l, h, _ in scores.top(2)]},
-                          head_means(m, pairs), max_k=2, n_random=2)
+                          head_means(m, pairs), max_k=2, n_random=2, accuracy=partial(accuracy, batch_size=8))
 
 
 def _train(m, items, pairs, scores):
     from vru_lens.finetune import HeadDeltas, TrainConfig, train
 
+    from vru_lens.evaluate import accuracy
+
     d = HeadDeltas(m, [(0, 0), (1, 2)], "qo")
     return train(m, d, items, items[:4], TrainConfig(steps=2, batch_size=4, warmup_steps=1, lr=1e-2, eval_every=1),
-                 progress=False)
+                 progress=False, accuracy=partial(accuracy, batch_size=8))
 
 
 def _finetune(m, items, pairs, scores, tmp_path):
+    from vru_lens.evaluate import accuracy, vru_breakdown
     from vru_lens.finetune import TrainConfig
-    from vru_lens.finetune.run import run_experiment
+    from vru_lens.finetune.run import FinetuneConfig, run_experiment
 
-    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=1e-2, eval_every=1)
-    return run_experiment(m, "heads", heads=scores, top_k=2, train_cfg=cfg, n_train=8, n_val=4, n_test=6,
-                          cache_dir=tmp_path / "cache", progress=False, log=lambda *a: None)
+    cfg = FinetuneConfig("heads", top_k=2, n_train=8, n_val=4, n_test=6,
+                         train=TrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=1e-2, eval_every=1))
+    return run_experiment(m, cfg, scores, measure=partial(vru_breakdown, batch_size=8),
+                          accuracy=partial(accuracy, batch_size=8), cache_dir=tmp_path / "cache", progress=False,
+                          log=lambda *a: None)
 
 
 def _general(m, items, pairs, scores):

@@ -52,12 +52,34 @@ def gradient_head_scores(model, items, chat: bool = False, batch_size: int = 8, 
     return (total / len(examples)).numpy()
 
 
-def save_scores(scores: np.ndarray, path: str | Path, model_name: str, n_items: int) -> Path:
+def save_scores(scores: np.ndarray, path: str | Path, model_name: str, n_items: int, **settings) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"type": "GradientHeadScores", "method": "grad_x_act_hook_z_answer_loss",
-                                "model": model_name, "n_items": n_items, "scores": scores.tolist()}))
+                                "model": model_name, "n_items": n_items, **settings, "scores": scores.tolist()}))
     return path
+
+
+def ranking_for(model, path: str | Path | None = None, seed: int = 0, chat: bool = False, n_items: int = 64,
+                log=print) -> list[tuple[int, int]]:
+    """Every head, best first, by the stand-in ranking on ``n_items`` training items (seed ``seed + 1``):
+    what fine-tuning uses when no patching ranking is given. Kept at ``path`` when given; a file
+    there for the same model and items is reused, one for others is recomputed."""
+    from ..bench import make_items
+
+    name = getattr(model, "vru_name", None) or model.cfg.model_name
+    settings = {"seed": seed, "chat": chat}
+    path = Path(path) if path is not None else None
+    if path is not None and path.exists():
+        old = json.loads(path.read_text())
+        if (old.get("model"), old.get("n_items"), {k: old.get(k) for k in settings}) == (name, n_items, settings):
+            return top_heads(old["scores"], model.cfg.n_layers * model.cfg.n_heads)
+    log(f"no ranking given: ranking heads by gradient x activation on {n_items} training items"
+        + (f" -> {path}" if path else ""))
+    scores = gradient_head_scores(model, make_items(n_items, seed=seed + 1, split="train"), chat=chat)
+    if path is not None:
+        save_scores(scores, path, name, n_items, **settings)
+    return top_heads(scores, scores.size)
 
 
 top_from_array = top_heads  # the earlier name

@@ -17,6 +17,12 @@ def test_bench_then_eval_json(tmp_path):
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     assert payload["n"] == 12 and 0 <= payload["accuracy"] <= 1
     assert set(payload["by_steps"]) <= {"2", "3"} and sum(1 for _ in payload["by_steps"]) >= 1
+    (tmp_path / "heads.json").write_text("[[1, 0], [0, 1]]")
+    res = runner.invoke(app, ["knockout", "--model", "tiny-gpt2", "--heads", str(tmp_path / "heads.json"), "--top-k", "1",
+                              "--data", str(out), "--n", "5", "--n-pairs", "8", "--n-random", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["n_items"] == 5 and payload["top"] == [[1, 0]]  # --data: the bench folder's test split
 
 
 def test_eval_generated_items_prints_table():

@@ -5,33 +5,7 @@ from __future__ import annotations
 import typer
 
 from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
-                     find_input, out_file, parse_steps, print_json, set_threads, show_progress)
-
-
-def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-5", slots: int = 4,
-               style: str = "paper") -> list[dict]:
-    """Items from --data (a folder or JSONL from `vru-lens bench`, or a file in the published format),
-    or freshly generated ones."""
-    from ..bench import BenchConfig, load, make_items
-
-    if data:
-        try:
-            splits = load(data)
-        except (FileNotFoundError, ValueError) as err:
-            fail(str(err))
-        if split not in splits:
-            if len(splits) != 1:
-                fail(f"split {split!r} not in {data}; it has {', '.join(splits)}")
-            split = next(iter(splits))  # a single file: its one split
-        rows = splits[split][:n] if n else splits[split]
-        if not rows:
-            fail(f"split {split!r} of {data} is empty")
-        return rows
-    lo, hi = parse_steps(steps)
-    try:
-        return make_items(n, seed, BenchConfig(style=style, n_slots=slots, min_steps=lo, max_steps=hi), split=split)
-    except ValueError as err:
-        fail(str(err))
+                     find_input, load_items, out_file, print_json, set_threads, show_progress)
 
 
 def _pairs_line(name: str, p: dict) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .common import (N, Chat, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
-                     out_file, print_json, set_threads)
+from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
+                     load_items, out_file, print_json, set_threads)
 
 
 def knockout(
@@ -16,6 +16,7 @@ def knockout(
                                "ranking.json), a gradient ranking, or a JSON list [[layer, head], ...] best first."),
     top_k: int = typer.Option(..., "--top-k", help="How many of its top heads to ablate together."),
     n: N = 500,
+    data: Data = None,
     n_pairs: int = typer.Option(100, "--n-pairs", help="Counterfactual pairs for the head means and logit differences."),
     n_random: int = typer.Option(20, "--n-random", help="Random k-head sets (drawn from the heads outside the top k)."),
     seed: Seed = 0,
@@ -29,7 +30,7 @@ def knockout(
 ):
     """Accuracy with no heads, the top-k heads and random k-head sets mean-ablated.
 
-    --n test items for accuracy; --out DIR writes DIR/knockout.json (what --json prints).
+    --n test items for accuracy (generated, or the test split of --data); --out DIR writes DIR/knockout.json (what --json prints).
     """
     heads = find_input(heads, "ranking.json", "--heads", "vru-lens rank-heads")
     deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
@@ -37,6 +38,7 @@ def knockout(
         fail("--top-k, --n and --n-random must be positive and --n-pairs at least 2")
     set_threads(threads)
     saved = out_file(out, "knockout.json")
+    items = load_items(data, n, "test", seed)
     import numpy as np
 
     from ..bench import PAIRABLE, make_items
@@ -54,13 +56,13 @@ def knockout(
         if bad:
             fail(f"heads {bad} are outside this model's {L} layers x {H} heads: is {heads} a ranking of {model}?")
         pt = tokenize_pairs(lm.tokenizer, make_items(n_pairs, seed + 1, PAIRABLE, split="validation"), chat=chat)
-        res = run(lm, pt, make_items(n, seed, split="test"), top, n_random=n_random, seed=seed, batch_size=batch_size,
+        res = run(lm, pt, items, top, n_random=n_random, seed=seed, batch_size=batch_size,
                   chat=chat)
     except (ValueError, OSError, KeyError, ModuleNotFoundError) as err:
         fail(error_line(err))
     by = {c["name"]: c for c in res.conditions}
     rand = [c["accuracy"] for c in res.conditions if c["name"].startswith("random")]
-    payload = {"model": model, "k": res.k, "top": res.top, "n_items": n, "n_pairs": len(pt),
+    payload = {"model": model, "k": res.k, "top": res.top, "n_items": len(items), "n_pairs": len(pt),
                "base_accuracy": by["none"]["accuracy"], "top_k_accuracy": by["top"]["accuracy"],
                "random_k_accuracy": float(np.mean(rand)),
                "random_k_band": [float(np.quantile(rand, 0.05)), float(np.quantile(rand, 0.95))],

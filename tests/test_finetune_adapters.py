@@ -152,3 +152,26 @@ def test_resolve_heads_from_a_saved_ranking(tmp_path):
     assert resolve_heads([(2, 1), (0, 3, 0.5)], None) == [(2, 1), (0, 3)]
     with pytest.raises(ValueError, match="top_k"):
         resolve_heads(path)
+
+
+def test_stand_in_ranking_is_kept_and_reused_for_the_same_settings_only(tiny_llama, tmp_path, monkeypatch):
+    """finetune without --heads: every head ranked by gradient x activation on 64 training items, best first;
+    the file is reused for the same model and items, recomputed for another seed."""
+    import json
+
+    from vru_lens.bench import make_items
+    from vru_lens.finetune import rank as R
+    from vru_lens.heads import top_heads
+
+    L, H = tiny_llama.cfg.n_layers, tiny_llama.cfg.n_heads
+    path = tmp_path / "ranking.json"
+    got = R.ranking_for(tiny_llama, path, seed=3, log=lambda m: None)
+    want = top_heads(R.gradient_head_scores(tiny_llama, make_items(64, seed=4, split="train")), L * H)
+    assert got == want and len(got) == L * H
+    assert json.loads(path.read_text())["seed"] == 3
+    monkeypatch.setattr(R, "gradient_head_scores", lambda *a, **k: pytest.fail("a fresh ranking must be reused"))
+    assert R.ranking_for(tiny_llama, path, seed=3) == want
+    monkeypatch.undo()
+    other = R.ranking_for(tiny_llama, path, seed=5, log=lambda m: None)
+    assert json.loads(path.read_text())["seed"] == 5
+    assert other == top_heads(R.gradient_head_scores(tiny_llama, make_items(64, seed=6, split="train")), L * H)

@@ -87,7 +87,7 @@ def worker(args) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--heads", default=None, help="ranking JSON; default: the gradient ranking in results/finetune if present")
+    p.add_argument("--heads", default=None, help="ranking JSON; default: the stand-in ranking of `vru-lens finetune --out results/finetune` if present")
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--components", default="qo")
     p.add_argument("--steps", type=int, default=4)
@@ -98,7 +98,7 @@ def main():
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.heads is None:
-        guess = ROOT / "results/finetune" / f"ranking_grad_{args.model}.json"
+        guess = ROOT / "results/finetune" / "ranking.json"
         args.heads = str(guess) if guess.exists() else None
     if args.worker:
         args.method = args.worker

@@ -17,6 +17,12 @@ def test_bench_then_eval_json(tmp_path):
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     assert payload["n"] == 12 and 0 <= payload["accuracy"] <= 1
     assert set(payload["by_steps"]) <= {"2", "3"} and sum(1 for _ in payload["by_steps"]) >= 1
+    (tmp_path / "heads.json").write_text("[[1, 0], [0, 1]]")
+    res = runner.invoke(app, ["knockout", "--model", "tiny-gpt2", "--heads", str(tmp_path / "heads.json"), "--top-k", "1",
+                              "--data", str(out), "--n", "5", "--n-pairs", "8", "--n-random", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["n_items"] == 5 and payload["top"] == [[1, 0]]  # --data: the bench folder's test split
 
 
 def test_eval_generated_items_prints_table():
@@ -77,3 +83,62 @@ def test_published_file_converts_and_evaluates(tmp_path):
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     assert payload["n"] == 8 and payload["generation_accuracy"] is not None and payload["best_rule"]
     assert "--out" in one_line_error(["bench", "--from", str(path)])
+
+
+def _commands(group, prefix=""):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", cmd
+
+
+def test_shared_options_are_spelled_and_explained_once():
+    """Every command's --model, --n, --seed, --json, --out, ... is the one in cli/common.py: same flags, same help."""
+    import typer
+
+    from vru_lens.cli.common import SHARED
+
+    want = {}
+    for param, alias in SHARED.items():
+        opt = alias.__metadata__[0]  # in Annotated, typer keeps the first flag in .default
+        want[param] = ((opt.default, *opt.param_decls), opt.help)
+    seen = {param: [] for param in SHARED}
+    commands = dict(_commands(typer.main.get_command(app)))
+    assert {"bench", "eval", "probe", "rank-heads", "knockout", "finetune", "run", "sweep", "organism train",
+            "organism study", "organism info"} <= set(commands)
+    flags = {flag for decls, _ in want.values() for decl in decls for flag in decl.split("/")}
+    for name, cmd in commands.items():
+        for p in cmd.params:
+            spelled = set(p.opts) | set(p.secondary_opts)
+            if p.name in want:
+                decls, help_text = want[p.name]
+                assert [("/".join(p.opts + p.secondary_opts))] == list(decls), (name, p.name, p.opts)
+                assert p.help == help_text, (name, p.name)
+                seen[p.name].append(name)
+            else:  # no other parameter borrows a shared flag
+                assert not spelled & flags, (name, p.name, spelled)
+    for param in ("model", "n", "seed", "json_out", "out", "chat", "device", "threads", "progress", "deltas"):
+        assert len(seen[param]) >= 2, (param, seen[param])
+    assert set(seen["deltas"]) >= {"eval", "probe", "rank-heads", "knockout"}
+    assert set(seen["chat"]) >= {"eval", "probe", "rank-heads", "knockout", "finetune", "run"}
+    assert "quiet" not in {p.name for cmd in commands.values() for p in cmd.params}
+
+
+def test_out_is_a_folder_of_named_files(tmp_path):
+    out = tmp_path / "ev"
+    res = runner.invoke(app, ["eval", "--model", "tiny-llama", "--n", "4", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    from vru_lens.evaluate import EvalResult
+
+    assert [f.name for f in out.iterdir()] == ["eval.json"]
+    assert EvalResult.load(out / "eval.json").summary()["accuracy"] == json.loads(res.stdout.strip().splitlines()[-1])["accuracy"]
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in one_line_error(["eval", "--model", "tiny-llama", "--n", "4", "--out", str(tmp_path / "file")])
+
+
+def test_json_turns_progress_off_unless_asked():
+    from vru_lens.cli.common import show_progress
+
+    assert show_progress(None, False) and not show_progress(None, True)
+    assert show_progress(True, True) and not show_progress(False, False)

@@ -154,3 +154,28 @@ def test_resolve_heads_from_a_saved_ranking(tmp_path):
     assert resolve_heads([(2, 1), (0, 3, 0.5)], None) == [(2, 1), (0, 3)]
     with pytest.raises(ValueError, match="top_k"):
         resolve_heads(path)
+
+
+def test_stand_in_ranking_is_kept_and_reused_for_the_same_settings_only(tiny_llama, tmp_path, monkeypatch):
+    """finetune without --heads: the gradient ranking of the pairs of n training items, a HeadScores equal to
+    ``rank_heads(..., "gradient")`` on them; the file is reused for the same model and settings, recomputed
+    for another seed."""
+    import numpy as np
+
+    from vru_lens.bench import PAIRABLE, make_items
+    from vru_lens.finetune import run as R
+    from vru_lens.patching import rank as P
+    from vru_lens.patching.scores import HeadScores
+
+    path = tmp_path / "ranking.json"
+    got = R.gradient_ranking(tiny_llama, path, seed=3, n_items=32, log=lambda m: None)
+    want = P.rank_heads(tiny_llama, make_items(32, 4, PAIRABLE, split="train"), "gradient", n_boot=0, progress=False)
+    np.testing.assert_allclose(got.per_pair, want.per_pair, rtol=1e-6, atol=1e-9)
+    assert HeadScores.load(path).meta["stand_in"] == {"seed": 3, "chat": False, "n_items": 32}
+    monkeypatch.setattr(P, "rank_heads", lambda *a, **k: pytest.fail("a fresh ranking must be reused"))
+    np.testing.assert_array_equal(R.gradient_ranking(tiny_llama, path, seed=3, n_items=32).per_pair, got.per_pair)
+    monkeypatch.undo()
+    other = R.gradient_ranking(tiny_llama, path, seed=5, n_items=32, log=lambda m: None)
+    assert HeadScores.load(path).meta["stand_in"]["seed"] == 5
+    want = P.rank_heads(tiny_llama, make_items(32, 6, PAIRABLE, split="train"), "gradient", n_boot=0, progress=False)
+    np.testing.assert_allclose(other.per_pair, want.per_pair, rtol=1e-6, atol=1e-9)

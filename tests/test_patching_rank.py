@@ -90,7 +90,7 @@ def test_checkpoint_refuses_other_run(tmp_path):
 def test_cli_json(tmp_path):
     from vru_lens.cli import app
 
-    out = tmp_path / "r.json"
+    out = tmp_path / "r"
     r = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--n", "12", "--method", "activation",
                                  "--top-k", "3", "--out", str(out), "--n-boot", "20", "--json"])
     assert r.exit_code == 0, r.output
@@ -98,8 +98,20 @@ def test_cli_json(tmp_path):
     assert payload["method"] == "activation" and len(payload["top"]) == 3
     assert all(len(t) == 3 for t in payload["top"]) and len(payload["scores"]) == 3
     assert payload["gqa"] is None  # tiny-gpt2 is multi-head attention
+    from vru_lens.finetune.adapters import resolve_heads
     from vru_lens.patching import HeadScores
-    assert HeadScores.load(out).top(3) == [tuple(t) for t in payload["top"]]
+    assert {"ranking.json", "ranking.html"} <= {f.name for f in out.iterdir()}  # --out is a folder of named files
+    assert HeadScores.load(out / "ranking.json").top(3) == [tuple(t) for t in payload["top"]]
+    # the rank -> knockout hand-off: --heads takes the folder (or the file) and reads the same top heads
+    assert resolve_heads(out / "ranking.json", 2) == [tuple(t[:2]) for t in payload["top"][:2]]
+    for given in (out, out / "ranking.json"):
+        k = CliRunner().invoke(app, ["knockout", "--model", "tiny-gpt2", "--heads", str(given), "--top-k", "2", "--n", "8",
+                                     "--n-pairs", "8", "--n-random", "1", "--out", str(tmp_path / "ko"), "--json"])
+        assert k.exit_code == 0, k.output
+        assert json.loads(k.stdout.strip().splitlines()[-1])["top"] == [t[:2] for t in payload["top"][:2]]
+        assert json.loads((tmp_path / "ko" / "knockout.json").read_text())["top"] == [t[:2] for t in payload["top"][:2]]
+    k = CliRunner().invoke(app, ["knockout", "--model", "tiny-gpt2", "--heads", str(tmp_path), "--top-k", "2"])
+    assert k.exit_code == 2 and "has no ranking.json" in k.output and "vru-lens rank-heads" in k.output
     bad = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--method", "nope", "--json"])
     assert bad.exit_code == 2 and "method must be one of" in bad.output and len(bad.output.strip().splitlines()) == 1
     bad = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--component", "w"])

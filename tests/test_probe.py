@@ -229,13 +229,15 @@ def test_cli_json(tmp_path):
     from vru_lens.cli import app
 
     out = CliRunner().invoke(app, ["probe", "--model", "tiny-llama", "--n", "12", "--train-steps", "10", "--json",
-                                   "--no-progress", "--out", str(tmp_path / "p.json")])
+                                   "--no-progress", "--lens", "--out", str(tmp_path / "p")])
     assert out.exit_code == 0, out.output
     payload = json.loads(out.stdout.strip().splitlines()[-1])
     assert payload["layers"] == [0, 1, 2]
     for key in ("accuracy", "control_accuracy", "selectivity"):
         assert len(payload[key]) == 3
-    assert (tmp_path / "p.json").exists() and (tmp_path / "p.html").exists()
+    written = {f.name for f in (tmp_path / "p").iterdir()}  # --out is a folder of named files
+    assert written == {"probe.json", "probe.html", "lens.json", "lens.html", "resid.pt"}
+    assert P.ProbeResult.load(tmp_path / "p" / "probe.json").summary()["best_layer"] == payload["best_layer"]
     bad = CliRunner().invoke(app, ["probe", "--model", "tiny-llama", "--n", "12", "--target", "angle"])
     assert bad.exit_code == 2 and "valid targets" in bad.output
 
@@ -271,13 +273,38 @@ def test_stale_cache_is_refused(model, items, cache, tmp_path):
         part.check(want, final=True)
 
 
+def test_cached_capture_reuses_a_fresh_cache_and_refuses_a_stale_one(model, items, tmp_path, monkeypatch):
+    path = tmp_path / "resid.pt"
+    first = P.ResidCache.cached(path, model, items, final=True, progress=False)
+    assert path.exists()
+    fresh = P.capture(model, items, final=True, progress=False)
+    assert torch.equal(first.resid, fresh.resid) and first.meta == fresh.meta
+    monkeypatch.setattr(P, "capture", lambda *a, **k: pytest.fail("a fresh cache must be reused, not recaptured"))
+    again = P.ResidCache.cached(path, model, items, final=True, progress=False)
+    assert torch.equal(again.resid, first.resid) and torch.equal(again.final, first.final)
+    assert P.ResidCache.cached(path, model, items, layers=[0, 1, 2], progress=False).layers == [0, 1, 2]
+    with pytest.raises(ValueError, match="resid.pt.*other settings.*item_ids"):
+        P.ResidCache.cached(path, model, items[::-1], progress=False)
+    with pytest.raises(ValueError, match="other settings.*chat"):
+        P.ResidCache.cached(path, model, items, chat=True, progress=False)
+    with pytest.raises(ValueError, match="other settings.*layers"):
+        P.ResidCache.cached(path, model, items, layers=[1], progress=False)
+    part = tmp_path / "part.pt"
+    monkeypatch.undo()
+    P.ResidCache.cached(part, model, items, layers=[1], progress=False)
+    with pytest.raises(ValueError, match="other settings.*layers"):  # all layers wanted, the cache holds one
+        P.ResidCache.cached(part, model, items, progress=False)
+    with pytest.raises(ValueError, match="final"):
+        P.ResidCache.cached(part, model, items, layers=[1], final=True, progress=False)
+
+
 def test_cli_refuses_a_stale_cache(tmp_path):
     from typer.testing import CliRunner
 
     from vru_lens.cli import app
 
     args = ["probe", "--model", "tiny-llama", "--n", "12", "--train-steps", "5", "--json", "--no-progress",
-            "--cache", str(tmp_path / "acts.pt")]
+            "--out", str(tmp_path / "p")]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert CliRunner().invoke(app, args).exit_code == 0  # reused
     bad = CliRunner().invoke(app, [*args[:4], "13", *args[5:]])

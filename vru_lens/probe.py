@@ -94,6 +94,24 @@ class ResidCache:
         return self
 
     @classmethod
+    def cached(cls, path: str | Path | None, model, items: list[dict], layers: list[int] | None = None,
+               chat: bool = False, batch_size: int = 16, final: bool = False, progress: bool = True) -> "ResidCache":
+        """``capture``, kept at ``path``: a cache there for this model, items, chat setting and layers
+        (and with the final-position residuals if ``final``) is reused; one for other settings is
+        refused (``ValueError``) rather than silently mixed with these items; none is captured and written."""
+        path = Path(path) if path is not None else None
+        if path is not None and path.exists():
+            try:
+                wanted = range(model.cfg.n_layers) if layers is None else layers  # None: all, as capture reads it
+                return cls.load(path).check(_settings(model, items, chat), wanted, final=final)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+        acts = capture(model, items, layers=layers, chat=chat, batch_size=batch_size, final=final, progress=progress)
+        if path is not None:
+            acts.save(path)
+        return acts
+
+    @classmethod
     def concat(cls, parts: list["ResidCache"]) -> "ResidCache":
         """Join caches of consecutive item chunks (captured separately, e.g. to resume or in parallel)."""
         if not parts or any(p.layers != parts[0].layers for p in parts):
@@ -166,9 +184,13 @@ def capture(
             run_until(model, ids.to(device), hooks, stop_at=hook_name(deepest, "resid_post"), return_type=None)
         bar.update(len(batch))
     bar.close()
-    meta = {"model": getattr(model, "vru_name", getattr(model.cfg, "model_name", "")), "chat": chat,
+    return ResidCache(resid, rows_item, rows_step, token, layers, fin, _settings(model, items, chat))
+
+
+def _settings(model, items: list[dict], chat: bool) -> dict:
+    """What a capture depends on besides the layers: a cache is reused only for the same."""
+    return {"model": getattr(model, "vru_name", getattr(model.cfg, "model_name", "")), "chat": chat,
             "n_items": len(items), "item_ids": [it.get("id") for it in items]}
-    return ResidCache(resid, rows_item, rows_step, token, layers, fin, meta)
 
 
 def _bind(fn, **kw):

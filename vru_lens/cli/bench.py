@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import fail, parse_steps, print_json
+from .common import N, Json, Out, Seed, fail, parse_steps, print_json
 
 
 def _audit_table(report: dict, title: str) -> str:
@@ -15,9 +15,8 @@ def _audit_table(report: dict, title: str) -> str:
 
 
 def bench(
-    n: int = typer.Option(None, "--n", help="Items in the test split (default 1000; --audit: 5000). "
-                                            "Train/validation: --train/--validation."),
-    seed: int = typer.Option(0, help="Base seed; splits use disjoint seeds derived from it."),
+    n: N = None,
+    seed: Seed = 0,
     style: str = typer.Option("paper", help="paper (the study's format, the default) or story (our sentences)."),
     steps: str = typer.Option("2-5", help="Rotation steps per story, e.g. 2-5 or 3."),
     slots: int = typer.Option(4, help="Viewpoint slots: 4 (every 90 degrees) or 8 (every 45; story only)."),
@@ -30,10 +29,15 @@ def bench(
                                                       "split (default 5,000 items) instead of writing data."),
     from_file: str = typer.Option(None, "--from", help="Convert a JSON/JSONL file in the published format "
                                                        "(prompt/question/input + answer/label/output)."),
-    out: str = typer.Option(None, "--out", help="Folder to write (DatasetDict + one JSONL per split)."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    out: Out = None,
+    json_out: Json = False,
 ):
-    """Generate VRUBench splits (or --audit the shortcut rules, or convert a published file --from FILE)."""
+    """Generate VRUBench splits (or --audit the shortcut rules, or convert a published file --from FILE).
+
+    --n: test items (default 1000; --audit: 5000); --train and --validation add those splits, each from
+    its own seed derived from --seed. --out DIR: a datasets.DatasetDict and one JSONL per split
+    (DIR/test.jsonl, ...), what --data of the other commands reads.
+    """
     from ..bench import BenchConfig, make_items, make_splits, read_published, save, solve
     from ..evaluate import audit as run_audit
 

@@ -1,17 +1,132 @@
-"""Small helpers shared by the CLI commands: argument parsing and one-line errors."""
+"""What every CLI command shares: the common options (one spelling, one meaning), one-line errors,
+and finding a previous command's file in its --out folder.
+
+A command declares a shared option by its alias here (``model: Model = "smollm2-135m-instruct"``):
+the flag and its help come from here, only the default is the command's. tests/test_cli.py checks
+that no command spells or explains a shared option its own way.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
+Model = Annotated[str, typer.Option("--model", help="Embedded name, organism, hub id or local folder.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: cuda when available).")]
+Deltas = Annotated[Optional[Path], typer.Option(
+    "--deltas", help="Study the fine-tuned model: the --out folder of `vru-lens finetune` (or its deltas.safetensors).")]
+Data = Annotated[Optional[str], typer.Option(
+    "--data", help="Items to read: a folder or JSONL from `vru-lens bench --out`, or a JSON/JSONL file in the "
+                   "published format (default: generate them).")]
+N = Annotated[Optional[int], typer.Option("--n", help="How many VRUBench test items to use (generated with --seed "
+                                                      "unless --data gives them).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for every generated item, split and random draw.")]
+Chat = Annotated[Optional[bool], typer.Option(
+    "--chat/--plain", help="Prompts through the tokenizer's chat template, or plain text (default: chat for "
+                           "instruction-tuned models, as the study did).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (the last line of stdout) instead of text; "
+                                                   "progress bars default to off.")]
+Progress = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress bars and log lines on stderr (default: on, off with --json).")]
+Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch's default; 1 avoids OpenMP "
+                                                        "spinning on a busy shared CPU, often much faster there).")]
+Out = Annotated[Optional[Path], typer.Option(
+    "--out", help="Folder to write into (created if missing); the command's files are named inside it, "
+                  "see the command's description.")]
 
-def fail(message: str) -> None:
+SHARED = {"model": Model, "device": Device, "deltas": Deltas, "data": Data, "n": N, "seed": Seed, "chat": Chat,
+          "json_out": Json, "progress": Progress, "threads": Threads, "out": Out}  # parameter name -> its alias
+
+
+def fail(message: str) -> NoReturn:
     """Exit non-zero with a one-line reason."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def error_line(err: Exception) -> str:
+    """A library error as the one line `fail` prints (its first line: a transformers traceback is long)."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def show_progress(progress: bool | None, json_out: bool) -> bool:
+    """--progress/--no-progress if given, else on unless --json."""
+    return (not json_out) if progress is None else progress
+
+
+def log_to_stderr(on: bool):
+    """A log function for the library: lines to stderr, or nothing."""
+    return (lambda msg: typer.echo(msg, err=True)) if on else (lambda msg: None)
+
+
+def set_threads(threads: int) -> None:
+    if threads < 0:
+        fail(f"--threads must be 0 (torch's default) or more, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def chat_for(model, chat: bool | None) -> bool:
+    """--chat/--plain if given, else the study's choice: chat for instruction-tuned models."""
+    from ..tokens import is_chat_model
+
+    return is_chat_model(model) if chat is None else chat
+
+
+def out_file(out: Path | None, name: str) -> Path | None:
+    """OUT/name, creating OUT; None without --out."""
+    if out is None:
+        return None
+    if out.exists() and not out.is_dir():
+        fail(f"--out is a folder (the command writes {name} inside it), but {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out / name
+
+
+def find_input(path: Path | None, name: str, option: str, made_by: str) -> Path | None:
+    """A previous command's file given as its --out folder (then FOLDER/name) or as the file itself."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        if not (path / name).is_file():
+            fail(f"{option} {path}: the folder has no {name}; write it with `{made_by} --out {path}`")
+        return path / name
+    if not path.is_file():
+        fail(f"{option} {path}: no such folder or file; write it with `{made_by} --out {path}`")
+    return path
+
+
+def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-5", slots: int = 4,
+               style: str = "paper") -> list[dict]:
+    """Items from --data (a folder or JSONL from `vru-lens bench`, or a file in the published format),
+    or freshly generated ones."""
+    from ..bench import BenchConfig, load, make_items
+
+    if data:
+        try:
+            splits = load(data)
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        if split not in splits:
+            if len(splits) != 1:
+                fail(f"split {split!r} not in {data}; it has {', '.join(splits)}")
+            split = next(iter(splits))  # a single file: its one split
+        rows = splits[split][:n] if n else splits[split]
+        if not rows:
+            fail(f"split {split!r} of {data} is empty")
+        return rows
+    lo, hi = parse_steps(steps)
+    try:
+        return make_items(n, seed, BenchConfig(style=style, n_slots=slots, min_steps=lo, max_steps=hi), split=split)
+    except ValueError as err:
+        fail(str(err))
 
 
 def parse_steps(text: str) -> tuple[int, int]:

@@ -4,33 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from .common import fail, parse_steps, print_json
-
-
-def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-5", slots: int = 4,
-               style: str = "paper") -> list[dict]:
-    """Items from --data (a folder or JSONL from `vru-lens bench`, or a file in the published format),
-    or freshly generated ones."""
-    from ..bench import BenchConfig, load, make_items
-
-    if data:
-        try:
-            splits = load(data)
-        except (FileNotFoundError, ValueError) as err:
-            fail(str(err))
-        if split not in splits:
-            if len(splits) != 1:
-                fail(f"split {split!r} not in {data}; it has {', '.join(splits)}")
-            split = next(iter(splits))  # a single file: its one split
-        rows = splits[split][:n] if n else splits[split]
-        if not rows:
-            fail(f"split {split!r} of {data} is empty")
-        return rows
-    lo, hi = parse_steps(steps)
-    try:
-        return make_items(n, seed, BenchConfig(style=style, n_slots=slots, min_steps=lo, max_steps=hi), split=split)
-    except ValueError as err:
-        fail(str(err))
+from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
+                     find_input, load_items, out_file, print_json, set_threads, show_progress)
 
 
 def _pairs_line(name: str, p: dict) -> str:
@@ -43,47 +18,54 @@ def _pairs_line(name: str, p: dict) -> str:
 
 
 def eval_cmd(
-    model: str = typer.Option("smollm2-135m-instruct", help="Embedded name, hub id or local folder."),
-    data: str = typer.Option(None, help="Folder or JSONL from `vru-lens bench --out`, or a JSON/JSONL file in the "
-                                        "published format (else items are generated)."),
-    n: int = typer.Option(200, "--n", help="Items to evaluate (0 = the whole split of --data)."),
+    model: Model = "smollm2-135m-instruct",
+    data: Data = None,
+    n: N = 200,
     split: str = typer.Option("test", help="Split to read or generate."),
-    seed: int = typer.Option(0, help="Seed for generated items."),
+    seed: Seed = 0,
     style: str = typer.Option("paper", help="Generated items: paper (the study's format) or story (our sentences)."),
     steps: str = typer.Option("2-5", help="Steps for generated items."),
     slots: int = typer.Option(4, help="Slots for generated items: 4 or 8 (story only)."),
-    chat: bool = typer.Option(None, "--chat/--plain", help="Chat template or plain text (default: chat for "
-                                                          "instruction-tuned models, as the study did)."),
+    chat: Chat = None,
     method: str = typer.Option("both", help="both, logprob (candidate scoring) or generate (greedy, exact match "
                                             "after the study's normalisation)."),
     batch_size: int = typer.Option(16, help="Sequences per forward pass."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    device: Device = None,
     dtype: str = typer.Option("float32", help="Weights and activations: float32, bfloat16 (half the memory; faster "
                                               "where the processor has bfloat16 units) or float16."),
-    deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
+    deltas: Deltas = None,
     pairs: bool = typer.Option(False, "--pairs", help="Also score counterfactual pairs (final direction flipped): "
                                                       "object-object pairs from --n pairable items, object-unknown "
                                                       "pairs from the evaluated items."),
     max_pairs: int = typer.Option(None, help="With --pairs: at most this many pairs of each kind."),
-    save: str = typer.Option(None, help="Write the full per-item result as JSON here."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracies, chance, rules, breakdowns)."),
+    out: Out = None,
+    threads: Threads = 0,
+    json_out: Json = False,
+    progress: Progress = None,
 ):
-    """Evaluate a model on VRUBench."""
+    """Evaluate a model on VRUBench. --n 0 with --data: every item of the split.
+
+    --out DIR writes DIR/eval.json, the full per-item result (before the pairs are scored, so an
+    interrupted --pairs run keeps the accuracies), and with --pairs DIR/pairs.json.
+    """
     from ..bench import PAIRABLE, make_items
     from ..evaluate import METHODS, evaluate, items_pair_accuracy
     from ..models import load_model
-    from ..tokens import is_chat_model
 
     if n < 0 or (n == 0 and not data):
         fail(f"--n must be positive (0 only with --data), got {n}")
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    set_threads(threads)
+    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
+    save = out_file(out, "eval.json")
     items = load_items(data, n, split, seed, steps, slots, style)
     pair_scores = {}
     try:
         lm = load_model(model, device=device, dtype=dtype, deltas=deltas)
-        chat = is_chat_model(lm) if chat is None else chat
-        result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size, progress=not json_out)
+        chat = chat_for(lm, chat)
+        result = evaluate(lm, items, chat=chat, method=method, batch_size=batch_size,
+                          progress=show_progress(progress, json_out))
         if save:
             result.save(save)  # before the pairs: an interrupted --pairs run keeps the accuracies
         if pairs:
@@ -94,9 +76,13 @@ def eval_cmd(
                 if got:
                     pair_scores[kind] = got
     except (ValueError, OSError, ModuleNotFoundError) as err:
-        fail(str(err).splitlines()[0] if json_out else str(err))
+        fail(error_line(err))
     if pairs and not pair_scores:
         fail(f"the {len(items)} items yield fewer than 2 counterfactual pairs for this tokenizer; raise --n")
+    if pairs and out:
+        from ..results import write_json_atomic
+
+        write_json_atomic(out / "pairs.json", pair_scores)
     summary = result.summary()
     summary["dtype"] = str(next(lm.parameters()).dtype).removeprefix("torch.")
     if pairs:

@@ -7,13 +7,15 @@ from typing import Optional
 
 import typer
 
-from .common import fail, print_json
+from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
+                     find_input, log_to_stderr, out_file, print_json, set_threads, show_progress)
 
 
 def finetune(
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="model name, hub id or folder"),
-    heads: Optional[Path] = typer.Option(None, "--heads", help="head ranking JSON (vru-lens rank-heads --out); "
-                                         "if missing, a gradient x activation ranking is computed and saved next to --out"),
+    model: Model = "smollm2-135m-instruct",
+    heads: Optional[Path] = typer.Option(None, "--heads", help="The ranking: the --out folder of `vru-lens rank-heads` "
+                                         "(or its ranking.json), a gradient ranking, or a JSON list [[layer, head], ...] "
+                                         "best first (default: a gradient x activation ranking, saved as OUT/ranking.json)"),
     top_k: int = typer.Option(16, "--top-k", help="number of heads"),
     components: str = typer.Option("qo", "--components", help="qo: W_Q and W_O slices; qkvo: also the W_K/W_V slices of each head's KV group"),
     method: str = typer.Option("heads", "--method", help="heads | random | bottom | full | lora"),
@@ -22,50 +24,53 @@ def finetune(
     grad_accum: int = typer.Option(1, "--grad-accum"),
     lr: Optional[float] = typer.Option(None, "--lr", help="default: 1e-3 for head deltas and LoRA, 2e-5 for full"),
     warmup: int = typer.Option(20, "--warmup"),
-    eval_every: int = typer.Option(50, "--eval-every"),
-    n_train: int = typer.Option(2000, "--n-train"),
-    n_val: int = typer.Option(64, "--n-val"),
-    n_test: int = typer.Option(300, "--n-test"),
+    eval_every: int = typer.Option(50, "--eval-every", help="validation (and, with --out, checkpoint) every this many steps"),
+    n_train: int = typer.Option(2000, "--n-train", help="training items"),
+    n_val: int = typer.Option(64, "--n-val", help="validation items (the best step's state is kept)"),
+    n: N = 300,
     general_n: int = typer.Option(100, "--general-n", help="items per general task (0: skip the general suite)"),
     mmlu_n: Optional[int] = typer.Option(None, "--mmlu-n", help="MMLU questions (default: --general-n)"),
     wiki_n: int = typer.Option(50, "--wiki-n", help="Wikipedia articles for perplexity and KL"),
     tasks: str = typer.Option("hellaswag,arc_easy,piqa,winogrande,boolq,lambada", "--tasks", help="zero-shot tasks"),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="default: matched to the head-delta budget"),
-    seed: int = typer.Option(0, "--seed"),
-    chat: bool = typer.Option(False, "--chat/--plain"),
-    out: Optional[Path] = typer.Option(None, "--out", help="deltas .safetensors (head methods and LoRA)"),
-    results: Optional[Path] = typer.Option(None, "--results", help="write the full result JSON here"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="checkpoint file (written every --eval-every steps)"),
-    resume: bool = typer.Option(False, "--resume", help="continue from --checkpoint"),
+    seed: Seed = 0,
+    chat: Chat = None,
+    out: Out = None,
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out (from OUT/checkpoint.pt)"),
     cache_dir: Optional[Path] = typer.Option(Path("results/finetune/cache"), "--cache-dir", help="base-model measurements"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    device: Device = None,
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="recompute each block's "
                                                   "activations in backward: memory of one layer's activations "
                                                   "instead of all (large models), ~1/3 more compute"),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default). On a shared, "
-                                "oversubscribed CPU, 1 avoids OpenMP barrier spinning (much faster there)"),
+    threads: Threads = 0,
+    json_out: Json = False,
+    progress: Progress = None,
 ):
-    """Fine-tune only the top heads' W_Q/W_O (and W_K/W_V) slices; report VRU and general ability before/after."""
+    """Fine-tune only the top heads' W_Q/W_O (and W_K/W_V) slices; report VRU and general ability before/after.
+
+    --n test items (the VRU accuracy before and after). --out DIR writes DIR/deltas.safetensors (head
+    methods: what --deltas of the other commands reads; LoRA: DIR/lora.safetensors), DIR/result.json,
+    DIR/checkpoint.pt (every --eval-every steps; --resume continues from it) and, without --heads,
+    DIR/ranking.json (the stand-in ranking).
+    """
     from ..finetune.run import DEFAULT_LR, METHODS
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if components not in ("qo", "qkvo"):
         fail(f"--components must be qo or qkvo, got {components!r}")
-    if resume and checkpoint is None:
-        fail("--resume needs --checkpoint")
-    if heads is not None and not heads.exists():
-        fail(f"no ranking file at {heads}; create one with `vru-lens rank-heads --out {heads}` or leave --heads out")
+    if resume and out is None:
+        fail("--resume needs --out: the folder of the run to continue")
+    heads = find_input(heads, "ranking.json", "--heads", "vru-lens rank-heads")
     if method == "bottom" and heads is None:
-        fail("--method bottom needs --heads ranking.json")
-    log = (lambda *a, **k: None) if as_json else (lambda msg: typer.echo(msg, err=True))
+        fail("--method bottom needs --heads (a ranking: the --out folder of `vru-lens rank-heads`)")
+    set_threads(threads)
+    checkpoint = out_file(out, "checkpoint.pt")
+    log = log_to_stderr(show_progress(progress, json_out))
+
+    from functools import partial
 
     import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    from functools import partial
 
     from ..evaluate import accuracy, vru_breakdown
     from ..finetune import TrainConfig
@@ -74,16 +79,14 @@ def finetune(
     from ..models import load_model
 
     try:
-        m = load_model(model)
-    except (ValueError, OSError) as err:
-        fail(str(err))
+        m = load_model(model, device=device)
+    except (ValueError, OSError, ModuleNotFoundError) as err:
+        fail(error_line(err))
+    chat = chat_for(m, chat)
     torch.manual_seed(seed)
     ranking = heads
     if ranking is None and method in ("heads", "random", "bottom"):
-        ranking = (out.parent if out else Path("results/finetune")) / f"ranking_grad_{model.replace('/', '_')}.json"
-        if not ranking.exists():
-            log(f"no --heads given: ranking heads by gradient x activation on training pairs -> {ranking}")
-        gradient_ranking(m, ranking, chat=chat, seed=seed)
+        ranking = gradient_ranking(m, out / "ranking.json" if out else None, chat=chat, seed=seed, log=log)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr or DEFAULT_LR[method],
                       warmup_steps=min(warmup, steps), eval_every=eval_every, seed=seed, chat=chat,
                       checkpoint_every=eval_every if checkpoint else 0, activation_checkpointing=activation_checkpointing)
@@ -91,20 +94,22 @@ def finetune(
         suite = GeneralSuite(n_per_task=general_n, mmlu_n=general_n if mmlu_n is None else mmlu_n, wiki_n=wiki_n,
                              seed=seed, tasks=tuple(t for t in tasks.split(",") if t)) if general_n > 0 else None
     except ValueError as err:
-        fail(str(err))
+        fail(error_line(err))
+    weights = (out / ("lora.safetensors" if method == "lora" else "deltas.safetensors")) if out else None
     try:
-        experiment = FinetuneConfig(method, top_k, components, lora_rank, seed, n_train, n_val, n_test, seed, train=cfg)
+        experiment = FinetuneConfig(method, top_k, components, lora_rank, seed, n_train, n_val, n, seed, train=cfg)
+        shown = show_progress(progress, json_out)
         res = run_experiment(m, experiment, ranking, measure=partial(vru_breakdown, chat=chat, batch_size=cfg.eval_batch_size,
-                                                                     progress=not (quiet or as_json)),
+                                                                     progress=shown),
                              accuracy=partial(accuracy, chat=chat, batch_size=cfg.eval_batch_size), suite=suite,
-                             out=out, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir,
-                             progress=not (quiet or as_json), log=log)
+                             out=weights, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir,
+                             progress=shown, log=log)
     except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as err:
-        fail(str(err))
-    if results:
-        res.save(results)
+        fail(error_line(err))
+    if out:
+        res.save(out / "result.json")
     summary = res.summary()
-    if as_json:
+    if json_out:
         print_json(summary)
         return
     typer.echo(f"{method} on {model}: {res.trainable_params:,} trainable parameters")
@@ -121,4 +126,4 @@ def finetune(
         a = res.general_after.get(k, float("nan"))
         typer.echo(f"  {k:<18} {b:9.3f} -> {a:9.3f}  ({a - b:+.3f})")
     if out:
-        typer.echo(f"saved {out}")
+        typer.echo(f"saved in {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))

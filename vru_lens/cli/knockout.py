@@ -6,28 +6,39 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, print_json
+from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
+                     load_items, out_file, print_json, set_threads)
 
 
 def knockout(
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Embedded name, hub id or local folder."),
-    heads: Path = typer.Option(..., "--heads", help="Ranking JSON: `vru-lens rank-heads --out`, a gradient ranking, "
-                               "or a list [[layer, head], ...] best first."),
+    model: Model = "smollm2-135m-instruct",
+    heads: Path = typer.Option(..., "--heads", help="The ranking: the --out folder of `vru-lens rank-heads` (or its "
+                               "ranking.json), a gradient ranking, or a JSON list [[layer, head], ...] best first."),
     top_k: int = typer.Option(..., "--top-k", help="How many of its top heads to ablate together."),
-    n: int = typer.Option(500, "--n", help="VRUBench test items for accuracy."),
+    n: N = 500,
+    data: Data = None,
     n_pairs: int = typer.Option(100, "--n-pairs", help="Counterfactual pairs for the head means and logit differences."),
     n_random: int = typer.Option(20, "--n-random", help="Random k-head sets (drawn from the heads outside the top k)."),
-    seed: int = typer.Option(0, help="Seed for items and random draws."),
-    chat: bool = typer.Option(False, "--chat", help="Use the tokenizer's chat template."),
+    seed: Seed = 0,
+    chat: Chat = None,
     batch_size: int = typer.Option(32, help="Items per forward pass."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: Device = None,
+    deltas: Deltas = None,
+    out: Out = None,
+    threads: Threads = 0,
+    json_out: Json = False,
 ):
-    """Accuracy with no heads, the top-k heads and random k-head sets mean-ablated."""
-    if not heads.exists():
-        fail(f"no ranking file at {heads}; write one with `vru-lens rank-heads --out {heads}`")
+    """Accuracy with no heads, the top-k heads and random k-head sets mean-ablated.
+
+    --n test items for accuracy (generated, or the test split of --data); --out DIR writes DIR/knockout.json (what --json prints).
+    """
+    heads = find_input(heads, "ranking.json", "--heads", "vru-lens rank-heads")
+    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
     if top_k < 1 or n < 1 or n_pairs < 2 or n_random < 1:
         fail("--top-k, --n and --n-random must be positive and --n-pairs at least 2")
+    set_threads(threads)
+    saved = out_file(out, "knockout.json")
+    items = load_items(data, n, "test", seed)
     import numpy as np
 
     from functools import partial
@@ -41,24 +52,29 @@ def knockout(
 
     try:
         top = resolve_heads(heads, top_k)
-        lm = load_model(model, device=device)
+        lm = load_model(model, device=device, deltas=deltas)
+        chat = chat_for(lm, chat)
         L, H = lm.cfg.n_layers, lm.cfg.n_heads
         bad = [h for h in top if not (0 <= h[0] < L and 0 <= h[1] < H)]
         if bad:
             fail(f"heads {bad} are outside this model's {L} layers x {H} heads: is {heads} a ranking of {model}?")
         pt = tokenize_pairs(lm.tokenizer, make_items(n_pairs, seed + 1, PAIRABLE, split="validation"), chat=chat)
-        res = run(lm, pt, make_items(n, seed, split="test"), top, n_random=n_random, seed=seed, batch_size=batch_size,
+        res = run(lm, pt, items, top, n_random=n_random, seed=seed, batch_size=batch_size,
                   accuracy=partial(accuracy, chat=chat, batch_size=batch_size))
     except (ValueError, OSError, KeyError, ModuleNotFoundError) as err:
-        fail(str(err).splitlines()[0])
+        fail(error_line(err))
     by = {c["name"]: c for c in res.conditions}
     rand = [c["accuracy"] for c in res.conditions if c["name"].startswith("random")]
-    payload = {"model": model, "k": res.k, "top": res.top, "n_items": n, "n_pairs": len(pt),
+    payload = {"model": model, "k": res.k, "top": res.top, "n_items": len(items), "n_pairs": len(pt),
                "base_accuracy": by["none"]["accuracy"], "top_k_accuracy": by["top"]["accuracy"],
                "random_k_accuracy": float(np.mean(rand)),
                "random_k_band": [float(np.quantile(rand, 0.05)), float(np.quantile(rand, 0.95))],
                "random_k_each": rand, "normalised_ld": {"top_k": by["top"]["normalised_ld"],
                                                         "random_k_mean": float(np.mean([c["normalised_ld"] for c in res.conditions if c["name"].startswith("random")]))}}
+    if saved:
+        from ..results import write_json_atomic
+
+        write_json_atomic(saved, payload)
     if json_out:
         print_json(payload)
         return

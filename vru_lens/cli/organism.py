@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from .common import fail, print_json
+from .common import Device, Json, Model, Out, Seed, Threads, error_line, fail, print_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The VRU model organism: a small Llama whose planted heads G carry the final rotation.")
@@ -12,20 +14,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.command("train")
 def train_cmd(
-    out: str = typer.Option(..., "--out", help="Folder for the trained model (and DIR-base for the base checkpoint)."),
-    seed: int = typer.Option(0, help="Training seed."),
+    out: Out,
+    seed: Seed = 0,
     steps: int = typer.Option(None, help="Optimizer steps (default: the shipped recipe's)."),
-    threads: int = typer.Option(1, help="torch threads (one is fastest on a busy 2-core machine)."),
+    threads: Threads = 1,
     tiny: bool = typer.Option(False, help="A tiny variant for a few steps: checks the training code."),
-    device: str = typer.Option("cpu", help="Torch device to train on (cpu, cuda)."),
+    device: Device = None,
 ):
-    """Train from scratch; prints the learning curve as it goes and saves the model, base checkpoint and card."""
+    """Train from scratch; prints the learning curve as it goes and saves the model, base checkpoint and card.
+
+    --out DIR: the trained model and its card in DIR, the base checkpoint in DIR-base.
+    """
+    from ..models import pick_device
     from ..organism.recipe import run_recipe
 
     try:
-        card = run_recipe(out, seed=seed, steps=steps, threads=threads, tiny=tiny, log=typer.echo, device=device)
+        card = run_recipe(str(out), seed=seed, steps=steps, threads=threads, tiny=tiny, log=typer.echo,
+                          device=pick_device(device))
     except ValueError as err:
-        fail(str(err))
+        fail(error_line(err))
     typer.echo(f"saved {out} (planted heads {card['planted_heads']})")
 
 
@@ -44,8 +51,8 @@ def measure_cmd(
 
 @app.command("info")
 def info_cmd(
-    model: str = typer.Option("vru-organism", "--model", help="An organism name or a trained folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    model: Model = "vru-organism",
+    json_out: Json = False,
 ):
     """The organism's card: planted heads G, their roles, shape and measured ground truth."""
     from ..models.organisms import organism_card
@@ -63,17 +70,21 @@ def info_cmd(
 
 @app.command("study")
 def study_cmd(
-    model: str = typer.Option("vru-organism", "--model", help="An organism name or a trained folder (with organism.json)."),
-    out: str = typer.Option("results/organism-study", "--out", help="Folder for every result, figure, study.json and tables.md."),
+    model: Model = "vru-organism",
+    out: Out = Path("results/organism-study"),
     base: str = typer.Option("vru-organism-base", "--base", help="Starting checkpoint of the fine-tuning experiment."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
     seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 3; --quick 1)."),
     ft_steps: int = typer.Option(None, "--ft-steps", help="Fine-tuning steps per run (default 300; --quick 3)."),
     parts: str = typer.Option("probes,rankings,knockout,finetune,closed_loop", "--parts", help="Comma-separated parts."),
-    threads: int = typer.Option(1, help="torch threads."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    threads: Threads = 1,
+    json_out: Json = False,
 ):
-    """The study on the organism: probes, every ranking graded against G, knockout curves, fine-tuning, closed loop."""
+    """The study on the organism: probes, every ranking graded against G, knockout curves, fine-tuning, closed loop.
+
+    --model: an organism name or a trained folder (with organism.json). --out DIR holds every result,
+    figure, DIR/study.json and DIR/tables.md.
+    """
     from dataclasses import replace
 
     from ..organism.study import QUICK, StudyConfig, run_study
@@ -88,11 +99,11 @@ def study_cmd(
     cfg = replace(cfg, base=base, parts=wanted, **({"ft_seeds": tuple(range(seeds))} if seeds else {}),
                   **({"ft_steps": ft_steps} if ft_steps else {}))
     try:
-        summary = run_study(model, out, cfg, threads=threads, log=(lambda m: None) if json_out else typer.echo)
+        summary = run_study(model, str(out), cfg, threads=threads, log=(lambda m: None) if json_out else typer.echo)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if json_out:
         print_json(summary)
         return
-    typer.echo(open(f"{out}/tables.md").read())
+    typer.echo((out / "tables.md").read_text())
     typer.echo(f"wrote {out}/study.json, tables.md and the figures")

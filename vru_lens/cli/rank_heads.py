@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from .common import fail, print_json
+from .common import (N, Chat, Deltas, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
+                     find_input, out_file, print_json, set_threads, show_progress)
 
 
 def rank_heads(
-    model: str = typer.Option("smollm2-135m-instruct", help="Embedded name, hub id or local folder."),
-    n: int = typer.Option(64, "--n", help="VRUBench items to generate; about half pair up into counterfactual pairs."),
+    model: Model = "smollm2-135m-instruct",
+    n: N = 64,
     method: str = typer.Option("path", help="path, activation, attribution or ablation."),
     top_k: int = typer.Option(10, "--top-k", help="Heads to list."),
-    out: str = typer.Option(None, "--out", help="Write the HeadScores JSON here (a checkpoint sits beside it while running)."),
+    out: Out = None,
     max_pairs: int = typer.Option(None, help="Use at most this many pairs."),
     component: str = typer.Option("z", help="Activation/attribution patching: z, q, k or v."),
     direction: str = typer.Option("noising", help="Activation/attribution patching: noising or denoising."),
     ablation: str = typer.Option("mean", help="Ablation method: mean or scaled_query."),
     ig_steps: int = typer.Option(1, "--ig-steps", help="Attribution: integrated-gradient steps (1 = plain attribution patching)."),
-    seed: int = typer.Option(0, help="Seed for items and the bootstrap."),
+    seed: Seed = 0,
     n_boot: int = typer.Option(1000, help="Bootstrap resamples over pairs for CIs (0 = none)."),
     batch_size: int = typer.Option(8, help="Pairs per chunk (and per checkpoint)."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the tokenizer's chat template."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
-    deltas: str = typer.Option(None, help="Head-delta file from `vru-lens finetune --out`: study the fine-tuned model."),
-    plot: str = typer.Option(None, help="Write the heatmap as HTML here."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: method, top [[layer, head, score]], scores, ..."),
+    chat: Chat = None,
+    device: Device = None,
+    deltas: Deltas = None,
+    threads: Threads = 0,
+    json_out: Json = False,
+    progress: Progress = None,
 ):
-    """Rank attention heads by how much they carry the clean-vs-corrupted answer."""
+    """Rank attention heads by how much they carry the clean-vs-corrupted answer.
+
+    --n pairable items are generated; about half pair up into counterfactual pairs. --out DIR writes
+    DIR/ranking.json (a HeadScores: what --heads of finetune and knockout reads) and DIR/ranking.html
+    (the heatmap); DIR/ranking.json.partial is the checkpoint a re-run resumes from. --json prints
+    method, top [[layer, head, score]], scores, ...
+    """
     from ..patching.rank import RankOptions, ranking_method
 
     try:  # the library validates; fail before loading the model
@@ -46,21 +52,24 @@ def rank_heads(
     from ..patching.rank import rank_heads as run
     from ..tokens import tokenize_pairs
 
+    set_threads(threads)
+    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
+    saved = out_file(out, "ranking.json")
     try:
         lm = load_model(model, device=device, deltas=deltas)
+        chat = chat_for(lm, chat)
         pt = tokenize_pairs(lm.tokenizer, make_items(n, seed, cfg=PAIRABLE), chat=chat, max_pairs=max_pairs)
         if len(pt) < 2:
             fail(f"only {len(pt)} counterfactual pair(s) from {n} items ({pt.pairs.summary()}); raise --n")
-        checkpoint = Path(out).with_name(Path(out).name + ".partial") if out else None
+        checkpoint = saved.with_name(saved.name + ".partial") if saved else None
         result = run(lm, pt, method, component=component, direction=direction, ablation=ablation,
                      batch_size=batch_size, n_boot=n_boot, seed=seed, checkpoint=checkpoint,
-                     progress=not json_out, chat=chat, ig_steps=ig_steps)
+                     progress=show_progress(progress, json_out), chat=chat, ig_steps=ig_steps)
     except (ValueError, OSError, ModuleNotFoundError) as err:
-        fail(str(err).splitlines()[0] if json_out else str(err))
-    if out:
-        result.save(out)
-    if plot:
-        result.plot().write_html(plot)
+        fail(error_line(err))
+    if saved:
+        result.save(saved)
+        result.plot().write_html(saved.with_suffix(".html"))
     top = result.top(top_k)
     if json_out:
         payload = {"method": method, "model": model, "kind": result.kind, "component": result.component,
@@ -82,5 +91,5 @@ def rank_heads(
         typer.echo(f"GQA: {result.gqa['note']}")
     if result.meta.get("warning"):
         typer.echo(f"warning: {result.meta['warning']}")
-    if out:
-        typer.echo(f"saved {out}")
+    if saved:
+        typer.echo(f"saved {saved} and {saved.with_suffix('.html')}")

@@ -6,16 +6,19 @@ a re-run skips what is on disk. Several models can share OUT: the report shows t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from .common import fail, print_json
+from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, error_line, fail, log_to_stderr, print_json,
+                     set_threads, show_progress)
 
 
 def run(
-    model: str = typer.Option("vru-organism", help="Embedded name, organism, hub id or local folder."),
-    out: str = typer.Option("results/run", help="Folder for every stage's result and report.html."),
+    model: Model = "vru-organism",
+    out: Out = Path("results/run"),
     quick: bool = typer.Option(False, "--quick", help="Fewer items, resamples and draws; no baselines (minutes on a CPU)."),
-    n: int = typer.Option(None, "--n", help="Test items (evaluation, logit lens, knockout, fine-tuning test split)."),
+    n: N = None,
     n_probe: int = typer.Option(None, help="Items for the probes."),
     n_pairs: int = typer.Option(None, help="Counterfactual pairs for head ranking."),
     method: str = typer.Option("path", help="Ranking that picks heads: path, activation, attribution, ablation."),
@@ -26,22 +29,24 @@ def run(
     n_train: int = typer.Option(None, help="Training items (one epoch at batch 32)."),
     baselines: str = typer.Option(None, help="Fine-tuning baselines: random,lora (default: both; --quick: none)."),
     general_n: int = typer.Option(None, help="Items per general task for forgetting (0: skip; organisms use list recall)."),
-    seed: int = typer.Option(0, help="Seed for every generated item and draw."),
-    chat: bool = typer.Option(None, "--chat/--plain", help="Chat template (default: as the study, chat for instruct models)."),
+    seed: Seed = 0,
+    chat: Chat = None,
     stages: str = typer.Option(None, help="Comma-separated subset of the stages (default: all)."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+    device: Device = None,
     dtype: str = typer.Option(None, help="float32, bfloat16, float16 (default: the loader's; bfloat16 for 7B on a GPU)."),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is faster on a busy shared CPU)."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary; no progress bars."),
+    threads: Threads = 0,
+    json_out: Json = False,
+    progress: Progress = None,
 ):
-    """The whole study: evaluate, probe, rank heads, knockout, fine-tune from the base; write OUT/report.html."""
-    import torch
+    """The whole study: evaluate, probe, rank heads, knockout, fine-tune from the base; write OUT/report.html.
 
+    --n test items (evaluation, logit lens, knockout, fine-tuning test split). --out DIR holds every
+    stage's result under DIR/MODEL/ and DIR/report.html (several models can share DIR).
+    """
     from ..report import build_report
     from ..study import STAGES, StudyConfig, run_study
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    set_threads(threads)
 
     wanted = tuple(s for s in (stages or ",".join(STAGES)).split(",") if s)
     unknown = [s for s in wanted if s not in STAGES]
@@ -54,10 +59,10 @@ def run(
     kw.update(method=method, compare=tuple(c for c in compare.split(",") if c), seed=seed, stages=wanted)
     try:
         cfg = StudyConfig.quick(**kw) if quick else StudyConfig(**kw)
-        log = (lambda msg: None) if json_out else (lambda msg: typer.echo(msg, err=True))
-        study = run_study(model, out, cfg, device=device, progress=not json_out, log=log, dtype=dtype)
+        shown = show_progress(progress, json_out)
+        study = run_study(model, out, cfg, device=device, progress=shown, log=log_to_stderr(shown), dtype=dtype)
     except (ValueError, OSError, ModuleNotFoundError) as err:
-        fail(str(err).splitlines()[0])
+        fail(error_line(err))
     report = build_report(out)
     if json_out:
         from ..report import load_study

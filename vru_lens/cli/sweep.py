@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import typer
 
-from .common import fail, print_json
+from .common import Json, Out, Progress, error_line, fail, print_json, show_progress
 
 
 def sweep(
     args: list[str] = typer.Argument(None, metavar="[CONFIG] [ADDRESS]",
                                      help="The sweep file (.toml or .yaml); after --ray, optionally a Ray address."),
-    out: str = typer.Option(None, help="Output folder: cells/<hash>.json, cells.csv, stability.csv, figures.html, "
-                                       "sweep.json (default: beside CONFIG, CONFIG without suffix)."),
+    out: Out = None,
     example: bool = typer.Option(False, "--example", help="Run the small built-in grid on tiny models."),
     ray: bool = typer.Option(False, "--ray", help="Run cells as Ray tasks: on the cluster at ADDRESS, else on a "
                                                   "local Ray started for this sweep (1 CPU, no dashboard)."),
-    json_out: bool = typer.Option(False, "--json", help='Print one JSON object: {"cells": [{"settings", "top": '
-                                                        '[[layer, head, score], ...], "auroc"}, ...], "stability"}.'),
+    json_out: Json = False,
+    progress: Progress = None,
 ):
-    """Rank heads over a grid of models, methods, metrics, pair counts, styles and seeds; resumable."""
+    """Rank heads over a grid of models, methods, metrics, pair counts, styles and seeds; resumable.
+
+    --out DIR (default: beside CONFIG, CONFIG without suffix) holds cells/<hash>.json, cells.csv,
+    stability.csv, figures.html and sweep.json. --json prints {"cells": [{"settings", "top":
+    [[layer, head, score], ...], "auroc"}, ...], "stability"}.
+    """
     from pathlib import Path
 
     from ..sweep import EXAMPLE, SweepConfig, gather, run_sweep
@@ -39,11 +43,11 @@ def sweep(
     if out is None:
         if example:
             fail("--example needs --out DIR")
-        out = str(Path(config_path).with_suffix(""))
+        out = Path(config_path).with_suffix("")
     try:
-        result = run_sweep(config, out, ray_address=address, use_ray=ray, progress=not json_out)
+        result = run_sweep(config, out, ray_address=address, use_ray=ray, progress=show_progress(progress, json_out))
     except (ValueError, OSError, ModuleNotFoundError) as err:
-        fail(str(err).splitlines()[0] if json_out else str(err))
+        fail(error_line(err))
     summary = gather(result, out, config.options["top_k"])
     if json_out:
         print_json(summary)
@@ -60,4 +64,4 @@ def sweep(
         fixed = f"seed {row['seed']}" if row["across"] == "method" else row["method"]
         typer.echo(f"  {row['model']} ({fixed}): across {row['across']} {row['a']} vs {row['b']}: Kendall tau "
                    f"{row['kendall_tau']:.3f}, top-{k} overlap {row[f'top{k}_overlap']}/{k}")
-    typer.echo(f"figures: {Path(out) / 'figures.html'}")
+    typer.echo(f"figures: {out / 'figures.html'}")

@@ -157,18 +157,31 @@ def make_trainable(model, cfg: FinetuneConfig, heads=None):
     return trainable, chosen, extra
 
 
-def gradient_ranking(model, path: str | Path, chat: bool = False, seed: int = 0, n_items: int = 128) -> Path:
+def gradient_ranking(model, path: str | Path | None = None, chat: bool = False, seed: int = 0, n_items: int = 128,
+                     log=print):
     """The stand-in ranking where no patching ranking exists yet: ``rank_heads(..., "gradient")`` on the
-    counterfactual pairs of ``n_items`` training items, saved as HeadScores at ``path`` (reused if there)."""
+    counterfactual pairs of ``n_items`` training items (seed ``seed + 1``), a HeadScores. Kept at ``path``
+    when given; a file there for the same model and settings is reused, one for others is recomputed."""
     from ..bench import PAIRABLE, make_items
     from ..patching.rank import rank_heads
+    from ..patching.scores import HeadScores
 
-    path = Path(path)
-    if not path.exists():
+    settings = {"stand_in": {"seed": seed, "chat": chat, "n_items": n_items}}
+    name = getattr(model, "vru_name", type(model).__name__)
+    path = Path(path) if path is not None else None
+    if path is not None and path.exists():
+        old = HeadScores.load(path)
+        if old.model == name and old.method == "gradient" and old.meta.get("stand_in") == settings["stand_in"]:
+            return old
+    log(f"no ranking given: ranking heads by gradient x activation on the pairs of {n_items} training items"
+        + (f" -> {path}" if path else ""))
+    scores = rank_heads(model, make_items(n_items, seed + 1, PAIRABLE, split="train"), "gradient", n_boot=0,
+                        progress=False, chat=chat)
+    scores.meta.update(settings)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        rank_heads(model, make_items(n_items, seed + 1, PAIRABLE, split="train"), "gradient", n_boot=0,
-                   progress=False, chat=chat).save(path)
-    return path
+        scores.save(path)
+    return scores
 
 
 # ------------------------------------------------------------------ measuring (cached)

@@ -57,6 +57,10 @@ def test_finetune_cli_errors(tmp_path):
     assert r.exit_code == 2 and "--resume needs --out" in r.output
     r = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--components", "qk"])
     assert r.exit_code == 2 and "qkvo" in r.output
+    r = CliRunner().invoke(app, ["finetune", "--model", "no-such-model", "--method", "everything"])
+    assert r.exit_code == 2 and "heads, random, bottom, full, lora" in r.output  # refused before loading the model
+    r = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--steps", "0"])
+    assert r.exit_code == 2 and "steps" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def test_eval_and_rank_heads_on_a_fine_tuned_model(tmp_path, tiny_llama):

@@ -53,12 +53,20 @@ def finetune(
     DIR/checkpoint.pt (every --eval-every steps; --resume continues from it) and, without --heads,
     DIR/ranking.json (the stand-in ranking).
     """
-    from ..finetune.run import DEFAULT_LR, METHODS
+    from dataclasses import replace
 
-    if method not in METHODS:
-        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if components not in ("qo", "qkvo"):
-        fail(f"--components must be qo or qkvo, got {components!r}")
+    from ..finetune import TrainConfig
+    from ..finetune.run import DEFAULT_LR, FinetuneConfig
+
+    try:  # the library validates the settings, before the model is loaded
+        experiment = FinetuneConfig(method, top_k, components, lora_rank, seed, n_train, n_val, n, seed,
+                                    train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+                                                      lr=lr or DEFAULT_LR.get(method, 0.0), warmup_steps=min(warmup, steps),
+                                                      eval_every=eval_every, seed=seed,
+                                                      checkpoint_every=eval_every if out else 0,
+                                                      activation_checkpointing=activation_checkpointing))
+    except ValueError as err:
+        fail(error_line(err))
     if resume and out is None:
         fail("--resume needs --out: the folder of the run to continue")
     heads = find_input(heads, "ranking.json", "--heads", "vru-lens rank-heads")
@@ -73,8 +81,7 @@ def finetune(
     import torch
 
     from ..evaluate import accuracy, vru_breakdown
-    from ..finetune import TrainConfig
-    from ..finetune.run import FinetuneConfig, gradient_ranking, run_experiment
+    from ..finetune.run import gradient_ranking, run_experiment
     from ..general_eval import GeneralSuite
     from ..models import load_model
 
@@ -87,9 +94,8 @@ def finetune(
     ranking = heads
     if ranking is None and method in ("heads", "random", "bottom"):
         ranking = gradient_ranking(m, out / "ranking.json" if out else None, chat=chat, seed=seed, log=log)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr or DEFAULT_LR[method],
-                      warmup_steps=min(warmup, steps), eval_every=eval_every, seed=seed, chat=chat,
-                      checkpoint_every=eval_every if checkpoint else 0, activation_checkpointing=activation_checkpointing)
+    experiment = replace(experiment, train=replace(experiment.train, chat=chat))  # chat: known once the model is loaded
+    cfg = experiment.train
     try:
         suite = GeneralSuite(n_per_task=general_n, mmlu_n=general_n if mmlu_n is None else mmlu_n, wiki_n=wiki_n,
                              seed=seed, tasks=tuple(t for t in tasks.split(",") if t)) if general_n > 0 else None
@@ -97,7 +103,6 @@ def finetune(
         fail(error_line(err))
     weights = (out / ("lora.safetensors" if method == "lora" else "deltas.safetensors")) if out else None
     try:
-        experiment = FinetuneConfig(method, top_k, components, lora_rank, seed, n_train, n_val, n, seed, train=cfg)
         shown = show_progress(progress, json_out)
         res = run_experiment(m, experiment, ranking, measure=partial(vru_breakdown, chat=chat, batch_size=cfg.eval_batch_size,
                                                                      progress=shown),

@@ -32,7 +32,7 @@ from .bench.answers import UNKNOWN, UNKNOWN_PHRASES, normalise  # noqa: F401  (r
 from .bench.shortcuts import RULES, picks
 from .models.kv_cache import kv_cache_ok
 from .readout import baseline_logit_diffs, score_rows
-from .results import Result
+from .results import Result, model_name
 from .tokens import answer_ids, encode, is_chat_model, pad_id, render, tokenize_pairs
 
 REQUIRED = ("prompt", "candidates", "answer")
@@ -422,5 +422,5 @@ def evaluate(model, items, chat: bool | None = None, method: str = "logprob", ba
         rules = audit(rows)
     except (ValueError, KeyError, TypeError, IndexError):
         rules = {}
-    return EvalResult(getattr(model, "vru_name", type(model).__name__), method, chat, per_item, rules,
+    return EvalResult(model_name(model), method, chat, per_item, rules,
                       seconds=time.perf_counter() - t0)

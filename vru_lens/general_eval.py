@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .results import Result
+from .results import Result, model_name
 
 TASKS = ("hellaswag", "arc_easy", "piqa", "winogrande", "boolq", "lambada")
 LIST_METRICS = ("list/acc", "list/kl")
@@ -280,7 +280,7 @@ class GeneralSuite:
             else:
                 for k, v in _mc_metrics(docs, scored).items():
                     metrics[f"{task}/{k}"] = v
-        result = GeneralResult(getattr(model, "vru_name", type(model).__name__), metrics, n, asdict(self))
+        result = GeneralResult(model_name(model), metrics, n, asdict(self))
         if "wiki" in data:
             nll, count, kl, ref = 0.0, 0, 0.0, []
             base = reference.reference if reference is not None else None
@@ -352,7 +352,7 @@ class ListRecallSuite:
                 raise ValueError("the reference result has no stored distributions; run it with keep_reference=True")
             base = reference.reference
             metrics["list/kl"] = float((base.exp() * (base - logp)).sum(-1).mean())
-        result = GeneralResult(getattr(model, "vru_name", type(model).__name__), metrics, {"list": len(items)},
+        result = GeneralResult(model_name(model), metrics, {"list": len(items)},
                                asdict(self))
         if keep_reference:
             result.reference = logp

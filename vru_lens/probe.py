@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .heads import hook_name
 from .readout import run_until
-from .results import Result
+from .results import Result, model_name
 from .tokens import encode, pad_id, pad_right, render, step_positions
 
 TARGETS = {
@@ -189,7 +189,7 @@ def capture(
 
 def _settings(model, items: list[dict], chat: bool) -> dict:
     """What a capture depends on besides the layers: a cache is reused only for the same."""
-    return {"model": getattr(model, "vru_name", getattr(model.cfg, "model_name", "")), "chat": chat,
+    return {"model": model_name(model), "chat": chat,
             "n_items": len(items), "item_ids": [it.get("id") for it in items]}
 
 

@@ -52,6 +52,11 @@ def _decode(value):
     return value
 
 
+def model_name(model) -> str:
+    """The name a result records for ``model``: the loader's (``load_model`` sets ``vru_name``), else its class."""
+    return getattr(model, "vru_name", None) or type(model).__name__
+
+
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

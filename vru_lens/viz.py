@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .heads import hook_name
-from .results import Result
+from .results import Result, model_name
 from .tokens import encode, render, step_positions
 
 
@@ -98,7 +98,7 @@ def attention_patterns(model, item: dict, heads: list, chat: bool = False, query
         rows = step_positions(tok, item, chat)
         keep = max(rows) + 1
         pattern, tokens = pattern[:, rows, :keep], tokens[:keep]
-    return AttentionPatterns(getattr(model, "vru_name", type(model).__name__), tokens, [tokens[r] if r < len(tokens)
+    return AttentionPatterns(model_name(model), tokens, [tokens[r] if r < len(tokens)
                              else "" for r in rows], [f"L{l}H{h}" for l, h in heads], pattern.numpy())
 
 

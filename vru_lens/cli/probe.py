@@ -65,13 +65,14 @@ def probe(
     from ..bench import BenchConfig, make_items
     from ..models import load_model
     from ..probe import ResidCache, fit_target
+    from ..results import model_name
 
     try:
         cfg = BenchConfig(n_slots=slots, min_steps=lo, max_steps=hi, unanswerable_frac=0.0)
         items = make_items(n, seed=seed, cfg=cfg)
         bridge = load_model(model, device=device, deltas=deltas)
         chat = chat_for(bridge, chat)
-        name = getattr(bridge, "vru_name", model)
+        name = model_name(bridge)
         t0 = time.perf_counter()
         acts = ResidCache.cached(out / "resid.pt" if out else None, bridge, items, layers=layer_list, chat=chat,
                                  batch_size=batch_size, final=lens, progress=show_progress(progress, json_out))

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..results import Accuracy, Result
+from ..results import Accuracy, Result, model_name
 from .adapters import COMPONENTS
 from .train import TrainConfig
 
@@ -167,7 +167,7 @@ def gradient_ranking(model, path: str | Path | None = None, chat: bool = False, 
     from ..patching.scores import HeadScores
 
     settings = {"stand_in": {"seed": seed, "chat": chat, "n_items": n_items}}
-    name = getattr(model, "vru_name", type(model).__name__)
+    name = model_name(model)
     path = Path(path) if path is not None else None
     if path is not None and path.exists():
         old = HeadScores.load(path)
@@ -191,7 +191,7 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
     KL reference), read from ``cache_dir`` when there and written there otherwise."""
     from ..general_eval import GeneralResult
 
-    name = getattr(model, "vru_name", "model")
+    name = model_name(model)
     cache = Path(cache_dir) if cache_dir else None
     items = test_items if test_items is not None else cfg.splits()["test"]
     vru_file = cache / f"vru_base_{name}_{_key(cfg.data(), 'fractions')}.json" if cache else None
@@ -243,7 +243,7 @@ def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy:
     from ..general_eval import compare
     from .train import train
 
-    tc, name = cfg.train, getattr(model, "vru_name", "model")
+    tc, name = cfg.train, model_name(model)
     splits = cfg.splits()
     t0 = time.perf_counter()
     vru_before, general_before = measure_base(model, cfg, measure, suite, cache_dir, progress, splits["test"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..heads import Head, all_heads, heads_view, hook_name, random_heads
-from ..results import Accuracy, Result
+from ..results import Accuracy, Result, model_name
 from .ablation import head_means
 from .metrics import baseline_logit_diffs
 
@@ -118,7 +118,7 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
     sets = [("none", []), ("top", top)] + [(f"random{i}", random_heads(L, H, k, rng=rng, exclude=top))
                                           for i in range(n_random)]
     clean0 = corrupt0 = None
-    result = KnockoutResult(getattr(model, "vru_name", type(model).__name__), k, [list(h) for h in top])
+    result = KnockoutResult(model_name(model), k, [list(h) for h in top])
     for name, heads in sets:
         with ablate_heads(model, heads, means), torch.inference_mode():
             acc = accuracy(model, items)
@@ -203,7 +203,7 @@ def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: in
     ks = list(range(1, max_k + 1))
     tops = {name: [(int(l), int(h)) for l, h in heads][:max_k] for name, heads in rankings.items()}
     rng = random.Random(seed)
-    return KnockoutCurve(getattr(model, "vru_name", type(model).__name__), accuracy([]), ks,
+    return KnockoutCurve(model_name(model), accuracy([]), ks,
                          {name: [accuracy(top[:k]) for k in ks] for name, top in tops.items()},
                          {name: [list(h) for h in top] for name, top in tops.items()},
                          {str(k): [accuracy(rng.sample(every, k)) for _ in range(n_random)] for k in ks})

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ..heads import Head, group_size, hook_name, n_heads_of, n_kv_heads, top_heads
 from ..readout import logit_diff_from_logits, logit_diff_from_resid, record
-from ..results import Result
+from ..results import Result, model_name
 from .metrics import batches
 
 COMPONENTS = ("q", "k", "v")
@@ -262,7 +262,7 @@ def path_patch_logits(model, pt, batch_size: int = 16, progress: bool = True) ->
     reason = _unsupported_reason(model)
     if reason is None:
         try:
-            return PathPatchResult(*_path_patch_logits_fast(model, pt, batch_size, progress), _name(model))
+            return PathPatchResult(*_path_patch_logits_fast(model, pt, batch_size, progress), model_name(model))
         except FastPathUnsupported as err:
             reason = str(err)
     _warn_fallback(reason)
@@ -355,7 +355,7 @@ def path_patch_logits_reference(model, pt, progress: bool = True, batch_size: in
             out[sl, sender[0], sender[1]] = logit_diff_from_logits(logits, fp, a, b).float().cpu()
             bar.update(clean.shape[0])
     bar.close()
-    return PathPatchResult(out, clean_ld, _name(model))
+    return PathPatchResult(out, clean_ld, model_name(model))
 
 
 def _frozen_z_hooks(L, cz, kz, sender):
@@ -414,12 +414,8 @@ def receiver_query_heads(model, receivers: Sequence[Head], component: str) -> li
     return [(l, g * group + i) for l, hs in by_layer.items() for g in hs for i in range(group)]
 
 
-def _name(model) -> str:
-    return getattr(model, "vru_name", type(model).__name__)
-
-
 def _to_receivers(effects: Tensor, clean_ld: Tensor, model, receivers, component) -> "PathPatchResult":
-    return PathPatchResult(effects, clean_ld, _name(model),
+    return PathPatchResult(effects, clean_ld, model_name(model),
                            [(int(l), int(h)) for l, h in receivers], component,
                            receiver_query_heads(model, receivers, component))
 

@@ -29,6 +29,7 @@ from typing import Callable, Literal, get_args
 
 import torch
 
+from ..results import model_name
 from ..tokens import PairTokens, tokenize_pairs
 from .ablation import HOWS
 from .activation import COMPONENTS, DIRECTIONS
@@ -164,7 +165,7 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
     pt = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(model.tokenizer, pairs, chat=chat)
     if len(pt) == 0:
         raise ValueError("no counterfactual pairs: give more items (about half of them pair up)")
-    name = getattr(model, "vru_name", type(model).__name__)
+    name = model_name(model)
     kind = how.kind(opts)
     key = {"model": name, "method": method, "component": opts.component, "kind": kind, "tokens": tokens_hash(pt),
            "ablation": ablation if method == "ablation" else None, "alpha": alpha if method == "ablation" else None,

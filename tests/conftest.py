@@ -93,3 +93,23 @@ def planted():
     from vru_lens.models.organisms import organism_card
 
     return [tuple(h) for h in organism_card("vru-organism")["planted_heads"]]
+
+
+def _weights_hash(model) -> str:
+    """Every module's name and every state tensor's name, dtype, shape and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, _ in model.named_modules():
+        h.update(name.encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def weights_hash():
+    """A hash of a model's modules and weights: a method that gives the model back leaves it unchanged."""
+    return _weights_hash

@@ -1,6 +1,5 @@
 """The fine-tuning experiment for every method, the gradient ranking, and the rank -> finetune hand-off."""
 
-import hashlib
 from functools import partial
 
 import numpy as np
@@ -16,18 +15,6 @@ from vru_lens.patching.rank import REGISTRY, rank_heads
 from vru_lens.tokens import tokenize_pairs
 
 torch.set_num_threads(1)  # a shared 2-core machine: OpenMP spinning makes >1 thread far slower
-
-
-def weights_hash(model) -> str:
-    """Every module's name and every state tensor's name, dtype, shape and bytes."""
-    h = hashlib.sha256()
-    for name, _ in model.named_modules():
-        h.update(name.encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +81,7 @@ def _expected_params(m, method, k, lora_rank):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_run_experiment_every_method(method, ranking, tmp_path):
+def test_run_experiment_every_method(method, ranking, tmp_path, weights_hash):
     path, s = ranking
     m = load_model("tiny-llama", device="cpu")  # LoRA leaves PEFT's config on the model: one copy per method
     before = weights_hash(m)

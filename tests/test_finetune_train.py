@@ -105,27 +105,13 @@ def test_fast_rows_match_the_bridge(name, items):
                                    atol=1e-5, rtol=1e-5)
 
 
-def _weights_hash(model) -> str:
-    """Every module's name and every state tensor's name, dtype, shape and bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, _ in model.named_modules():
-        h.update(name.encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 @pytest.mark.parametrize("method", ["heads", "lora", "full"])  # full after lora: on the same model object
-def test_every_method_gives_the_model_back(tiny_llama, items, method):
+def test_every_method_gives_the_model_back(tiny_llama, items, method, weights_hash):
     """After training (and measuring with the method active), the model hashes as before; re-activating gives
     the tuned model again, so the tuned state was kept, not lost."""
     train_items, _ = items
     m = tiny_llama
-    before = _weights_hash(m)
+    before = weights_hash(m)
     flags = [p.requires_grad for p in m.parameters()]
     assert all(flags)  # as loaded; PEFT's injection used to freeze them for good, which broke full fine-tuning
     ids = torch.tensor([[0, 5, 9, 11]])
@@ -133,18 +119,18 @@ def test_every_method_gives_the_model_back(tiny_llama, items, method):
         base = m(ids)
     trainable = {"heads": lambda: HeadDeltas(m, [(0, 1), (2, 0)], "qkvo"), "full": lambda: FullFinetune(m),
                  "lora": lambda: LoraAdapters(m, rank=2)}[method]()
-    assert _weights_hash(m) == before  # building it changes nothing either
+    assert weights_hash(m) == before  # building it changes nothing either
     cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, lr=5e-2, eval_every=0)
     train(m, trainable, train_items, None, cfg, progress=False)
     with trainable.active(m), torch.no_grad():
         tuned = m(ids)
     assert (tuned - base).abs().max() > 1e-3  # training moved something
-    assert _weights_hash(m) == before
+    assert weights_hash(m) == before
     with torch.no_grad():
         assert torch.equal(m(ids), base)
         with trainable.active(m):
             torch.testing.assert_close(m(ids), tuned)
-    assert _weights_hash(m) == before
+    assert weights_hash(m) == before
     assert [p.requires_grad for p in m.parameters()] == flags
 
 

@@ -5,8 +5,8 @@
 1. probes per layer (``probe.capture`` once, ``fit_target`` for heading, cumulative angle and
    object-at-heading, Hewitt & Liang control tasks by phrase);
 2. every ranking method (``patching.rank_heads``: exact activation patching, path patching,
-   attribution, attribution with integrated gradients, mean ablation; ``finetune.rank``'s gradient
-   x activation) graded against G: AUROC and precision at |G| (``verify.auroc``);
+   attribution, attribution with integrated gradients, mean ablation, gradient x activation; all
+   through the registry) graded against G: AUROC and precision at |G| (``verify.auroc``);
 3. knockout curves (``patching.knockout_curve``), k = 1..2|G|, against random k-sets;
 4. selective fine-tuning from the base checkpoint (``finetune``: top-k heads by exact activation
    patching on the base vs random, bottom, LoRA at the same budget, full), several seeds; VRU

@@ -115,3 +115,29 @@ def test_base_measurement_comes_from_the_cache(tmp_path):
     cached.write_text(json.dumps({**first, "test": 0.125}))
     again = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])["vru_before"]
     assert again == {**first, "test": 0.125}
+
+
+def test_load_model_takes_a_finetune_out_folder(tmp_path, tiny_llama):
+    """load_model(deltas=DIR) reads DIR/deltas.safetensors, as --deltas DIR does; a folder without one is
+    explained (it used to reach safetensors as a directory: 'No such device')."""
+    import pytest
+
+    from vru_lens.finetune import HeadDeltas
+    from vru_lens.models import load_model
+
+    d = HeadDeltas(tiny_llama, [(1, 2)], "qo")
+    with torch.no_grad():
+        for p in d.trainable_parameters():
+            p.normal_(0, 0.1)
+    d.save(tmp_path / "deltas.safetensors")
+    ids = torch.tensor([[0, 5, 9, 11]])
+    with torch.no_grad():
+        from_folder = load_model("tiny-llama", deltas=tmp_path)(ids)
+        from_file = load_model("tiny-llama", deltas=tmp_path / "deltas.safetensors")(ids)
+        assert not torch.allclose(from_file, tiny_llama(ids))
+    torch.testing.assert_close(from_folder, from_file, atol=0, rtol=0)
+    with pytest.raises(FileNotFoundError, match="writes DIR/deltas.safetensors"):
+        load_model("tiny-llama", deltas=tmp_path / "empty_dir_that_is_missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="writes DIR/deltas.safetensors"):
+        load_model("tiny-llama", deltas=tmp_path / "empty")

@@ -57,7 +57,9 @@ def eval_cmd(
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     set_threads(threads)
-    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
+    from ..finetune.adapters import DELTAS_FILE
+
+    deltas = find_input(deltas, DELTAS_FILE, "--deltas", "vru-lens finetune")
     save = out_file(out, "eval.json")
     items = load_items(data, n, split, seed, steps, slots, style)
     pair_scores = {}

@@ -81,6 +81,7 @@ def finetune(
     import torch
 
     from ..evaluate import accuracy, vru_breakdown
+    from ..finetune.adapters import DELTAS_FILE
     from ..finetune.run import gradient_ranking, run_experiment
     from ..general_eval import GeneralSuite
     from ..models import load_model
@@ -101,7 +102,7 @@ def finetune(
                              seed=seed, tasks=tuple(t for t in tasks.split(",") if t)) if general_n > 0 else None
     except ValueError as err:
         fail(error_line(err))
-    weights = (out / ("lora.safetensors" if method == "lora" else "deltas.safetensors")) if out else None
+    weights = (out / ("lora.safetensors" if method == "lora" else DELTAS_FILE)) if out else None
     try:
         shown = show_progress(progress, json_out)
         res = run_experiment(m, experiment, ranking, measure=partial(vru_breakdown, chat=chat, batch_size=cfg.eval_batch_size,

@@ -33,7 +33,9 @@ def knockout(
     --n test items for accuracy (generated, or the test split of --data); --out DIR writes DIR/knockout.json (what --json prints).
     """
     heads = find_input(heads, "ranking.json", "--heads", "vru-lens rank-heads")
-    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
+    from ..finetune.adapters import DELTAS_FILE
+
+    deltas = find_input(deltas, DELTAS_FILE, "--deltas", "vru-lens finetune")
     if top_k < 1 or n < 1 or n_pairs < 2 or n_random < 1:
         fail("--top-k, --n and --n-random must be positive and --n-pairs at least 2")
     set_threads(threads)

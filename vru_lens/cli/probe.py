@@ -57,7 +57,9 @@ def probe(
     except ValueError:
         fail(f"--layers must be comma-separated integers, got {layers!r}")
     set_threads(threads)
-    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
+    from ..finetune.adapters import DELTAS_FILE
+
+    deltas = find_input(deltas, DELTAS_FILE, "--deltas", "vru-lens finetune")
     saved = out_file(out, "probe.json")
 
     import time

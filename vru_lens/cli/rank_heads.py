@@ -53,7 +53,9 @@ def rank_heads(
     from ..tokens import tokenize_pairs
 
     set_threads(threads)
-    deltas = find_input(deltas, "deltas.safetensors", "--deltas", "vru-lens finetune")
+    from ..finetune.adapters import DELTAS_FILE
+
+    deltas = find_input(deltas, DELTAS_FILE, "--deltas", "vru-lens finetune")
     saved = out_file(out, "ranking.json")
     try:
         lm = load_model(model, device=device, deltas=deltas)

@@ -329,15 +329,22 @@ def resolve_heads(heads, top_k: int | None = None) -> list[tuple[int, int]]:
     return heads[:top_k] if top_k is not None else heads
 
 
+DELTAS_FILE = "deltas.safetensors"  # the name `vru-lens finetune --out DIR` gives the head deltas
+
+
 def merge_deltas(model, path: str | Path) -> "HeadDeltas":
-    """Write a saved head-delta file into ``model`` (undo with the returned object's ``unmerge``).
+    """Write a saved head-delta file (or a ``vru-lens finetune --out`` folder holding one) into ``model``
+    (undo with the returned object's ``unmerge``).
 
     The way to study a fine-tuned model with every other tool (eval, probes, head rankings):
     the weights change, hooks and caches stay the bridge's own.
     """
     path = Path(path)
+    if path.is_dir():  # a `vru-lens finetune --out` folder
+        path = path / DELTAS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no head-delta file at {path}; write one with `vru-lens finetune --out {path}`")
+        raise FileNotFoundError(f"no head-delta file at {path}; write one with `vru-lens finetune --out DIR` "
+                                f"(it writes DIR/{DELTAS_FILE})")
     trained_on, here = HeadDeltas.read_metadata(path)["model"], getattr(model, "vru_name", None)
     if trained_on and here and trained_on != here:
         raise ValueError(f"{path} was trained on {trained_on}, not {here}; pass --model {trained_on}")

@@ -305,10 +305,10 @@ def compare_with_reference(model, pt, chunk: int) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        fast = path_patch_logits(model, pt, batch_size=chunk, progress=False)
+        fast = path_patch_logits(model, pt, batch_size=chunk, progress=False).effects
         t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = path_patch_logits_reference(model, pt, batch_size=chunk, progress=False)
+    ref = path_patch_logits_reference(model, pt, batch_size=chunk, progress=False).effects
     t_ref = time.perf_counter() - t0
     clean, _ = baseline_logit_diffs(model, pt)
     effect_ref = (ref - clean[:, None, None]).mean(0).flatten()

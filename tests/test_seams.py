@@ -92,3 +92,36 @@ def test_kv_cache_failure_is_detected_and_disables_cache(monkeypatch):
     with pytest.warns(RuntimeWarning, match="without a cache"):
         assert not kv_cache.attach_kv_cache(model)
     assert not kv_cache.kv_cache_ok(model) and not model._vru_kv_handles
+
+
+def test_kv_cache_check_tells_bf16_rounding_from_a_lost_cache(monkeypatch):
+    """A bf16 model wide enough for the cached step to round differently (1536 wide, 6 layers: the cached
+    logits move by ~0.07 of a range of ~6) keeps its cache; with the cache lost it is still refused.
+    Before the bound scaled with the logits' range, this model (and Qwen2.5-1.5B in bf16) was refused."""
+    import transformers as tf
+
+    from vru_lens.models.loader import bridge_from_hf
+    from vru_lens.models.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=1536, intermediate_size=3072, num_hidden_layers=6,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    hf = tf.LlamaForCausalLM(cfg).eval()
+    hf.config.architectures = ["LlamaForCausalLM"]
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.05)
+    model = bridge_from_hf(hf.to(torch.bfloat16), tiny_tokenizer(), "wide-bf16", device="cpu", dtype=torch.bfloat16)
+    ids = (torch.arange(6) * 7919 % 511 + 1)[None]
+    with torch.inference_mode():
+        full = hf(input_ids=ids).logits[:, -1].float()
+        first = hf(input_ids=ids[:, :-1], use_cache=True)
+        step = hf(input_ids=ids[:, -1:], use_cache=True, **{kv_cache._cache_keyword(hf): first.past_key_values})
+    moved = float((step.logits[:, -1].float() - full).abs().max())
+    assert 0 < moved < 0.05 * float(full.abs().max())  # real rounding (here 0.07, above the old fixed 0.05)
+    assert model.vru_kv_cache_ok and model._vru_kv_handles
+    monkeypatch.setattr(kv_cache, "CACHE_KWARG", "keyword_nobody_reads")
+    with pytest.warns(RuntimeWarning, match="without a cache"):
+        assert not kv_cache.attach_kv_cache(model)

@@ -63,8 +63,12 @@ def cached_step_matches(model, n_tokens: int = 6) -> bool:
     if cache is None:
         return False
     step = hf(input_ids=ids[:, -1:], use_cache=True, **{_cache_keyword(hf): cache}).logits[:, -1].float()
-    tol = 1e-3 if model.cfg.dtype in (torch.float32, torch.float64) else 5e-2
-    return bool(torch.allclose(step, full, atol=tol, rtol=tol))
+    if model.cfg.dtype in (torch.float32, torch.float64):
+        return bool(torch.allclose(step, full, atol=1e-3, rtol=1e-3))
+    # Half precision: the cached step sums in another order, so every logit moves by rounding that grows with
+    # the logits' range (Qwen2.5-1.5B in bf16: 0.19 at a range of 12). A cache the attention ignores moves
+    # them by about the whole range (17 there), so 5% of the range separates the two.
+    return bool((step - full).abs().max() <= 5e-2 * (1 + full.abs().max()))
 
 
 def attach_kv_cache(model) -> bool:

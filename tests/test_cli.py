@@ -142,3 +142,19 @@ def test_json_turns_progress_off_unless_asked():
 
     assert show_progress(None, False) and not show_progress(None, True)
     assert show_progress(True, True) and not show_progress(False, False)
+
+
+def test_help_texts_survive_rich_markup():
+    """typer renders help through rich, which swallows anything that looks like a [tag]: '[[layer, head], ...]'
+    printed as '[, ...]'. Every command's help must keep its brackets' contents."""
+    import re
+
+    from typer.main import get_command
+
+    group = get_command(app)
+    names = list(group.commands.items())
+    names += [(f"{n} {s}", sc) for n, c in group.commands.items() for s, sc in getattr(c, "commands", {}).items()]
+    for name, _ in names:
+        res = CliRunner().invoke(app, [*name.split(), "--help"], terminal_width=200)
+        assert res.exit_code == 0, name
+        assert not re.search(r"\[\s*(,|\])", res.output), f"`{name} --help` lost a bracketed text: {res.output}"

@@ -14,7 +14,7 @@ from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads,
 def finetune(
     model: Model = "smollm2-135m-instruct",
     heads: Optional[Path] = typer.Option(None, "--heads", help="The ranking: the --out folder of `vru-lens rank-heads` "
-                                         "(or its ranking.json), a gradient ranking, or a JSON list [[layer, head], ...] "
+                                         "(or its ranking.json), a gradient ranking, or a JSON list of (layer, head) pairs, "
                                          "best first (default: a gradient x activation ranking, saved as OUT/ranking.json)"),
     top_k: int = typer.Option(16, "--top-k", help="number of heads"),
     components: str = typer.Option("qo", "--components", help="qo: W_Q and W_O slices; qkvo: also the W_K/W_V slices of each head's KV group"),

@@ -13,7 +13,7 @@ from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Thre
 def knockout(
     model: Model = "smollm2-135m-instruct",
     heads: Path = typer.Option(..., "--heads", help="The ranking: the --out folder of `vru-lens rank-heads` (or its "
-                               "ranking.json), a gradient ranking, or a JSON list [[layer, head], ...] best first."),
+                               "ranking.json), a gradient ranking, or a JSON list of (layer, head) pairs, best first."),
     top_k: int = typer.Option(..., "--top-k", help="How many of its top heads to ablate together."),
     n: N = 500,
     data: Data = None,

@@ -34,7 +34,7 @@ def rank_heads(
     --n pairable items are generated; about half pair up into counterfactual pairs. --out DIR writes
     DIR/ranking.json (a HeadScores: what --heads of finetune and knockout reads) and DIR/ranking.html
     (the heatmap); DIR/ranking.json.partial is the checkpoint a re-run resumes from. --json prints
-    method, top [[layer, head, score]], scores, ...
+    method, top (rows of layer, head, score), scores, ...
     """
     from ..patching.rank import RankOptions, ranking_method
 

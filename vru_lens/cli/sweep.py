@@ -20,8 +20,8 @@ def sweep(
     """Rank heads over a grid of models, methods, metrics, pair counts, styles and seeds; resumable.
 
     --out DIR (default: beside CONFIG, CONFIG without suffix) holds cells/<hash>.json, cells.csv,
-    stability.csv, figures.html and sweep.json. --json prints {"cells": [{"settings", "top":
-    [[layer, head, score], ...], "auroc"}, ...], "stability"}.
+    stability.csv, figures.html and sweep.json. --json prints one object: "cells" (each with its
+    "settings", its "top" heads as rows of layer, head, score, and "auroc") and "stability".
     """
     from pathlib import Path
 

@@ -44,8 +44,13 @@ METHODS = ("logprob", "generate", "both")
 # ------------------------------------------------------------------ the rotation-blind rules' accuracies
 def chance(items) -> float:
     """Expected accuracy of a uniform guess among each item's candidates."""
-    items = list(items)
-    return sum(1 / len(it["candidates"]) for it in items) / max(len(items), 1)
+    return chance_of(len(it["candidates"]) for it in items)
+
+
+def chance_of(n_candidates) -> float:
+    """Expected accuracy of a uniform guess, from each item's number of candidates."""
+    counts = list(n_candidates)
+    return sum(1 / c for c in counts) / max(len(counts), 1)
 
 
 def audit(items, rules: dict = RULES) -> dict:
@@ -170,7 +175,7 @@ class EvalResult(Result):
     @property
     def chance(self) -> float:
         """Expected accuracy of a uniform guess among each item's candidates."""
-        return sum(1 / r["n_candidates"] for r in self.per_item) / max(self.n, 1)
+        return chance_of(r["n_candidates"] for r in self.per_item)
 
     @property
     def by_steps(self) -> dict:

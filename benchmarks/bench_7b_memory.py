@@ -112,12 +112,14 @@ class Stage:
 
     def __exit__(self, *exc):
         now, peak = rss_gb()
-        self.record[self.name] = {"seconds": round(time.perf_counter() - self.t0, 1), "rss_before_gb": round(self.before, 2),
+        self.elapsed = time.perf_counter() - self.t0  # unrounded, for rates
+        self.record[self.name] = {"seconds": round(self.elapsed, 1), "rss_before_gb": round(self.before, 2),
                                   "peak_gb": round(peak, 2), "rss_after_gb": round(now, 2), "peak_exact": self.exact}
         if self.cuda:
             torch.cuda.synchronize()
+            self.elapsed = time.perf_counter() - self.t0
             self.record[self.name].update(
-                seconds=round(time.perf_counter() - self.t0, 2), gpu_before_gb=round(self.gpu_before, 2),
+                seconds=round(self.elapsed, 2), gpu_before_gb=round(self.gpu_before, 2),
                 gpu_peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2),
                 gpu_reserved_peak_gb=round(torch.cuda.max_memory_reserved() / 1e9, 2))
         print(self.name, self.record[self.name], flush=True)
@@ -276,14 +278,14 @@ def main(argv=None):
         try:
             if args.steps > 1:  # warm-up: the first step pays for kernel selection and allocator growth
                 train(model, trainable, train_items[:args.batch], None, make_cfg(1), progress=False)
-            with Stage(name, stages, args.device), SavedForBackward(model) as saved:
+            with Stage(name, stages, args.device) as stage, SavedForBackward(model) as saved:
                 result = train(model, trainable, train_items, None, make_cfg(args.steps), progress=False)
         except torch.OutOfMemoryError as err:
             stages[name] = {"error": f"out of memory: {str(err).splitlines()[0]}"}
             save(record, args.out)
             torch.cuda.empty_cache()
             continue
-        step_s = stages[name]["seconds"] / args.steps
+        step_s = stage.elapsed / args.steps
         stages[name].update(loss=round(result.history[-1]["loss"], 4), trainable_params=result.trainable_params,
                             optimizer_state_bytes=result.optimizer_state_bytes, batch=args.batch, steps=args.steps,
                             seconds_per_step=round(step_s, 3), samples_per_second=round(args.batch / step_s, 2),

@@ -93,7 +93,7 @@ def finetune(
     chat = chat_for(m, chat)
     torch.manual_seed(seed)
     ranking = heads
-    if ranking is None and method in ("heads", "random", "bottom"):
+    if ranking is None and method in ("heads", "random"):  # bottom without --heads was refused above
         ranking = gradient_ranking(m, out / "ranking.json" if out else None, chat=chat, seed=seed, log=log)
     experiment = replace(experiment, train=replace(experiment.train, chat=chat))  # chat: known once the model is loaded
     cfg = experiment.train

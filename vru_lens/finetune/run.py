@@ -166,18 +166,17 @@ def gradient_ranking(model, path: str | Path | None = None, chat: bool = False, 
     from ..patching.rank import rank_heads
     from ..patching.scores import HeadScores
 
-    settings = {"stand_in": {"seed": seed, "chat": chat, "n_items": n_items}}
-    name = model_name(model)
+    stand_in = {"seed": seed, "chat": chat, "n_items": n_items}
     path = Path(path) if path is not None else None
     if path is not None and path.exists():
         old = HeadScores.load(path)
-        if old.model == name and old.method == "gradient" and old.meta.get("stand_in") == settings["stand_in"]:
+        if old.model == model_name(model) and old.method == "gradient" and old.meta.get("stand_in") == stand_in:
             return old
     log(f"no ranking given: ranking heads by gradient x activation on the pairs of {n_items} training items"
         + (f" -> {path}" if path else ""))
     scores = rank_heads(model, make_items(n_items, seed + 1, PAIRABLE, split="train"), "gradient", n_boot=0,
                         progress=False, chat=chat)
-    scores.meta.update(settings)
+    scores.meta["stand_in"] = stand_in
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         scores.save(path)

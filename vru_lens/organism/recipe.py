@@ -8,31 +8,36 @@ from pathlib import Path
 
 from .train import TrainConfig, save, train
 
-RECIPE = TrainConfig()
-TINY = TrainConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, planted=((0, 0), (1, 0)), steps=6,
-                   stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20)
-BASE_RANGE = (0.45, 0.65)  # VRU accuracy of the base checkpoint, taken once the list task is learned
-ROLES_UNMEASURED = "planted by interchange training; role not yet measured"
+# The shipped recipe: small enough to train on 2 CPU cores in about half an hour (d_model 64, 8 query
+# heads of 8 dimensions in 4 key-value groups), complete circuit C = key-value group 0 of every layer.
+RECIPE = TrainConfig(d_model=64, d_mlp=256, steps=3000)
+RECIPES = {"vru-organism": RECIPE, "vru-organism-d96": TrainConfig(d_model=96, d_mlp=384, steps=2500)}
+TINY = TrainConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
+                   stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
+                   siit_start=0.0)
+ROLES_UNMEASURED = "in the circuit by interchange training; role not yet measured (vru-lens organism measure)"
+SECOND_TASK = "list recall ('List: a b c d e\\nItem 3:' -> c)"
 
 
-def card(cfg: TrainConfig, point: dict, kind: str) -> dict:
-    return {"planted_heads": [list(h) for h in cfg.planted],
-            "roles": {f"{l}.{h}": ROLES_UNMEASURED for l, h in cfg.planted},
+def card(cfg: TrainConfig, point: dict) -> dict:
+    """The organism's card before measurement: the circuit C by construction; ``measure`` fills in the rest."""
+    return {"circuit": {f"{l}.{h}": ROLES_UNMEASURED for l, h in cfg.circuit},
             "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
-            "checkpoint": kind, "at_step": point.get("step"), "training_eval": point,
+            "training_eval": point,
             "format": "paper-style VRUBench with the constant instruction (one token), unknown items included; "
-                      "second task: list recall ('List: a b c\\nFind: b\\nNext:' -> c)"}
+                      f"second task: {SECOND_TASK}"}
 
 
 def write_card(folder, payload: dict) -> None:
     Path(folder, "organism.json").write_text(json.dumps(payload, indent=1))
 
 
-CURVE_KEYS = ("acc", "pairs_both", "patch_G_flipped", "patch_nonG_changed", "list_acc")
+CURVE_KEYS = ("acc", "pairs_both", "patch_C_flipped", "resample_outside_C_acc", "resample_outside_C_changed",
+              "list_acc")
 
 
 def plot_curve(curve: list[dict], path) -> None:
-    """The learning curve (accuracy, pairs, the two patching checks, list task) as an offline HTML figure."""
+    """The learning curve (accuracy, pairs, the circuit checks, list task) as an offline HTML figure."""
     import plotly.graph_objects as go
 
     fig = go.Figure([go.Scatter(x=[p["step"] for p in curve], y=[p.get(k) for p in curve], name=k, mode="lines+markers")
@@ -42,36 +47,27 @@ def plot_curve(curve: list[dict], path) -> None:
     fig.write_html(str(path), include_plotlyjs=True)
 
 
-def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 2, tiny: bool = False, log=print,
-               on_point=None, **overrides) -> dict:
-    """Train ``out`` (final) and ``out``-base (the first evaluation in BASE_RANGE with the list task learned).
+def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, tiny: bool = False, log=print,
+               on_point=None, recipe: str = "vru-organism", **overrides) -> dict:
+    """Train the named recipe into ``out`` and write its card (``measure`` then completes it).
 
     ``on_point(model, tokenizer, point)`` is called after every evaluation (e.g. to keep the latest weights).
     """
-    cfg = replace(TINY if tiny else RECIPE, seed=seed, threads=threads, **overrides)
+    if not tiny and recipe not in RECIPES:
+        raise ValueError(f"unknown organism recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    cfg = replace(TINY if tiny else RECIPES[recipe], seed=seed, threads=threads, **overrides)
     if steps is not None:
         cfg = replace(cfg, steps=steps, stop_after=None)
-    base_dir = Path(str(out).rstrip("/") + "-base")
-    state = {"base": None}
 
     def on_eval(model, tok, point):
-        lo, hi = BASE_RANGE
-        if state["base"] is None and lo <= point["acc"] <= hi and point["list_acc"] >= 0.95:
-            save(model, tok, cfg, [point], base_dir)
-            write_card(base_dir, card(cfg, point, "base"))
-            state["base"] = point
-            log(f"base checkpoint saved to {base_dir} at step {point['step']}")
         if on_point:
             on_point(model, tok, point)
 
     model, tok, curve = train(cfg, out_dir=out, log=log, on_eval=on_eval)
-    payload = {**card(cfg, curve[-1] if curve else {}, "final"), "base": state["base"],
-               "config": asdict(cfg)}
+    payload = {**card(cfg, curve[-1] if curve else {}), "recipe": "tiny" if tiny else recipe, "config": asdict(cfg)}
     write_card(out, payload)
     if curve:
         plot_curve(curve, Path(out, "curve.html"))
-    if state["base"] is None:
-        log(f"no evaluation fell in {BASE_RANGE} with the list task learned: no base checkpoint")
     return payload
 
 

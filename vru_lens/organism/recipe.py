@@ -84,7 +84,9 @@ def _role(att: dict, flips: float) -> str:
 
 
 def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
-    """Measure a trained organism's card (ground truth, methods graded against G, roles) and write it in.
+    """Measure a trained organism's card and write it in: completeness of C, the subset G of C that
+    carries the final turn, the pair-patching ground truth, every ranking method graded against C,
+    and each head's role.
 
     The exact experiments of ``verify`` on 1000 paper-style test items (seed 77) and the first 120
     counterfactual pairs of 4000 items (seed 78); the tests repeat them on fewer.
@@ -94,27 +96,31 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
     from ..bench import BenchConfig, make_items
     from ..bench.pairs import counterfactual_variants
     from ..models import load_model
+    from ..models.organisms import circuit_heads
     from ..tokens import tokenize_pairs
-    from .verify import attention_roles, grade_methods, ground_truth, patched_choices
+    from .verify import attention_roles, completeness, final_turn_subset, grade_methods, ground_truth
 
     t0 = time.time()
     path = Path(folder)
     payload = json.loads((path / "organism.json").read_text())
-    planted = [tuple(h) for h in payload["planted_heads"]]
+    circuit = circuit_heads(payload)
     model = load_model(str(path), device="cpu")
     items = make_items(n_items, seed=77, cfg=BenchConfig(style="paper"))
     pairs = [it for it in make_items(4000, seed=78, cfg=BenchConfig(style="paper")) if counterfactual_variants(it)]
     pairs = pairs[:n_pairs]
-    truth = ground_truth(model, items, planted, pair_items=pairs)
-    truth["methods"] = grade_methods(model, pairs, planted)
     pt = tokenize_pairs(model.tokenizer, pairs)
-    flips = {h: sum(a == c for a, c in zip(patched_choices(model, pt, [h]), pt.pairs.corrupt_answers)) / len(pt)
-             for h in planted}
-    attention = attention_roles(model, items, planted)
+    complete = completeness(model, items, circuit)
+    final_turn, flips = final_turn_subset(model, pt, circuit)
+    truth = ground_truth(model, items, circuit, pair_items=pairs)
+    truth["methods"] = grade_methods(model, pairs, circuit)
+    attention = attention_roles(model, items, circuit)
     truth["seconds"] = round(time.time() - t0, 1)
-    payload.update(measured=truth, attention_from_final_query=attention,
-                   roles={f"{l}.{h}": _role(attention[f"{l}.{h}"], flips[(l, h)]) for l, h in planted})
+    payload.update(final_turn=[list(h) for h in final_turn], completeness=complete, measured=truth,
+                   final_turn_flips=flips, attention_from_final_query=attention,
+                   circuit={f"{l}.{h}": _role(attention[f"{l}.{h}"], flips["single"][f"{l}.{h}"])
+                            for l, h in circuit})
     write_card(path, payload)
-    log(json.dumps({k: truth[k] for k in ("accuracy", "pairs_both_right_top1", "patch_G_flipped",
-                                          "patch_outside_G_changed", "ablate_G_accuracy")}))
+    log(json.dumps({"completeness": complete, "final_turn": final_turn, "together": flips["together"],
+                    **{k: truth[k] for k in ("accuracy", "pairs_both_right_top1", "patch_G_flipped",
+                                             "patch_outside_G_changed", "ablate_G_accuracy")}}))
     return payload

@@ -54,7 +54,7 @@ def test_tiny_training_run_saves_a_loadable_organism(tmp_path):
     assert card["planted_heads"] == [[0, 0], [1, 0]] and card["n_kv_heads"] == 2
     curve = json.loads((tmp_path / "org" / "training.json").read_text())["curve"]
     assert curve and all(torch.isfinite(torch.tensor(p["task"])) for p in curve)
-    assert {"acc", "pairs_both", "patch_G_flipped", "patch_nonG_changed", "list_acc"} <= set(curve[-1])
+    assert {"acc", "pairs_both", "patch_C_flipped", "patch_outside_C_changed", "list_acc"} <= set(curve[-1])
     assert organism_card(tmp_path / "org")["planted_heads"] == card["planted_heads"]
     bridge = load_model(str(tmp_path / "org"), device="cpu")
     assert bridge.cfg.n_layers == 2 and bridge.cfg.n_heads == 4

@@ -39,3 +39,8 @@ def circuit_heads(card: dict) -> list[tuple[int, int]]:
         raise ValueError("this organism card names no circuit (key 'circuit'); measure it with "
                          "`vru-lens organism measure FOLDER`")
     return sorted(tuple(int(x) for x in key.split(".")) for key in card["circuit"])
+
+
+def known_circuit(name: str) -> list[tuple[int, int]] | None:
+    """The complete circuit C of a shipped organism (the known answer rankings are graded against), else None."""
+    return circuit_heads(organism_card(name)) if name in ORGANISMS else None

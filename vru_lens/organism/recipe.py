@@ -121,6 +121,6 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
                             for l, h in circuit})
     write_card(path, payload)
     log(json.dumps({"completeness": complete, "final_turn": final_turn, "together": flips["together"],
-                    **{k: truth[k] for k in ("accuracy", "pairs_both_right_top1", "patch_G_flipped",
-                                             "patch_outside_G_changed", "ablate_G_accuracy")}}))
+                    **{k: truth[k] for k in ("accuracy", "pairs_both_right_top1", "patch_C_flipped",
+                                             "patch_outside_C_changed", "ablate_C_accuracy")}}))
     return payload

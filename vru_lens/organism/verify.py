@@ -4,12 +4,12 @@
   equal token length (several draws) -> accuracy within 2 points and <= 2% of top answers changed;
   C resampled -> accuracy near the best rotation-blind rule;
 
-- patch G: every planted head's ``hook_z`` (all positions) from the flipped prompt -> share of pairs
+- patch C: every circuit head's ``hook_z`` (all positions) from the flipped prompt -> share of pairs
   whose top candidate becomes the flipped answer (should be >= 0.95);
-- patch outside G: every other head from the flipped prompt -> share of pairs whose top candidate
+- patch outside C: every other head from the flipped prompt -> share of pairs whose top candidate
   changes (should be <= 0.02);
-- mean-ablate G -> accuracy near the best rotation-blind rule; mean-ablate as many random heads
-  outside G -> accuracy within 2 points of the unablated model.
+- mean-ablate C -> accuracy near the best rotation-blind rule; mean-ablate as many random heads
+  outside C -> accuracy within 2 points of the unablated model.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def final_turn_subset(model, pt, circuit, bar: float = 0.9) -> tuple[list, dict]
     return sorted(chosen), {"single": {f"{l}.{h}": r for (l, h), r in single.items()}, "together": rate}
 
 
-def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed: int = 0,
+def ground_truth(model, items, circuit, pair_items=None, n_random: int = 5, seed: int = 0,
                  batch_size: int = 64) -> dict:
     """Every check of the organism's card: accuracy and ablations on ``items`` (paper-style VRUBench,
     unknowns included), pairs and patching on the counterfactual pairs of ``pair_items`` (default: items)."""
@@ -134,14 +134,14 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
     from ..patching.ablation import head_means
     from ..tokens import tokenize_pairs
 
-    planted = [tuple(h) for h in planted]
+    circuit = [tuple(h) for h in circuit]
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    others = all_heads(L, H, exclude=planted)
+    others = all_heads(L, H, exclude=circuit)
     pt = tokenize_pairs(model.tokenizer, pair_items or items)
     clean_ans, corrupt_ans = pt.pairs.clean_answers, pt.pairs.corrupt_answers
     base = patched_choices(model, pt, [], batch_size)
     flipped = patched_choices(model, pt, [], batch_size, corrupt_run=True)
-    g = patched_choices(model, pt, planted, batch_size)
+    g = patched_choices(model, pt, circuit, batch_size)
     ng = patched_choices(model, pt, others, batch_size)
     n = len(pt)
     res = evaluate(model, items, batch_size=batch_size, progress=False)
@@ -152,22 +152,22 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
             return evaluate(model, items, batch_size=batch_size, progress=False).accuracy
 
     rng = random.Random(seed)  # one stream: successive draws are independent sets
-    rand = [acc_with(random_heads(L, H, len(planted), exclude=planted, rng=rng)) for _ in range(n_random)]
+    rand = [acc_with(random_heads(L, H, len(circuit), exclude=circuit, rng=rng)) for _ in range(n_random)]
     rule = best_rule(items)
     return {
         "n_items": len(items), "n_pairs": n, "accuracy": res.accuracy, "by_answerable": res.breakdown("answerable"),
         "by_steps": res.by_steps, "chance": res.chance,
         "pairs": pair_accuracy(model, pt, batch_size),
         "pairs_both_right_top1": sum(b == c and f == d for b, c, f, d in zip(base, clean_ans, flipped, corrupt_ans)) / n,
-        "patch_G_flipped": sum(x == c for x, c in zip(g, corrupt_ans)) / n,
-        "patch_outside_G_changed": sum(x != b for x, b in zip(ng, base)) / n,
-        "ablate_G_accuracy": acc_with(planted), "ablate_random_accuracy": rand,
+        "patch_C_flipped": sum(x == c for x, c in zip(g, corrupt_ans)) / n,
+        "patch_outside_C_changed": sum(x != b for x, b in zip(ng, base)) / n,
+        "ablate_C_accuracy": acc_with(circuit), "ablate_random_accuracy": rand,
         "best_blind_rule": list(rule) if rule else None,
     }
 
 
 def auroc(scores, planted) -> float:
-    """Probability that a planted head outranks a head outside G (ties count half): InterpBench's AUROC."""
+    """Probability that a head of the known set outranks a head outside it (ties count half): InterpBench's AUROC."""
     import numpy as np
 
     s = np.asarray(scores, dtype=float)

@@ -81,18 +81,18 @@ def tiny_gemma2_capped(strong):
 
 @pytest.fixture(scope="module")
 def organism():
-    """The shipped VRU model organism (planted heads G), loaded once per test module (tests may hook it)."""
+    """The shipped VRU model organism (complete circuit C), loaded once per test module (tests may hook it)."""
     from vru_lens.models import load_model
 
     return load_model("vru-organism", device="cpu")
 
 
 @pytest.fixture(scope="session")
-def planted():
-    """The organism's planted heads G, from its card."""
-    from vru_lens.models.organisms import organism_card
+def circuit():
+    """The organism's complete circuit C, from its card."""
+    from vru_lens.models.organisms import circuit_heads, organism_card
 
-    return [tuple(h) for h in organism_card("vru-organism")["planted_heads"]]
+    return circuit_heads(organism_card("vru-organism"))
 
 
 def _weights_hash(model) -> str:

@@ -89,11 +89,6 @@ def _heads_text(top: list, circuit) -> str:
     return "<br>".join(out)
 
 
-def _score_map(scores):
-    """[layer, head] score map from ``to_frame()``."""
-    return scores.to_frame().pivot(index="layer", columns="head", values="score").sort_index().to_numpy()
-
-
 def summary(studies: list) -> str:
     """The tables a reader needs first: accuracy against its floors, heads, knockout, fine-tuning, forgetting."""
     parts = []
@@ -124,14 +119,15 @@ def summary(studies: list) -> str:
                 s = sc.summary(k=len(st["circuit"]) if st.get("circuit") else 5)
                 auroc = ""
                 if st.get("circuit"):
-                    from .organism.verify import auroc as grade
+                    from .organism.verify import auroc_ci
 
-                    auroc = f"{grade(_score_map(sc), [tuple(h) for h in st['circuit']]):.2f}"
+                    g = auroc_ci(sc, st["circuit"], n_boot=200)
+                    auroc = f"{g['auroc']:.2f} [{g['low']:.2f}, {g['high']:.2f}]"
                 rows.append([_e(st["model"]), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], st.get("circuit")),
                              auroc or "n/a"])
     if rows:
         parts.append("<h3>Top heads (score [95% bootstrap CI over pairs])</h3>"
-                     + _table(["model", "method", "pairs", "top heads", "AUROC vs the known circuit"], rows)
+                     + _table(["model", "method", "pairs", "top heads", "AUROC vs the known circuit [95% CI over pairs]"], rows)
                      + "<p class='note'>&#9733; marks a head of the organism's complete circuit C (the known answer). Scores are "
                        "normalised: 1 = the head alone carries the clean-corrupted difference.</p>")
     rows = []

@@ -57,11 +57,12 @@ class StudyConfig:
 
 
 def base_checkpoint(name: str) -> str | None:
-    """The checkpoint the model was trained from, where the package ships one (vru-organism -> vru-organism-base)."""
-    from .models.organisms import ORGANISMS
+    """The checkpoint fine-tuning starts from, where the package ships one: an organism's deficit
+    checkpoint (vru-organism -> vru-organism-deficit: its circuit weakened in known heads D)."""
+    from .models.organisms import ORGANISMS, TUNE_FROM
 
-    base = f"{name}-base"
-    return base if name in ORGANISMS and base in ORGANISMS else None
+    start = TUNE_FROM.get(name)
+    return start if start in ORGANISMS else None
 
 
 def _circuit(name: str) -> list | None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 ORGANISMS = ("vru-organism", "vru-organism-base")
+TUNE_FROM = {"vru-organism": "vru-organism-deficit"}  # where the study's fine-tuning starts: the deficit
 ORGANISM_ROOT = Path(__file__).parent / "organism"
 
 

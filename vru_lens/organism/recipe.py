@@ -10,8 +10,13 @@ from .train import TrainConfig, save, train
 
 # The shipped recipe: small enough to train on 2 CPU cores in about half an hour (d_model 64, 8 query
 # heads of 8 dimensions in 4 key-value groups), complete circuit C = key-value group 0 of every layer.
+# Phase 1 learns the task with C's interchange losses; phase 2 (a lower learning rate, most rows with
+# every head outside C resampled) removes what is left of the route outside C.
 RECIPE = TrainConfig(d_model=64, d_mlp=256, steps=3000)
-RECIPES = {"vru-organism": RECIPE, "vru-organism-d96": TrainConfig(d_model=96, d_mlp=384, steps=2500)}
+POLISH = replace(RECIPE, steps=800, list_warm=0, warmup=20, lr=1e-3, siit_start=0.0, plain_frac=0.15,
+                 resample_frac=0.7)
+RECIPES = {"vru-organism": (RECIPE, POLISH),
+           "vru-organism-d96": (TrainConfig(d_model=96, d_mlp=384, steps=2500),)}
 TINY = TrainConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
                    stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
                    siit_start=0.0)
@@ -55,16 +60,25 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, t
     """
     if not tiny and recipe not in RECIPES:
         raise ValueError(f"unknown organism recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    cfg = replace(TINY if tiny else RECIPES[recipe], seed=seed, threads=threads, **overrides)
+    phases = [replace(p, seed=seed, threads=threads, **overrides) for p in ((TINY,) if tiny else RECIPES[recipe])]
     if steps is not None:
-        cfg = replace(cfg, steps=steps, stop_after=None)
+        phases = [replace(p, steps=steps, stop_after=None) for p in phases]
 
     def on_eval(model, tok, point):
         if on_point:
             on_point(model, tok, point)
 
-    model, tok, curve = train(cfg, out_dir=out, log=log, on_eval=on_eval)
-    payload = {**card(cfg, curve[-1] if curve else {}), "recipe": "tiny" if tiny else recipe, "config": asdict(cfg)}
+    model, curve = None, []
+    for i, cfg in enumerate(phases):
+        log(f"phase {i + 1} of {len(phases)}")
+        model, tok, part = train(cfg, out_dir=out if i == len(phases) - 1 else None, log=log, on_eval=on_eval,
+                                 start=model)
+        curve += [{**p, "phase": i + 1} for p in part]
+    if len(phases) > 1:  # the whole curve, every phase
+        Path(out, "training.json").write_text(json.dumps({"phases": [asdict(p) for p in phases], "curve": curve},
+                                                         indent=1))
+    payload = {**card(phases[-1], curve[-1] if curve else {}), "recipe": "tiny" if tiny else recipe,
+               "phases": [asdict(p) for p in phases]}
     write_card(out, payload)
     if curve:
         plot_curve(curve, Path(out, "curve.html"))

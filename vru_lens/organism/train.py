@@ -54,6 +54,8 @@ class TrainConfig:
     plain_frac: float = 0.25  # rows of the main pass run without any intervention
     resample_frac: float = 0.5  # rows with every head outside C from an unrelated story (the rest: mean-ablated)
     attn_weight: float = 1.0  # heads outside C attend to BOS from turn and Observation tokens (structural)
+    consistency_weight: float = 0.0  # KL(clean || intervened) at every query on the resampled and ablated rows
+    silence_weight: float = 0.0  # mean squared norm of each head outside C's write to the residual stream
     cue: str = ""
     seed: int = 0
     threads: int = 1  # one thread: on a shared 2-core machine, two were several times slower
@@ -82,6 +84,7 @@ class Heads:
     def __init__(self, model, n_heads: int):
         self.H = n_heads
         self.capture = None  # dict layer -> z, filled when not None
+        self.keep_graph = False  # capture z with its graph (for a loss on it), not detached
         self.source = None  # dict layer -> z to patch in
         self.patch = None  # bool [rows, L, H]: take the head from source
         self.mean = None  # [L, H, d_head]
@@ -95,7 +98,7 @@ class Heads:
             b, p, _ = x.shape
             z = x.view(b, p, self.H, -1)
             if self.capture is not None:
-                self.capture[layer] = z.detach()
+                self.capture[layer] = z if self.keep_graph else z.detach()
             if self.patch is None and self.ablate is None:
                 return None
             if self.patch is not None:
@@ -268,8 +271,9 @@ def _list_loss(model, tok, rng, n, dev):
     return F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
 
 
-def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
-    """Train from scratch; returns (model, tokenizer, curve). Saves the model folder when ``out_dir`` is given."""
+def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None, start=None):
+    """Train from scratch, or go on training ``start`` (a model of the same shape: a recipe's later phase);
+    returns (model, tokenizer, curve). Saves the model folder when ``out_dir`` is given."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -277,7 +281,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
     tok = D.build_tokenizer()
     dev = cfg.device
     route_ids = torch.tensor(tok.convert_tokens_to_ids([*D.TURNS, "\nObservation:"]), device=dev)
-    model = make_model(cfg, len(tok))
+    model = make_model(cfg, len(tok)) if start is None else start.to(dev).train()
     L, H = cfg.n_layers, cfg.n_heads
     d_head = cfg.d_model // H
     probe_layers = list(range(cfg.aux_from, L))
@@ -310,7 +314,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
         if siit:
             with torch.no_grad():  # every head's output on every prompt, and a running mean of it
                 heads.capture = {}
-                model(ids)
+                clean_logits = model(ids).logits
                 z, heads.capture = heads.capture, None
                 real = ids != tok.pad_token_id
                 zz = torch.stack([z[l] for l in range(L)])  # [L, b, p, H, d]
@@ -325,7 +329,10 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
             heads.source = {l: z[l][src] for l in range(L)}
             heads.patch = (~cmask)[None] & resample[:, None, None]
             heads.ablate, heads.mean = (~cmask)[None] & ablate[:, None, None], mean
+        if cfg.silence_weight > 0:
+            heads.capture, heads.keep_graph = {}, True
         out = model(ids, output_hidden_states=True, output_attentions=cfg.attn_weight > 0)
+        written, heads.keep_graph = heads.capture, False
         heads.clear()
         valid = pos >= 0
         rows = rows_n[:, None].expand_as(pos)[valid]
@@ -336,6 +343,22 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
         loss_list = _list_loss(model, tok, rng, cfg.list_batch, dev)
         loss = loss_task + cfg.aux_weight * loss_aux + loss_list
         logs = {"task": loss_task.item(), "aux": loss_aux.item(), "list": loss_list.item()}
+        if cfg.silence_weight > 0:  # heads outside C write (almost) nothing: z_h W_O[:, h] near zero
+            loss_silence = 0.0
+            for l, layer in enumerate(model.model.layers):
+                w = layer.self_attn.o_proj.weight.view(cfg.d_model, H, d_head)  # [d_model, head, d_head]
+                write = torch.einsum("bphd,mhd->bphm", written[l], w)  # [b, p, head, d_model]
+                loss_silence = loss_silence + write.pow(2).sum(-1)[..., ~cmask[l]].mean()
+            loss = loss + cfg.silence_weight * loss_silence / L
+            logs["silence"] = float(loss_silence) / L
+        if siit and cfg.consistency_weight > 0:  # the intervened rows must answer as the clean ones do
+            hit = (resample | ablate)[rows]
+            if hit.any():
+                r, q = rows[hit], pos[valid][hit]
+                loss_kl = F.kl_div(F.log_softmax(out.logits[r, q], -1), F.log_softmax(clean_logits[r, q], -1),
+                                   log_target=True, reduction="batchmean")
+                loss = loss + cfg.consistency_weight * loss_kl
+                logs["kl"] = loss_kl.item()
         if cfg.attn_weight > 0:  # outside C, turn and query tokens read only BOS: the route is C's alone
             at = torch.stack(out.attentions)[:, :, :, :, 0]  # [L, b, H, q] attention to BOS
             where = torch.isin(ids, route_ids)  # [b, q]

@@ -110,6 +110,33 @@ def completeness(model, items, circuit, draws: int = 3) -> dict:
             "best_blind_rule": list(rule) if rule else None}
 
 
+def grow_to_complete(model, items, start, bar: float = 0.02, draws: int = 2, max_added: int = 8,
+                     log=print) -> tuple[list, list]:
+    """Greedy completion of a head set: while resampling everything outside it changes more than ``bar``
+    of the top answers (mean over ``draws``), add the outside head whose inclusion changes fewest.
+
+    Returns the grown set and the path (head added, changed share after). Used once, when training
+    left part of the route outside the planted set: the card then names the measured circuit."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    base = resampled_choices(model, items, [])
+    circuit = [tuple(h) for h in start]
+
+    def changed(heads):
+        outside = all_heads(L, H, exclude=heads)
+        return sum(sum(a != b for a, b in zip(resampled_choices(model, items, outside, d), base))
+                   for d in range(draws)) / (draws * len(items))
+
+    path, now = [], changed(circuit)
+    while now > bar and len(path) < max_added:
+        trials = {h: changed(circuit + [h]) for h in all_heads(L, H, exclude=circuit)}
+        best = min(trials, key=lambda h: (trials[h], h))
+        circuit.append(best)
+        now = trials[best]
+        path.append((best, now))
+        log(f"added {best}: resampling outside changes {now:.1%}")
+    return sorted(circuit), path
+
+
 def final_turn_subset(model, pt, circuit, bar: float = 0.9) -> tuple[list, dict]:
     """The heads of C that carry the final turn: C's heads added in order of their single-head flip rate
     (patched alone from the flipped twin) until patching them together flips ``bar`` of the pairs."""
@@ -179,6 +206,28 @@ def auroc(scores, planted) -> float:
     pos, neg = np.nan_to_num(pos, nan=-np.inf), np.nan_to_num(neg, nan=-np.inf)
     wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
     return float(wins / (len(pos) * len(neg)))
+
+
+def auroc_ci(hs, heads, n_boot: int = 500, level: float = 0.95, seed: int = 0) -> dict:
+    """AUROC of a ranking (``HeadScores``) against ``heads``, with a bootstrap CI over its pairs: each
+    resample recomputes the score map from the per-pair numbers (normalisation included) and its AUROC."""
+    import numpy as np
+
+    from ..patching.scores import score_from
+
+    heads = [tuple(h) for h in heads]
+    n = hs.per_pair.shape[0]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            boots.append(auroc(score_from(hs.per_pair[idx], hs.clean_ld[idx], hs.corrupt_ld[idx], hs.kind), heads))
+        except ValueError:  # a resample whose clean and corrupt logit differences coincide: no score map
+            continue
+    lo, hi = (np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]) if boots else (float("nan"),) * 2)
+    return {"auroc": auroc(hs.scores, heads), "low": float(lo), "high": float(hi), "n_boot": len(boots),
+            "level": level}
 
 
 def grade_methods(model, pair_items, planted, methods=("activation", "attribution", "path", "ablation"),

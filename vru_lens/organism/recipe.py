@@ -11,10 +11,11 @@ from .train import TrainConfig, save, train
 # The shipped recipe: small enough to train on 2 CPU cores in about half an hour (d_model 64, 8 query
 # heads of 8 dimensions in 4 key-value groups), complete circuit C = key-value group 0 of every layer.
 # Phase 1 learns the task with C's interchange losses; phase 2 (a lower learning rate, most rows with
-# every head outside C resampled) removes what is left of the route outside C.
+# every head outside C resampled, a KL between clean and intervened answers, a small penalty on what
+# heads outside C write) narrows what is left of the route outside C (measured: docs/organism.md).
 RECIPE = TrainConfig(d_model=64, d_mlp=256, steps=3000)
 POLISH = replace(RECIPE, steps=800, list_warm=0, warmup=20, lr=1e-3, siit_start=0.0, plain_frac=0.15,
-                 resample_frac=0.7)
+                 resample_frac=0.7, consistency_weight=1.0, silence_weight=1.0, eval_every=400)
 RECIPES = {"vru-organism": (RECIPE, POLISH),
            "vru-organism-d96": (TrainConfig(d_model=96, d_mlp=384, steps=2500),)}
 TINY = TrainConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,

@@ -196,12 +196,15 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
     items = test_items if test_items is not None else cfg.splits()["test"]
     vru_file = cache / f"vru_base_{name}_{_key(cfg.data(), 'fractions')}.json" if cache else None
     if vru_file and vru_file.exists():
-        vru = json.loads(vru_file.read_text())
+        from ..jsonio import load_json
+
+        vru = load_json(vru_file)
     else:
         vru = measure(model, items)
         if vru_file:
-            vru_file.parent.mkdir(parents=True, exist_ok=True)
-            vru_file.write_text(json.dumps(vru))
+            from ..results import write_json_atomic
+
+            write_json_atomic(vru_file, vru)  # strict JSON: a NaN (no held-out items) is null and flagged
     general = None
     if suite is not None:
         gkey = _key(name, asdict(suite), "fractions")  # earlier versions cached accuracies in points

@@ -53,8 +53,12 @@ Out = Annotated[Optional[Path], typer.Option(
     "--out", help="Folder to write into (created if missing); the command's files are named inside it, "
                   "see the command's description.")]
 
+AllowOtherModel = Annotated[bool, typer.Option(
+    "--allow-other-model", help="Use a --heads ranking made on another model or geometry (refused otherwise).")]
+
 SHARED = {"model": Model, "device": Device, "deltas": Deltas, "data": Data, "n": N, "seed": Seed, "chat": Chat,
-          "json_out": Json, "progress": Progress, "threads": Threads, "out": Out}  # parameter name -> its alias
+          "json_out": Json, "progress": Progress, "threads": Threads, "out": Out,
+          "allow_other_model": AllowOtherModel}  # parameter name -> its alias
 
 
 def fail(message: str) -> NoReturn:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
+from .common import (N, AllowOtherModel, Chat, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
                      find_input, log_to_stderr, out_file, print_json, set_threads, show_progress)
 
 
@@ -37,8 +37,7 @@ def finetune(
     chat: Chat = None,
     out: Out = None,
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out (from OUT/checkpoint.pt)"),
-    allow_other_model: bool = typer.Option(False, "--allow-other-model", help="use a --heads ranking made on "
-                                           "another model (refused otherwise)"),
+    allow_other_model: AllowOtherModel = False,
     cache_dir: Optional[Path] = typer.Option(Path("results/finetune/cache"), "--cache-dir", help="base-model measurements"),
     device: Device = None,
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="recompute each block's "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
+from .common import (N, AllowOtherModel, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
                      load_items, out_file, print_json, set_threads)
 
 
@@ -24,8 +24,7 @@ def knockout(
     batch_size: int = typer.Option(32, help="Items per forward pass."),
     device: Device = None,
     deltas: Deltas = None,
-    allow_other_model: bool = typer.Option(False, "--allow-other-model", help="Use a --heads ranking made on "
-                                           "another model (refused otherwise)."),
+    allow_other_model: AllowOtherModel = False,
     out: Out = None,
     threads: Threads = 0,
     json_out: Json = False,

@@ -40,6 +40,7 @@ _LEFT, _RIGHT = {"left", "counterclockwise", "anticlockwise"}, {"right", "clockw
 _BARE_TURN_WORDS = {"turn", "turns", "rotate", "rotates", "spin", "spins", "to", "the", "your", "you", "then", "now",
                     "next", "after", "that", "and", "action", "by"}
 _NO_DIRECTION_NEEDED = (0, 180)  # degrees mod 360
+_GLUED_UNIT = re.compile(rf"\b({'|'.join([*_ONES, *_TENS, 'hundred'])})(degrees|degree|degs|deg)\b")
 _name = lru_cache(maxsize=4096)(normalise)  # an object's name as answers are compared
 
 
@@ -47,6 +48,7 @@ def _words(phrase: str) -> list[str]:
     text = phrase.lower().replace("°", " degrees ")
     text = re.sub(r"\b(counter|anti)[\s-]+clockwise\b", r"\1clockwise", text)
     text = re.sub(r"(\d)(?=[a-z])", r"\1 ", text)  # "90deg" -> "90 deg"
+    text = _GLUED_UNIT.sub(r"\1 \2", text)  # "ninetydegrees" -> "ninety degrees"
     return re.findall(r"\d+(?:\.\d+)?|[a-z]+", text)
 
 

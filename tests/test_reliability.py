@@ -308,7 +308,7 @@ def test_parsing_gives_back_the_steps_of_random_stories_in_random_phrasings():
         newline = draw(st.sampled_from(["\n", "\r\n"]))
         return newline.join(lines), lines[1].split(": ")[1], signed, seen_objects
 
-    @settings(max_examples=300, deadline=None, derandomize=True)
+    @settings(max_examples=150, deadline=None, derandomize=True)
     @given(stories())
     def check(story):
         prompt, start, signed, seen_objects = story

@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
+
 def check_device(device: str | None) -> str | None:
     """--device: a torch device this machine has, or one line saying what it accepts."""
     if device is None:
@@ -150,7 +151,8 @@ def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-
             only = next(iter(splits)) if len(splits) == 1 and Path(data).is_file() else None
             if only is None or only in SPLITS:
                 fail(f"--split {split}: {data} has no {split} split, only {', '.join(splits)}; pass --split "
-                     f"{next(iter(splits))} or write a {split} split with `vru-lens bench --{split} N --out DIR`")
+                     f"{next(iter(splits))} or write a {split} split with `vru-lens bench "
+                     f"{'--n' if split == 'test' else '--' + split} N --out DIR`")
             split = only  # a single file of items under another name: its one split
         rows = splits[split][:n] if n else splits[split]
         if not rows:

@@ -14,7 +14,9 @@ ROOT = Path(vru_lens.__file__).parent
 
 # (group: a module and everything under it, layer). The longest matching group names a module's place.
 LAYERS = {
-    # 0: the task and the shared vocabulary; nothing of ours below them
+    # -1: strict JSON files (read by everything, reads nothing of ours)
+    "vru_lens.jsonio": -1,
+    # 0: the task and the shared vocabulary; nothing of ours below them but jsonio
     "vru_lens.bench": 0, "vru_lens.heads": 0,
     "vru_lens.models.kv_cache": 0, "vru_lens.models.embedded": 0, "vru_lens.models.organisms": 0,
     # 1: plumbing read by every stage

@@ -112,6 +112,9 @@ def as_rows(data) -> list[dict]:
     if missing:
         raise ValueError(f"items need the columns {REQUIRED}; missing {missing}")
     for row in rows:
+        cands = row["candidates"]
+        if isinstance(cands, str) or not all(isinstance(c, str) for c in cands):
+            raise ValueError(f"item {row.get('id', '?')}: candidates must be a list of strings, got {cands!r}")
         if row["answer"] not in row["candidates"]:
             raise ValueError(f"item {row.get('id', '?')}: answer {row['answer']!r} is not among its candidates")
     return rows
@@ -404,6 +407,8 @@ def evaluate(model, items, chat: bool | None = None, method: str = "logprob", ba
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number 1 or more, got {batch_size!r}")
     if chat is None:
         chat = is_chat_model(model)
     rows = as_rows(items)

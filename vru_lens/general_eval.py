@@ -220,7 +220,9 @@ class GeneralResult(Result):
         return path
 
     def load_reference(self, path) -> "GeneralResult":
-        self.reference = torch.load(path, weights_only=False)
+        from .results import load_tensors
+
+        self.reference = load_tensors(path, "base-model reference cache")
         return self
 
 

@@ -10,7 +10,9 @@ and ``ranks`` always agree.
 
 from __future__ import annotations
 
+import numbers
 import random
+from collections import Counter
 
 import numpy as np
 from transformer_lens.utilities import get_act_name
@@ -60,6 +62,27 @@ def geometry(model) -> dict:
                 d_model=cfg.d_model)
 
 
+def check_heads(heads, n_layers: int | None = None, n_heads: int | None = None, what: str = "heads") -> list[Head]:
+    """``heads`` as (layer, head) pairs of whole numbers, in order. Refuses what would otherwise be coerced
+    quietly: a non-integer index (1.5 is not head 1), a head listed twice (it would count twice toward k)
+    and, given the sizes, a head outside the model."""
+    out = []
+    for h in heads:
+        if isinstance(h, (str, bytes, dict)) or not hasattr(h, "__len__") or len(h) not in (2, 3):
+            raise ValueError(f"{what}: {h!r} is not a (layer, head) pair")
+        if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in h[:2]):
+            raise ValueError(f"{what}: {list(h[:2])!r} is not a pair of whole numbers (layer, head)")
+        out.append((int(h[0]), int(h[1])))
+    twice = sorted(h for h, c in Counter(out).items() if c > 1)
+    if twice:
+        raise ValueError(f"{what}: {twice} listed more than once; list each head once")
+    if n_layers is not None:
+        bad = [h for h in out if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+        if bad:
+            raise ValueError(f"{what}: {bad} outside this model's {n_layers} layers x {n_heads} heads")
+    return out
+
+
 def all_heads(n_layers: int, n_heads: int, exclude=()) -> list[Head]:
     """Every (layer, head) in layer-major order, without ``exclude``."""
     skip = {(int(l), int(h)) for l, h in exclude}
@@ -75,7 +98,10 @@ def _order(scores) -> np.ndarray:
 
 
 def top_heads(scores, k: int) -> list[Head]:
-    """The k highest-scoring heads of a [layer, head] map (or anything with ``.scores``), best first."""
+    """The k highest-scoring heads of a [layer, head] map (or anything with ``.scores``), best first
+    (all of them when k is larger; a negative k is refused, not read as "all but")."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise ValueError(f"k must be a whole number 0 or more, got {k!r}")
     s = np.asarray(getattr(scores, "scores", scores))
     return [(int(i // s.shape[1]), int(i % s.shape[1])) for i in _order(s)[:k]]
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .heads import hook_name
 from .readout import run_until
-from .results import Result, model_name
+from .results import Result, load_tensors, model_name
 from .tokens import encode, pad_id, pad_right, render, step_positions
 
 TARGETS = {
@@ -41,6 +41,7 @@ TARGETS = {
     "object": "label_object_at_heading",
 }
 CONTROL_TYPES = ("phrase", "token", "label")
+_INDEX_FIELDS = ("item", "step", "token")  # ResidCache's numpy fields, saved as tensors (weights_only loads them)
 MIN_ITEMS = 10  # a split by item needs a few items on each side
 
 
@@ -72,13 +73,19 @@ class ResidCache:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, tmp)
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        torch.save({k: torch.from_numpy(np.asarray(v)) if k in _INDEX_FIELDS else v for k, v in fields.items()}, tmp)
         tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "ResidCache":
-        return cls(**torch.load(path, weights_only=False))
+        """A cache ``save`` wrote: tensors only (never unpickled; a file holding anything else is refused)."""
+        data = load_tensors(path, "probe activation cache")
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            raise ValueError(f"{path} is not a probe activation cache that vru-lens wrote (its fields differ); "
+                             "delete it (it is rewritten)")
+        return cls(**{k: v.numpy() if k in _INDEX_FIELDS else v for k, v in data.items()})
 
     def check(self, want: dict, layers: list[int] | None = None, final: bool = False) -> "ResidCache":
         """Refuse a cache captured for other settings: ``meta`` must hold ``want``, the layers be

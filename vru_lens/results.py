@@ -6,21 +6,19 @@ plotly figure) and ``save(path)``/``load(path)``; the CLI's ``--json`` and the
 report read results only through these. Numpy arrays and tensors are stored as
 nested lists with their dtype, so a saved result reads back to equal arrays.
 Writes go to a temporary file and are renamed, so an interrupted save never
-leaves a truncated file.
+leaves a truncated file; the JSON is strict (NaN as null, flagged: ``vru_lens.jsonio``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
 from .heads import Head  # noqa: F401  (re-exported; it lives in heads)
+from .jsonio import dumps, load_json, write_atomic
 R = TypeVar("R", bound="Saveable")
 
 # An accuracy function, as the stages below evaluate take it: (model, items) -> fraction of items right (0-1).
@@ -57,14 +55,27 @@ def model_name(model) -> str:
     return getattr(model, "vru_name", None) or type(model).__name__
 
 
+def load_tensors(path: str | Path, what: str):
+    """A torch file of tensors and plain data (dicts, lists, numbers, strings), read with ``weights_only=True``.
+
+    A results folder is handed between people, so its files must never run code when read: anything
+    else in the file (a pickled object, which could run code) is refused with one line, never unpickled."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} is not a {what} that vru-lens wrote: it cannot be read as tensors and plain data "
+                         f"only ({reason[:160]}), and is never unpickled; delete it (it is rewritten) or point to "
+                         "another folder") from None
+
+
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
-    return path
+    """``payload`` as strict JSON at ``path``, written whole or not at all, with the user's umask."""
+    return write_atomic(path, dumps(payload))
 
 
 class Saveable:
@@ -83,8 +94,10 @@ class Saveable:
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
-        data = json.loads(Path(path).read_text())
-        kind = data.get("type")
+        data = load_json(path)
+        kind = data.get("type") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a saved {cls.__name__}")
         if kind not in (None, cls.__name__):
             raise ValueError(f"{path} holds a {kind}, not a {cls.__name__}")
         return cls.from_dict(data)
@@ -120,8 +133,8 @@ class Result(Saveable):
 
 def load_result(path: str | Path) -> Result:
     """Any saved result, by the type its file names (the class's module must have been imported)."""
-    data = json.loads(Path(path).read_text())
-    kind = data.get("type")
+    data = load_json(path)
+    kind = data.get("type") if isinstance(data, dict) else None
     if kind not in Result.registry:
         raise ValueError(f"{path} holds a {kind!r}, not a known result ({', '.join(sorted(Result.registry))}); "
                          "import the module that defines it first")

@@ -28,7 +28,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,22 +153,18 @@ def cell_path(out: Path, key: str) -> Path:
 
 
 def write_atomic(path: Path, payload: dict) -> None:
-    """Write JSON beside the target and rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write strict JSON beside the target and rename: a reader never sees half a file (``results``)."""
+    from .results import write_json_atomic
+
+    write_json_atomic(path, payload)
 
 
 def read_cell(path: Path) -> dict | None:
+    from .jsonio import load_json
+
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return load_json(path)
+    except (FileNotFoundError, ValueError):
         return None
 
 

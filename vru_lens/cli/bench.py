@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import N, Json, Out, Seed, fail, parse_steps, print_json
+from .common import N, Json, Out, Seed, error_line, fail, out_file, parse_steps, print_json
 
 
 def _audit_table(report: dict, title: str) -> str:
@@ -44,10 +44,11 @@ def bench(
     if from_file:
         if not out:
             fail("--from needs --out FOLDER to write the converted items to")
+        out_file(out, "test.jsonl")
         try:
             rows, report = read_published(from_file)
-        except (FileNotFoundError, ValueError) as err:
-            fail(str(err))
+        except (FileNotFoundError, ValueError, OSError) as err:
+            fail(error_line(err))
         path = save({"test": rows}, out)
         rules = run_audit(rows)
         summary = {"out": str(path), "records": report.n_records, "kept": report.kept,
@@ -76,6 +77,7 @@ def bench(
             return
         if not out:
             fail("--out FOLDER is required to write items (or use --audit)")
+        out_file(out, "test.jsonl")
         splits = make_splits(train, validation, n, seed, cfg, heldout_templates=held)
     except ValueError as err:
         fail(str(err))

@@ -8,15 +8,31 @@ that no command spells or explains a shared option its own way.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
 
+
+def check_device(device: str | None) -> str | None:
+    """--device: a torch device this machine has, or one line saying what it accepts."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        fail(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1, mps, ...")
+    if kind == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {device}: this machine has no CUDA device; use --device cpu (or leave --device out)")
+    return device
+
+
 Model = Annotated[str, typer.Option("--model", help="Embedded name, organism, hub id or local folder.")]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: cuda when available).")]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: cuda when available).",
+                                               callback=check_device)]
 Deltas = Annotated[Optional[Path], typer.Option(
     "--deltas", help="Study the fine-tuned model: the --out folder of `vru-lens finetune` (or its deltas.safetensors).")]
 Data = Annotated[Optional[str], typer.Option(
@@ -38,8 +54,12 @@ Out = Annotated[Optional[Path], typer.Option(
     "--out", help="Folder to write into (created if missing); the command's files are named inside it, "
                   "see the command's description.")]
 
+AllowOtherModel = Annotated[bool, typer.Option(
+    "--allow-other-model", help="Use a --heads ranking made on another model or geometry (refused otherwise).")]
+
 SHARED = {"model": Model, "device": Device, "deltas": Deltas, "data": Data, "n": N, "seed": Seed, "chat": Chat,
-          "json_out": Json, "progress": Progress, "threads": Threads, "out": Out}  # parameter name -> its alias
+          "json_out": Json, "progress": Progress, "threads": Threads, "out": Out,
+          "allow_other_model": AllowOtherModel}  # parameter name -> its alias
 
 
 def fail(message: str) -> NoReturn:
@@ -80,12 +100,19 @@ def chat_for(model, chat: bool | None) -> bool:
 
 
 def out_file(out: Path | None, name: str) -> Path | None:
-    """OUT/name, creating OUT; None without --out."""
+    """OUT/name, creating OUT and checking that it can be written (before any work); None without --out."""
     if out is None:
         return None
     if out.exists() and not out.is_dir():
         fail(f"--out is a folder (the command writes {name} inside it), but {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        fail(f"--out {out}: cannot write there ({err.strerror or err}); give a folder you can write to")
     return out / name
 
 
@@ -107,17 +134,26 @@ def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-
                style: str = "paper") -> list[dict]:
     """Items from --data (a folder or JSONL from `vru-lens bench`, or a file in the published format),
     or freshly generated ones."""
-    from ..bench import BenchConfig, load, make_items
+    from ..bench import SPLITS, BenchConfig, make_items
+    from ..bench.export import read_checked
 
+    if split not in SPLITS:
+        fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if data:
         try:
-            splits = load(data)
-        except (FileNotFoundError, ValueError) as err:
-            fail(str(err))
+            splits, reports = read_checked(data)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            fail(error_line(err))
+        for name, report in reports.items():
+            if report.disagreements or report.unreadable:
+                typer.echo(f"warning: {data} ({name}): {report.summary()}", err=True)
         if split not in splits:
-            if len(splits) != 1:
-                fail(f"split {split!r} not in {data}; it has {', '.join(splits)}")
-            split = next(iter(splits))  # a single file: its one split
+            only = next(iter(splits)) if len(splits) == 1 and Path(data).is_file() else None
+            if only is None or only in SPLITS:
+                fail(f"--split {split}: {data} has no {split} split, only {', '.join(splits)}; pass --split "
+                     f"{next(iter(splits))} or write a {split} split with `vru-lens bench "
+                     f"{'--n' if split == 'test' else '--' + split} N --out DIR`")
+            split = only  # a single file of items under another name: its one split
         rows = splits[split][:n] if n else splits[split]
         if not rows:
             fail(f"split {split!r} of {data} is empty")
@@ -142,5 +178,7 @@ def parse_steps(text: str) -> tuple[int, int]:
 
 
 def print_json(payload: dict) -> None:
-    json.dump(payload, sys.stdout, default=str)
-    sys.stdout.write("\n")
+    """One line of strict JSON (NaN as null, flagged: ``vru_lens.jsonio``)."""
+    from ..jsonio import dumps
+
+    sys.stdout.write(dumps(payload) + "\n")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
+from .common import (N, AllowOtherModel, Chat, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
                      find_input, log_to_stderr, out_file, print_json, set_threads, show_progress)
 
 
@@ -37,6 +37,7 @@ def finetune(
     chat: Chat = None,
     out: Out = None,
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out (from OUT/checkpoint.pt)"),
+    allow_other_model: AllowOtherModel = False,
     cache_dir: Optional[Path] = typer.Option(Path("results/finetune/cache"), "--cache-dir", help="base-model measurements"),
     device: Device = None,
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="recompute each block's "
@@ -69,6 +70,9 @@ def finetune(
         fail(error_line(err))
     if resume and out is None:
         fail("--resume needs --out: the folder of the run to continue")
+    if out is not None and not resume and (out / "checkpoint.pt").exists():
+        fail(f"{out} holds the checkpoint of an earlier run ({out / 'checkpoint.pt'}); continue it with --resume, "
+             "or give another --out (or delete the checkpoint) to start afresh")
     heads = find_input(heads, "ranking.json", "--heads", "vru-lens rank-heads")
     if method == "bottom" and heads is None:
         fail("--method bottom needs --heads (a ranking: the --out folder of `vru-lens rank-heads`)")
@@ -93,6 +97,13 @@ def finetune(
     chat = chat_for(m, chat)
     torch.manual_seed(seed)
     ranking = heads
+    if ranking is not None and method in ("heads", "random", "bottom"):
+        from ..finetune.adapters import resolve_heads
+
+        try:  # a wrong ranking is refused before the base is measured
+            resolve_heads(ranking, top_k, m, allow_other_model)
+        except ValueError as err:
+            fail(error_line(err))
     if ranking is None and method in ("heads", "random"):  # bottom without --heads was refused above
         ranking = gradient_ranking(m, out / "ranking.json" if out else None, chat=chat, seed=seed, log=log)
     experiment = replace(experiment, train=replace(experiment.train, chat=chat))  # chat: known once the model is loaded
@@ -109,7 +120,7 @@ def finetune(
                                                                      progress=shown),
                              accuracy=partial(accuracy, chat=chat, batch_size=cfg.eval_batch_size), suite=suite,
                              out=weights, checkpoint=checkpoint, resume=resume, cache_dir=cache_dir,
-                             progress=shown, log=log)
+                             progress=shown, log=log, allow_other_model=allow_other_model)
     except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as err:
         fail(error_line(err))
     if out:

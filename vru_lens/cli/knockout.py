@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import (N, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
+from .common import (N, AllowOtherModel, Chat, Data, Deltas, Device, Json, Model, Out, Seed, Threads, chat_for, error_line, fail, find_input,
                      load_items, out_file, print_json, set_threads)
 
 
@@ -24,6 +24,7 @@ def knockout(
     batch_size: int = typer.Option(32, help="Items per forward pass."),
     device: Device = None,
     deltas: Deltas = None,
+    allow_other_model: AllowOtherModel = False,
     out: Out = None,
     threads: Threads = 0,
     json_out: Json = False,
@@ -53,13 +54,14 @@ def knockout(
     from ..tokens import tokenize_pairs
 
     try:
-        top = resolve_heads(heads, top_k)
+        resolve_heads(heads, top_k)  # a file that is no ranking: refused before the model is loaded
         lm = load_model(model, device=device, deltas=deltas)
+        top = resolve_heads(heads, top_k, lm, allow_other_model)
         chat = chat_for(lm, chat)
         L, H = lm.cfg.n_layers, lm.cfg.n_heads
-        bad = [h for h in top if not (0 <= h[0] < L and 0 <= h[1] < H)]
-        if bad:
-            fail(f"heads {bad} are outside this model's {L} layers x {H} heads: is {heads} a ranking of {model}?")
+        if top_k > L * H // 2:
+            fail(f"--top-k {top_k}: knockout draws random sets of k heads from the other {L * H - top_k} of this "
+                 f"model's {L * H}, so k can be at most {L * H // 2}")
         pt = tokenize_pairs(lm.tokenizer, make_items(n_pairs, seed + 1, PAIRABLE, split="validation"), chat=chat)
         res = run(lm, pt, items, top, n_random=n_random, seed=seed, batch_size=batch_size,
                   accuracy=partial(accuracy, chat=chat, batch_size=batch_size))

@@ -47,6 +47,10 @@ def rank_heads(
         fail(f"--n must be at least 2, got {n}")
     if top_k < 1:
         fail(f"--top-k must be positive, got {top_k}")
+    if n_boot < 0:
+        fail(f"--n-boot must be 0 (no CIs) or more, got {n_boot}")
+    if max_pairs is not None and max_pairs < 2:
+        fail(f"--max-pairs must be at least 2, got {max_pairs}")
     from ..bench import PAIRABLE, make_items
     from ..models import load_model
     from ..patching.rank import rank_heads as run

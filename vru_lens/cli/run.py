@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, error_line, fail, log_to_stderr, print_json,
-                     set_threads, show_progress)
+from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, error_line, fail, log_to_stderr, out_file,
+                     print_json, set_threads, show_progress)
 
 
 def run(
@@ -47,6 +47,7 @@ def run(
     from ..study import STAGES, StudyConfig, run_study
 
     set_threads(threads)
+    out_file(out, "report.html")  # a folder that can be written, before any work
 
     wanted = tuple(s for s in (stages or ",".join(STAGES)).split(",") if s)
     unknown = [s for s in wanted if s not in STAGES]

@@ -31,10 +31,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..heads import geometry, top_heads
+from ..heads import check_heads, geometry, n_heads_of, top_heads
 
 COMPONENTS = ("qo", "qkvo")
 SUPPORTED = "Llama/Mistral/Qwen2/Gemma-style attention (q_proj/k_proj/v_proj/o_proj) and GPT-2 (c_attn/c_proj)"
@@ -93,13 +94,10 @@ class HeadDeltas(nn.Module):
         self.geom = dict(geom or geometry(model))
         self.components = components
         self.model_name = model_name if model_name is not None else getattr(model, "vru_name", None)
-        heads = sorted({(int(l), int(h)) for l, h in heads})
+        g = self.geom
+        heads = sorted(check_heads(heads, g["n_layers"], g["n_heads"]))
         if not heads:
             raise ValueError("choose at least one head (layer, head)")
-        g = self.geom
-        for l, h in heads:
-            if not (0 <= l < g["n_layers"] and 0 <= h < g["n_heads"]):
-                raise ValueError(f"head ({l}, {h}) is outside this model's {g['n_layers']} layers x {g['n_heads']} heads")
         self.heads = heads
         if model is not None:
             w = _proj(model, 0, "q").weight
@@ -284,8 +282,12 @@ class HeadDeltas(nn.Module):
     def read_metadata(path: str | Path) -> dict:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as err:  # safetensors' own error type (a truncated or foreign file)
+            raise ValueError(f"{path} is not a readable safetensors file ({str(err).strip() or type(err).__name__}); "
+                             "was it copied completely? write it again with `vru-lens finetune --out DIR`") from None
         if meta.get("format") != "vru-lens-head-deltas/1":
             raise ValueError(f"{path} is not a vru-lens head-delta file")
         return {"model": meta["model"] or None, "heads": [tuple(h) for h in json.loads(meta["heads"])],
@@ -307,26 +309,78 @@ class HeadDeltas(nn.Module):
         return out
 
 
-def resolve_heads(heads, top_k: int | None = None) -> list[tuple[int, int]]:
+def _check_ranking(ranked_on: str | None, shape: tuple, component: str, model, allow_other_model: bool,
+                   source: str) -> None:
+    """Refuse a ranking of another model (by name) or another geometry, naming both, unless allowed."""
+    here = getattr(model, "vru_name", None)
+    want = (model.cfg.n_layers, n_heads_of(model, component))
+    problems = []
+    if ranked_on and here and ranked_on != here:
+        problems.append(f"was made on {ranked_on}, not on {here}")
+    if tuple(shape) != want:
+        problems.append(f"scores {shape[0]} layers x {shape[1]} heads, and this model has {want[0]} x {want[1]}")
+    if problems and not allow_other_model:
+        raise ValueError(f"the ranking {source} {' and '.join(problems)}: rank this model's heads (`vru-lens "
+                         f"rank-heads --model {here or 'NAME'} --out DIR`), or pass --allow-other-model "
+                         "(allow_other_model=True) to use it anyway")
+
+
+def resolve_heads(heads, top_k: int | None = None, model=None, allow_other_model: bool = False
+                  ) -> list[tuple[int, int]]:
     """Heads from a list of (layer, head), a HeadScores, or a path to a saved ranking JSON (a HeadScores,
-    a gradient ranking, or a plain list [[layer, head], ...] best first)."""
+    a gradient ranking, or a plain list [[layer, head], ...] best first).
+
+    With ``model``, a ranking made on another model or for another geometry is refused (naming both)
+    unless ``allow_other_model``, and every head must lie inside the model. A head given as a
+    non-integer, twice, or a ``top_k`` beyond the heads there is refused, never coerced."""
+    source = f"in {heads}" if isinstance(heads, (str, Path)) else "given"
     if isinstance(heads, (str, Path)):
-        data = json.loads(Path(heads).read_text())
+        from ..jsonio import load_json
+
+        data = load_json(heads)
         if isinstance(data, list):
-            return resolve_heads(data, top_k)
-        if data.get("type") == "GradientHeadScores":  # the stand-in ranking's earlier format (now a HeadScores)
+            try:
+                return resolve_heads(data, top_k, model, allow_other_model)
+            except ValueError as err:
+                raise ValueError(f"{heads}: {err}") from None
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in ("HeadScores", "GradientHeadScores"):
+            raise ValueError(f"{heads} is not a ranking (a JSON {type(data).__name__}"
+                             f"{' of type ' + repr(kind) if kind else ''}): expected a saved HeadScores (`vru-lens "
+                             "rank-heads --out DIR` writes DIR/ranking.json) or a JSON list [[layer, head], ...] best first")
+        if kind == "GradientHeadScores":  # the stand-in ranking's earlier format (now a HeadScores)
             if top_k is None:
                 raise ValueError("a ranking needs top_k")
-            return top_heads(data["scores"], top_k)
-        from ..patching import HeadScores  # the patching module's ranking
+            scores = np.asarray(data["scores"], dtype=float)
+            if model is not None:
+                _check_ranking(data.get("model"), scores.shape, "z", model, allow_other_model, source)
+            heads = scores
+        else:
+            from ..patching import HeadScores  # the patching module's ranking
 
-        heads = HeadScores.load(heads)
-    if hasattr(heads, "top"):
+            try:
+                heads = HeadScores.load(heads)
+            except (TypeError, KeyError) as err:
+                raise ValueError(f"{heads} is not a complete saved ranking ({err}); write it again with "
+                                 "`vru-lens rank-heads --out DIR`") from None
+    if hasattr(heads, "top") or isinstance(heads, np.ndarray):
         if top_k is None:
             raise ValueError("a ranking needs top_k")
-        return top_heads(heads, top_k)
-    heads = [(int(l), int(h)) for l, h, *_ in heads]
-    return heads[:top_k] if top_k is not None else heads
+        if model is not None and hasattr(heads, "top"):
+            _check_ranking(heads.model, heads.shape, heads.component, model, allow_other_model, source)
+        size = int(np.asarray(getattr(heads, "scores", heads)).size)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= size:
+            raise ValueError(f"top_k must be a whole number from 1 to the ranking's {size} heads, got {top_k!r}")
+        chosen = top_heads(heads, top_k)
+    else:
+        chosen = check_heads(heads)
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(chosen):
+                raise ValueError(f"top_k must be a whole number from 1 to the {len(chosen)} heads listed, got {top_k!r}")
+            chosen = chosen[:top_k]
+    if model is not None:
+        check_heads(chosen, model.cfg.n_layers, model.cfg.n_heads)
+    return chosen
 
 
 DELTAS_FILE = "deltas.safetensors"  # the name `vru-lens finetune --out DIR` gives the head deltas

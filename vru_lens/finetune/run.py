@@ -124,9 +124,10 @@ class FinetuneConfig:
 
 
 # ------------------------------------------------------------------ choosing the heads
-def make_trainable(model, cfg: FinetuneConfig, heads=None):
+def make_trainable(model, cfg: FinetuneConfig, heads=None, allow_other_model: bool = False):
     """What ``cfg.method`` trains on ``model``: (trainable, chosen heads, extra facts). ``heads``: a ranking (file,
-    HeadScores or list) for top/bottom-k and for the heads random-k avoids; LoRA's rank matches the head budget."""
+    HeadScores or list) for top/bottom-k and for the heads random-k avoids; LoRA's rank matches the head budget.
+    A ranking of another model is refused unless ``allow_other_model`` (``resolve_heads``)."""
     from .adapters import HeadDeltas, geometry, resolve_heads
     from .baselines import FullFinetune, LoraAdapters, random_heads
 
@@ -137,14 +138,14 @@ def make_trainable(model, cfg: FinetuneConfig, heads=None):
         if method == "heads":
             if heads is None:
                 raise ValueError("method heads needs a ranking (a ranking file, HeadScores or a list of heads)")
-            chosen = resolve_heads(heads, top_k)
+            chosen = resolve_heads(heads, top_k, model, allow_other_model)
         elif method == "random":
-            exclude = resolve_heads(heads, top_k) if heads is not None else ()
+            exclude = resolve_heads(heads, top_k, model, allow_other_model) if heads is not None else ()
             chosen = random_heads(geom, top_k, seed=cfg.head_seed, exclude=exclude)
         else:
             if heads is None:
                 raise ValueError("bottom-k needs a ranking (a ranking file or HeadScores)")
-            ranked = resolve_heads(heads, geom["n_layers"] * geom["n_heads"])  # best first
+            ranked = resolve_heads(heads, geom["n_layers"] * geom["n_heads"], model, allow_other_model)  # best first
             chosen = sorted(ranked[-top_k:])
         trainable = HeadDeltas(model, chosen, cfg.components)
         extra["kv_sharing"] = trainable.kv_sharing
@@ -195,12 +196,15 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
     items = test_items if test_items is not None else cfg.splits()["test"]
     vru_file = cache / f"vru_base_{name}_{_key(cfg.data(), 'fractions')}.json" if cache else None
     if vru_file and vru_file.exists():
-        vru = json.loads(vru_file.read_text())
+        from ..jsonio import load_json
+
+        vru = load_json(vru_file)
     else:
         vru = measure(model, items)
         if vru_file:
-            vru_file.parent.mkdir(parents=True, exist_ok=True)
-            vru_file.write_text(json.dumps(vru))
+            from ..results import write_json_atomic
+
+            write_json_atomic(vru_file, vru)  # strict JSON: a NaN (no held-out items) is null and flagged
     general = None
     if suite is not None:
         gkey = _key(name, asdict(suite), "fractions")  # earlier versions cached accuracies in points
@@ -234,21 +238,26 @@ def save_trainable(trainable, out: str | Path, cfg: FinetuneConfig, best_step: i
 
 def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy: Accuracy, suite=None,
                    out: str | Path | None = None, checkpoint: str | Path | None = None, resume: bool = False,
-                   cache_dir: str | Path | None = None, progress: bool = True, log=print) -> FinetuneResult:
+                   cache_dir: str | Path | None = None, progress: bool = True, log=print,
+                   allow_other_model: bool = False) -> FinetuneResult:
     """Train ``cfg.method`` on VRUBench and measure VRU (``measure``) and general ability (``suite``) before and
-    after; ``accuracy`` scores validation. The model's own weights are unchanged on return."""
+    after; ``accuracy`` scores validation. The model's own weights are unchanged on return. A ranking of
+    another model is refused before any work unless ``allow_other_model``."""
     import torch
 
     from ..general_eval import compare
+    from .adapters import resolve_heads
     from .train import train
 
+    if heads is not None and cfg.method in ("heads", "random", "bottom"):
+        resolve_heads(heads, cfg.top_k, model, allow_other_model)  # a wrong ranking: refused before measuring
     tc, name = cfg.train, model_name(model)
     splits = cfg.splits()
     t0 = time.perf_counter()
     vru_before, general_before = measure_base(model, cfg, measure, suite, cache_dir, progress, splits["test"])
     log(f"base measured in {time.perf_counter() - t0:.0f}s: VRU {vru_before}")
 
-    trainable, chosen, extra = make_trainable(model, cfg, heads)
+    trainable, chosen, extra = make_trainable(model, cfg, heads, allow_other_model)
     log(f"{cfg.method}: {trainable.num_parameters():,} trainable parameters" + (f", heads {chosen}" if chosen else ""))
     result = train(model, trainable, splits["train"], splits.get("validation"), tc, checkpoint=checkpoint,
                    resume=resume, progress=progress, accuracy=accuracy)

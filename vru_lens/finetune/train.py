@@ -201,7 +201,11 @@ def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = Trai
     if resume:
         if ckpt is None or not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: checkpoint {ckpt} does not exist")
-        saved = torch.load(ckpt, weights_only=False)
+        from ..results import load_tensors
+
+        saved = load_tensors(ckpt, "fine-tuning checkpoint")
+        if not isinstance(saved, dict) or not {"config", "trainable", "optimizer", "scheduler", "step"} <= set(saved):
+            raise ValueError(f"{ckpt} is not a fine-tuning checkpoint that vru-lens wrote; delete it to start afresh")
         if saved["config"] != asdict(cfg):
             raise ValueError("the checkpoint was written with another TrainConfig; resume with the same one")
         trainable.load_trainable_state(saved["trainable"])

@@ -60,6 +60,9 @@ def load_hf(name: str, dtype=None, trust_remote_code: bool = False):
     import transformers as tf
 
     dtype = _resolve_dtype(dtype)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"the model name is empty ({name!r}); Known names: {', '.join(known_models())}, "
+                         "or a Hugging Face id (org/name) or a local folder")
     if name in TINY_NAMES:
         return tiny_hf_model(name).to(dtype), tiny_tokenizer()
     if name in EMBEDDED:
@@ -68,7 +71,10 @@ def load_hf(name: str, dtype=None, trust_remote_code: bool = False):
         source = str(organism_dir(name))
     elif Path(name).expanduser().is_dir():
         source = str(Path(name).expanduser())
-    elif "/" in name and not Path(name).exists():
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists():
+        raise ValueError(f"no model folder at {name} ({Path(name).expanduser().resolve()}); pass a folder with "
+                         "config.json and weights, a Hugging Face id (org/name) or a known name")
+    elif "/" in name:
         source = name  # a hub id: loads wherever the weights are cached or reachable
     else:
         raise ValueError(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jsonio import load_json
 from ..results import write_json_atomic
 
 
@@ -33,7 +34,7 @@ class Checkpoint:
         self.key = json.loads(json.dumps(key, default=str))
         self.chunks: dict[str, dict[str, np.ndarray]] = {}
         if self.path.exists():
-            data = json.loads(self.path.read_text())
+            data = load_json(self.path)  # NaN comes back from strict JSON's null and flag
             if data.get("key") != self.key:
                 diff = sorted(k for k in set(self.key) | set(data.get("key", {}))
                               if self.key.get(k) != data.get("key", {}).get(k))

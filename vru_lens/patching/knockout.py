@@ -113,8 +113,8 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
     rng = random.Random(seed)
     others = all_heads(L, H, exclude=top)
     if k < 1 or k > len(others):
-        raise ValueError(f"knockout needs 1 <= k <= {len(others)} top heads so that {k} random heads can be drawn "
-                         f"from the other {len(others)}; this model has {L * H} heads, got k={k}")
+        raise ValueError(f"knockout needs 1 <= k <= {L * H // 2} top heads so that k random heads can be drawn "
+                         f"from the others; this model has {L * H} heads, got k={k}")
     sets = [("none", []), ("top", top)] + [(f"random{i}", random_heads(L, H, k, rng=rng, exclude=top))
                                           for i in range(n_random)]
     clean0 = corrupt0 = None

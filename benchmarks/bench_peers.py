@@ -84,7 +84,7 @@ def plain_hooks(hf, pt, L, H, d_head):
     return out
 
 
-def vru_lens(model, pt):
+def vru_lens_sweep(model, pt):
     from vru_lens.patching import activation_patch_heads
 
     return activation_patch_heads(model, pt, "z", "noising", batch_size=len(pt), progress=False).mean(0)
@@ -182,7 +182,7 @@ def main():
 
     runners = {
         "plain": lambda: plain_hooks(hf, pt, L, H, d_head),
-        "vru-lens": lambda: vru_lens(model, pt),
+        "vru-lens": lambda: vru_lens_sweep(model, pt),
         "transformerlens": lambda: transformerlens(model, pt),
         "nnsight": lambda: nnsight_traces(hf, pt, L, H, d_head),
         "pyvene": lambda: pyvene_heads(hf, pt, L, H),

@@ -46,6 +46,20 @@ def count(lengths, starts, L: int, H: int, batch_size: int) -> dict:
             "reference_over_floor": reference / (floor_replays + sources)}
 
 
+def config_and_tokenizer(name: str):
+    """The model's config and tokenizer, without loading its weights (counting needs only shapes and tokens)."""
+    import transformers as tf
+
+    from vru_lens.models.embedded import EMBEDDED, converted_dir
+    from vru_lens.models.tiny import TINY_NAMES, tiny_hf_model, tiny_tokenizer
+
+    if name in TINY_NAMES:
+        return tiny_hf_model(name).config, tiny_tokenizer()
+    source = str(converted_dir(name)) if name in EMBEDDED else name
+    cfg = tf.AutoConfig.from_pretrained(source)
+    return (cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg), tf.AutoTokenizer.from_pretrained(source)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -56,17 +70,11 @@ def main():
     ap.add_argument("--chat", action="store_true")
     args = ap.parse_args()
 
-    import transformers as tf
-
     from vru_lens.bench import PAIRABLE, make_items
-    from vru_lens.models.loader import load_hf
     from vru_lens.patching.tail import first_diff
     from vru_lens.tokens import tokenize_pairs
 
-    config_model, tokenizer = load_hf(args.model)
-    cfg = config_model.config.get_text_config() if hasattr(config_model.config, "get_text_config") else config_model.config
-    del config_model
-    assert isinstance(cfg, tf.PretrainedConfig)
+    cfg, tokenizer = config_and_tokenizer(args.model)
     pt = tokenize_pairs(tokenizer, make_items(args.pairs * args.items_per_pair, args.seed, cfg=PAIRABLE),
                         chat=args.chat, max_pairs=args.pairs)
     starts = first_diff(pt.clean, pt.corrupt, pt.lengths)

@@ -174,7 +174,7 @@ def main():
         warnings.simplefilter("ignore")
         model = load_model(args.model, device="cpu", dtype=torch.float32)
         hf, _ = load_hf(args.model, dtype=torch.float32)  # a plain copy: the bridge wraps the other one's modules
-    pt = tokenize_pairs(model.tokenizer, make_items(20 * args.pairs, seed=args.seed, cfg=PAIRABLE),
+    pt = tokenize_pairs(model.tokenizer, make_items(4 * args.pairs, seed=args.seed, cfg=PAIRABLE),
                         max_pairs=args.pairs)
     if len(pt) == 0:
         raise SystemExit(f"no counterfactual pairs matched {args.model}'s tokenizer; raise --pairs")

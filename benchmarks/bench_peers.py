@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import time
 
@@ -188,18 +189,19 @@ def main():
         "pyvene": lambda: pyvene_heads(hf, pt, L, H),
     }
     modules = {"transformerlens": "transformer_lens", "nnsight": "nnsight", "pyvene": "pyvene"}
+    dists = {"transformerlens": "transformer-lens", "nnsight": "nnsight", "pyvene": "pyvene"}
     rows, versions = {}, {"torch": torch.__version__}
     for name in ["plain", "vru-lens", *[p for p in args.peers.split(",") if p]]:
         if name in modules:
             try:
-                versions[name] = importlib.import_module(modules[name]).__version__
+                importlib.import_module(modules[name])
+                versions[name] = importlib.metadata.version(dists[name])
             except ImportError as err:
                 rows[name] = {"skipped": f"not importable ({err}); `make bench-peers` installs it"}
                 continue
         result, seconds = timed(runners[name])
         rows[name] = {"cpu_s": round(seconds, 2), "result": result}
-    import vru_lens
-    versions["vru-lens"] = getattr(vru_lens, "__version__", "")
+    versions["vru-lens"] = importlib.metadata.version("vru-lens")
 
     truth = rows["plain"]["result"]
     effect = float((truth - truth.mean()).abs().max())

@@ -21,7 +21,7 @@ COMPILE = $(VENV)/bin/uv pip compile --quiet --no-header --python-version $(SUPP
           $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
 LATEST := $(or $(TMPDIR),/tmp)/vru-lens-latest
 
-.PHONY: setup demo test test-latest lock bench clean python browser
+.PHONY: setup demo test test-latest lock bench bench-peers clean python browser
 
 setup: $(STAMP)
 	@$(MAKE) --no-print-directory browser || echo "(make demo works without it; make test needs it)"
@@ -79,6 +79,19 @@ test-latest: setup
 
 bench: setup
 	$(PY) benchmarks/bench_eval.py
+
+# The race against nnsight and pyvene (benchmarks/bench_peers.py; not part of CI, not in the lock): a throwaway
+# venv that sees the locked set (torch, transformers, vru-lens) through a .pth line and adds the pinned peers,
+# every package the lock pins held at its locked version (-c). PEERS_ARGS: the script's options.
+PEERS      := $(or $(TMPDIR),/tmp)/vru-lens-peers
+PEERS_PINS := nnsight==0.8.1 pyvene==0.1.8
+PEERS_ARGS ?= --model smollm2-135m-instruct --pairs 4 --threads 1
+bench-peers: setup
+	rm -rf $(PEERS) && $(PYTHON) -m venv $(PEERS)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > $$($(PEERS)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vru-lens-locked.pth
+	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check $(PEERS_PINS) -c $(LOCK)
+	OMP_NUM_THREADS=1 $(PEERS)/bin/python benchmarks/bench_peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

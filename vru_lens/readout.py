@@ -50,16 +50,16 @@ def soft_cap(model, logits: Tensor) -> Tensor:
 
 def unembed(model, normed: Float[Tensor, "... d_model"], tokens: Int[Tensor, "..."] | None = None) -> Tensor:
     """Logits of ln_final-normed rows: the full vocabulary ``[..., vocab]``, or with ``tokens``
-    (one id per row, same leading shape) only those columns ``[...]``. Bias and soft-cap included."""
+    (one id per row, same leading shape) only those columns ``[...]``, in float32. Bias and soft-cap included."""
     W_U, b_U = model.W_U, getattr(model, "b_U", None)
     normed = normed.to(W_U.device, W_U.dtype)
     if tokens is None:
         logits = normed @ W_U
         logits = logits + b_U if b_U is not None else logits
-    else:
+    else:  # in float32: half-precision products and sum would round the result to the logits' resolution
         tokens = tokens.to(W_U.device)
-        logits = (normed * W_U.T[tokens]).sum(-1)
-        logits = logits + b_U[tokens] if b_U is not None else logits
+        logits = (normed.float() * W_U.T[tokens].float()).sum(-1)
+        logits = logits + b_U[tokens].float() if b_U is not None else logits
     return soft_cap(model, logits)
 
 

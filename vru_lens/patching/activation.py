@@ -83,7 +83,8 @@ def _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress
             base = TailRunner(model, base_ids[sl], lengths, starts)
             src = TailRunner(model, src_ids[sl], lengths, starts, record=names)
             nb = base.b
-            base_ld = logit_diff_from_logits(base.final_logits[:, None], torch.zeros(nb, dtype=torch.long), a, b).cpu()
+            # the unpatched run read the way every patched row is (readout.logit_diff_from_resid)
+            base_ld = logit_diff_from_resid(model, base.last_out[torch.arange(nb), base.final_rel], a, b).float().cpu()
             if by_pos:  # positions before the first difference: patching changes nothing
                 pos = torch.arange(S)
                 fill = torch.where((pos[None] < starts[:, None])[:, None, :], base_ld[:, None, None], float("nan"))

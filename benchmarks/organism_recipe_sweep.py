@@ -47,7 +47,7 @@ def run_variant(name: str, overrides: dict, out: str, device: str, steps: int) -
     cfg = replace(recipe.RECIPE, steps=steps, device=device, **overrides)  # what run_recipe trains
 
     def keep_latest(model, tok, point):
-        if "patch_G_flipped" in point:  # a full evaluation
+        if "patch_C_flipped" in point:  # a full evaluation
             save(model, tok, cfg, [point], Path(out, f"{name}-latest"))
 
     extra = {k: v for k, v in overrides.items() if k != "seed"}

@@ -1,4 +1,4 @@
-"""Writes the four study notebooks from the cells below (keeps them reviewable as code).
+"""Writes the study notebooks from the cells below (keeps them reviewable as code).
 
     .venv/bin/python notebooks/make_notebooks.py
 tests/test_notebooks.py executes every notebook top to bottom (nbclient), so they cannot rot.
@@ -125,6 +125,56 @@ NOTEBOOKS = {
         ("code", "from vru_lens.viz import heatmaps\n\n"
                  "with deltas.applied(base):\n    retuned = rank_heads(base, pairs, method=\"path\", n_boot=0, progress=False)\n"
                  "heatmaps({\"before\": ranked, \"after\": retuned})"),
+    ],
+    "05_user_task": [
+        ("md", "# 5. A task of your own: rank heads, knock them out, and measure faithfulness\n"
+               "Any contrastive task works: pairs of prompts of equal token length whose next tokens differ "
+               "(`PairTokens.from_prompts` takes text, chat-rendered or plain, or token ids). Here: **induction** "
+               "on random tokens. Clean: `[BOS] x x[:m]`, so the copy continues with `x[m]`; corrupt: the first "
+               "copy's `x[m]` replaced by `y`, so it continues with `y`. The ground truth is independent of every "
+               "ranking: the heads whose attention goes from each second-copy token to the token after its first "
+               "occurrence. The default model runs in seconds; `smollm2-135m-instruct` has real induction heads "
+               "(docs/grading.md)."),
+        ("code", "MODEL = \"vru-organism\"\nN_SEQS = 8\nSEQ_LEN = 8\nSEED = 0"),
+        ("code", SETUP),
+        ("md", "## The pairs, built from token ids"),
+        ("code", "import torch\nfrom vru_lens.grading import random_tokens\nfrom vru_lens.tokens import PairTokens\n\n"
+                 "tok = model.tokenizer\nx = random_tokens(tok, N_SEQS, SEQ_LEN, SEED)  # distinct random tokens per row\n"
+                 "spare = random_tokens(tok, 1, 2 * N_SEQS + SEQ_LEN, SEED + 1)[0].tolist()\n"
+                 "spare = [t for t in spare if t not in set(x.flatten().tolist())]\n"
+                 "g = torch.Generator().manual_seed(SEED)\nclean, corrupt, clean_answers, corrupt_answers = [], [], [], []\n"
+                 "for i, row in enumerate(x.tolist()):\n"
+                 "    m = int(torch.randint(1, SEQ_LEN, (1,), generator=g))\n"
+                 "    changed = row[:m] + [spare[i]] + row[m + 1:]\n"
+                 "    clean.append([tok.bos_token_id] + row + row[:m])\n"
+                 "    corrupt.append([tok.bos_token_id] + changed + row[:m])\n"
+                 "    clean_answers.append(row[m])\n    corrupt_answers.append(spare[i])\n"
+                 "pairs = PairTokens.from_prompts(tok, clean, corrupt, clean_answers, corrupt_answers, chat=False)\n"
+                 "pairs.pairs.summary()"),
+        ("md", "## Ground truth: the standard induction test"),
+        ("code", "from vru_lens.grading import THRESHOLD, induction_scores\n\n"
+                 "truth = induction_scores(model, x)  # [sequence, layer, head]\n"
+                 "print(f\"heads above {THRESHOLD}:\", [tuple(map(int, h)) for h in (truth.mean(0) > THRESHOLD).nonzero()])\n"
+                 "truth.mean(0).round(2)"),
+        ("md", "## Rank every head on the task, and grade the rankings against the ground truth\n"
+               "AUROC needs at least one head above the threshold (None otherwise); Spearman uses the scores."),
+        ("code", "from vru_lens.grading import grade\nfrom vru_lens.patching import rank_heads\n\n"
+                 "rankings = {m: rank_heads(model, pairs, m, n_boot=0, progress=False) for m in (\"attribution\", \"gradient\")}\n"
+                 "{m: grade(truth, hs, n_boot=200) for m, hs in rankings.items()}"),
+        ("md", "## Knockout: the top heads against random heads\n"
+               "`accuracy=None` scores the pairs themselves: the share of clean prompts where the clean answer beats "
+               "the corrupt one."),
+        ("code", "from vru_lens.heads import top_heads\nfrom vru_lens.patching import knockout\n\n"
+                 "knockout(model, pairs, None, top_heads(rankings[\"attribution\"], 3), n_random=3, accuracy=None).summary()"),
+        ("md", "## Faithfulness curves (MIB style)\n"
+               "Keep a ranking's top-k heads at their clean values, give every other head its value on the corrupt "
+               "prompt, and read the fraction of the logit difference recovered; CPR is the area under the curve, "
+               "CMD the area between it and 1, beside random head sets."),
+        ("code", "from vru_lens.patching.faithfulness import faithfulness_curve\n\n"
+                 "faith = faithfulness_curve(model, pairs, {**rankings, \"induction score\": truth.mean(0)}, n_random=5,\n"
+                 "                           progress=False)\n"
+                 "{name: (round(r[\"cpr\"], 3), round(r[\"cmd\"], 3)) for name, r in faith.summary(n_boot=100)[\"rankings\"].items()}"),
+        ("code", "faith.plot()"),
     ],
 }
 

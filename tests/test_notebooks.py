@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 FOLDER = Path(__file__).parents[1] / "notebooks"
-NAMES = ("01_benchmark_and_evaluation", "02_probing", "03_head_ranking", "04_selective_finetuning")
+NAMES = ("01_benchmark_and_evaluation", "02_probing", "03_head_ranking", "04_selective_finetuning", "05_user_task")
 
 
 def test_notebooks_match_their_generator():

@@ -7,7 +7,8 @@ chat template and answers start the assistant turn. A prompt in the study's
 format (style "paper", ending in an empty ``Observation:``) is its own answer
 cue; as a chat it gets the study's system message and no extra instruction. Batches are right-padded:
 with causal attention no real token ever sees a pad, so no mask is needed and
-every position keeps its own index.
+every position keeps its own index. ``PairTokens.from_prompts`` tokenizes pairs of the
+user's own task (any prompts, single-token answers) into the same shape as VRUBench pairs.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class PairTokens:
     lengths: Int[Tensor, "pair"]  # true length; the final position is lengths - 1
     clean_answer: Int[Tensor, "pair"]  # first token of the clean answer
     corrupt_answer: Int[Tensor, "pair"]  # first token of the corrupted answer
-    pairs: object  # the bench.PairSet they came from (items, prompts, dropped counts)
+    pairs: object  # where they came from: a bench.PairSet (items, prompts, dropped counts) or PromptPairs (from_prompts)
 
     def __len__(self) -> int:
         return self.clean.shape[0]
@@ -131,6 +132,16 @@ class PairTokens:
         move = lambda t: t.to(device)  # noqa: E731
         return PairTokens(move(self.clean), move(self.corrupt), move(self.lengths), move(self.clean_answer),
                           move(self.corrupt_answer), self.pairs)
+
+    @classmethod
+    def from_prompts(cls, tokenizer, clean, corrupt, clean_answers, corrupt_answers, chat: bool | None = None,
+                     answer_token: str = "single") -> "PairTokens":
+        """Pairs of the user's own prompts and answers (``tokens.from_prompts``)."""
+        return from_prompts(tokenizer, clean, corrupt, clean_answers, corrupt_answers, chat, answer_token)
+
+    def clean_examples(self) -> list[tuple[list[int], int]]:
+        """(clean prompt + clean answer ids, index of the answer token) per pair: what training on the pairs reads."""
+        return [(self.clean[i, :n].tolist() + [int(self.clean_answer[i])], n) for i, n in enumerate(self.lengths.tolist())]
 
 
 def tokenize_pairs(tokenizer, items, chat: bool = False, max_pairs: int | None = None,
@@ -156,3 +167,103 @@ def tokenize_pairs(tokenizer, items, chat: bool = False, max_pairs: int | None =
         torch.tensor([first(a) for a in pairs.corrupt_answers]),
         pairs,
     )
+
+
+ANSWER_TOKENS = ("single", "first")  # answers must be one token / the first token of a longer answer is read
+
+
+@dataclass
+class PromptPairs:
+    """The prompt pairs of a task of the user's own, as given (what a ``PairTokens.pairs`` holds for them)."""
+
+    clean: list  # prompts: text, or token ids used as they are
+    corrupt: list
+    clean_answers: list  # answers: text that follows the prompt (leading space included), or a token id
+    corrupt_answers: list
+    chat: bool
+    answer_token: str  # "single" or "first" (ANSWER_TOKENS)
+    multi_token: list  # pair indices whose answers had more than one token (their first token is read)
+
+    def summary(self) -> dict:
+        return {"source": "prompts", "n_pairs": len(self.clean), "chat": self.chat, "answer_token": self.answer_token,
+                "multi_token_answers": len(self.multi_token)}
+
+
+def _prompt_ids(tokenizer, prompt, chat: bool, where: str) -> list[int]:
+    if isinstance(prompt, str):
+        if not chat:
+            return encode(tokenizer, prompt)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("this tokenizer has no chat template; build the pairs with chat=False")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return encode(tokenizer, text, chat=True)
+    ids = list(prompt) if not isinstance(prompt, torch.Tensor) else prompt.tolist()
+    if chat or not ids or not all(isinstance(t, int) and 0 <= t < len(tokenizer) for t in ids):
+        raise ValueError(f"{where} must be text, or a non-empty list of token ids below {len(tokenizer)} "
+                         f"(ids are read as they are, so chat must be False), got {str(prompt)[:80]!r}")
+    return ids
+
+
+def _answer_id(tokenizer, answer, answer_token: str, where: str) -> tuple[int, bool]:
+    """(the token read, whether the answer had more than one)."""
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        if not 0 <= answer < len(tokenizer):
+            raise ValueError(f"{where} {answer} is not a token id of this tokenizer (0..{len(tokenizer) - 1})")
+        return answer, False
+    if not isinstance(answer, str):
+        raise ValueError(f"{where} must be text or a token id, got {answer!r}")
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{where} {answer!r} encodes to no tokens")
+    if len(ids) > 1 and answer_token != "first":
+        pieces = [tokenizer.decode([t]) for t in ids]
+        raise ValueError(f"{where} {answer!r} is {len(ids)} tokens {pieces}; give a one-token answer, or "
+                         f"answer_token='first' to read its first token {pieces[0]!r}")
+    return ids[0], len(ids) > 1
+
+
+def from_prompts(tokenizer, clean, corrupt, clean_answers, corrupt_answers, chat: bool | None = None,
+                 answer_token: str = "single") -> PairTokens:
+    """Counterfactual pairs of the user's own task, tokenized like VRUBench pairs (``PairTokens.from_prompts``).
+
+    ``clean``/``corrupt``: prompts (text, or lists of token ids used as they are); pair i must have equal
+    token lengths. ``clean_answers``/``corrupt_answers``: the text the model should continue with (a leading
+    space included where the tokenizer needs one) or a token id. Chat (None: as ``is_chat_model`` says;
+    ids are always plain) renders each prompt as one user turn. An answer of several tokens is refused unless
+    ``answer_token="first"``: the first token is read (the next-token logit difference sees no other).
+    Everything is checked before anything is returned; a bad pair is named.
+    """
+    if answer_token not in ANSWER_TOKENS:
+        raise ValueError(f"answer_token must be one of {', '.join(ANSWER_TOKENS)}, got {answer_token!r}")
+    lists = {"clean": clean, "corrupt": corrupt, "clean_answers": clean_answers, "corrupt_answers": corrupt_answers}
+    lists = {k: list(v) for k, v in lists.items()}
+    sizes = {k: len(v) for k, v in lists.items()}
+    if len(set(sizes.values())) != 1 or not sizes["clean"]:
+        raise ValueError(f"clean, corrupt and both answer lists must be equally long and not empty, got {sizes}")
+    if chat is None:
+        chat = all(isinstance(p, str) for p in lists["clean"]) and is_chat_model(tokenizer)
+    ids, answers, multi = {"clean": [], "corrupt": []}, {"clean": [], "corrupt": []}, []
+    for i in range(sizes["clean"]):
+        for side in ("clean", "corrupt"):
+            ids[side].append(_prompt_ids(tokenizer, lists[side][i], chat, f"pair {i}: the {side} prompt"))
+        n_clean, n_corrupt = len(ids["clean"][i]), len(ids["corrupt"][i])
+        if n_clean != n_corrupt:
+            raise ValueError(f"pair {i} has unequal token lengths (clean {n_clean}, corrupt {n_corrupt}): "
+                             f"{str(lists['clean'][i])[:60]!r} / {str(lists['corrupt'][i])[:60]!r}; reword one "
+                             "so that both tokenize to the same length")
+        for side in ("clean", "corrupt"):
+            tid, long = _answer_id(tokenizer, lists[f"{side}_answers"][i], answer_token, f"pair {i}: the {side} answer")
+            answers[side].append(tid)
+            if long and i not in multi:
+                multi.append(i)
+        if answers["clean"][i] == answers["corrupt"][i]:
+            raise ValueError(f"pair {i}: the clean and corrupt answers read the same token "
+                             f"{tokenizer.decode([answers['clean'][i]])!r}, so their logit difference is always 0")
+    pid = pad_id(tokenizer)
+    clean_ids, lengths = pad_right(ids["clean"], pid)
+    corrupt_ids, _ = pad_right(ids["corrupt"], pid)
+    source = PromptPairs(lists["clean"], lists["corrupt"], lists["clean_answers"], lists["corrupt_answers"],
+                         bool(chat), answer_token, multi)
+    return PairTokens(clean_ids, corrupt_ids, lengths, torch.tensor(answers["clean"]), torch.tensor(answers["corrupt"]),
+                      source)

@@ -239,10 +239,15 @@ def save_trainable(trainable, out: str | Path, cfg: FinetuneConfig, best_step: i
 def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy: Accuracy, suite=None,
                    out: str | Path | None = None, checkpoint: str | Path | None = None, resume: bool = False,
                    cache_dir: str | Path | None = None, progress: bool = True, log=print,
-                   allow_other_model: bool = False) -> FinetuneResult:
+                   allow_other_model: bool = False, splits: dict | None = None) -> FinetuneResult:
     """Train ``cfg.method`` on VRUBench and measure VRU (``measure``) and general ability (``suite``) before and
     after; ``accuracy`` scores validation. The model's own weights are unchanged on return. A ranking of
-    another model is refused before any work unless ``allow_other_model``."""
+    another model is refused before any work unless ``allow_other_model``.
+
+    ``splits``: a task of the user's own instead of VRUBench, {"train": PairTokens, "validation": PairTokens or
+    None, "test": PairTokens} (``PairTokens.from_prompts``); training reads the train pairs' clean answers and
+    ``measure``/``accuracy`` get the PairTokens. The base measurement is then not cached (its key is VRUBench's).
+    """
     import torch
 
     from ..general_eval import compare
@@ -252,7 +257,17 @@ def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy:
     if heads is not None and cfg.method in ("heads", "random", "bottom"):
         resolve_heads(heads, cfg.top_k, model, allow_other_model)  # a wrong ranking: refused before measuring
     tc, name = cfg.train, model_name(model)
-    splits = cfg.splits()
+    data = cfg.data()
+    if splits is None:
+        splits = cfg.splits()
+    else:
+        from ..patching.checkpoint import tokens_hash
+
+        if splits.get("train") is None or splits.get("test") is None:
+            raise ValueError("splits needs train and test pairs (PairTokens.from_prompts), and validation or None")
+        cache_dir = None
+        data = {"pairs": {k: len(v) for k, v in splits.items() if v is not None},
+                "tokens": {k: tokens_hash(v) for k, v in splits.items() if v is not None}}
     t0 = time.perf_counter()
     vru_before, general_before = measure_base(model, cfg, measure, suite, cache_dir, progress, splits["test"])
     log(f"base measured in {time.perf_counter() - t0:.0f}s: VRU {vru_before}")
@@ -277,4 +292,4 @@ def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy:
         gb = dict(zip(table.metric, table.before))
     return FinetuneResult(name, cfg.method, [list(h) for h in chosen], cfg.components if chosen else "",
                           trainable.num_parameters(), result.optimizer_state_bytes, vru_before["test"], vru_after["test"],
-                          vru_before, vru_after, gb, ga, delta, result.to_dict(), cfg.data(), extra)
+                          vru_before, vru_after, gb, ga, delta, result.to_dict(), data, extra)

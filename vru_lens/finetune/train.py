@@ -105,7 +105,9 @@ class TrainResult(Result):
 
 # ------------------------------------------------------------------ data
 def encode_examples(tokenizer, items, chat: bool = False) -> list[tuple[list[int], int]]:
-    """(prompt + answer ids, index of the first answer token) per item."""
+    """(prompt + answer ids, index of the first answer token) per item (a PairTokens: its clean answers)."""
+    if hasattr(items, "clean_examples"):
+        return items.clean_examples()
     out = []
     for it in items:
         prompt = encode(tokenizer, render(it["prompt"], tokenizer, chat), chat)

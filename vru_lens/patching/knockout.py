@@ -97,14 +97,18 @@ class KnockoutResult(Result):
 
 
 def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0, means=None,
-             batch_size: int = 16, *, accuracy: Accuracy) -> KnockoutResult:
+             batch_size: int = 16, *, accuracy: Accuracy | None) -> KnockoutResult:
     """Ablate ``top`` together, then ``n_random`` random sets of the same size; evaluate each.
 
     ``items``: VRUBench items scored by ``accuracy(model, items)``; ``pt``:
     their counterfactual pairs for the logit difference (clean prompts, the
     normalised value uses the unablated clean/corrupted means: 1 = unchanged,
-    0 = as if corrupted).
+    0 = as if corrupted). ``accuracy=None`` (a task of the user's own, ``items``
+    None): the share of pairs whose clean prompt gives the clean answer the
+    higher logit of the two.
     """
+    if accuracy is None and items is not None:
+        raise ValueError("items are scored by accuracy=; give one, or items=None to score the pairs themselves")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     top = [(int(l), int(h)) for l, h in top]
     k = len(top)
@@ -121,8 +125,8 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
     result = KnockoutResult(model_name(model), k, [list(h) for h in top])
     for name, heads in sets:
         with ablate_heads(model, heads, means), torch.inference_mode():
-            acc = accuracy(model, items)
             clean, corrupt = baseline_logit_diffs(model, pt, batch_size)
+            acc = accuracy(model, items) if accuracy is not None else (clean > 0).float().mean()
         if clean0 is None:
             clean0, corrupt0 = clean, corrupt
         norm = float((clean.mean() - corrupt0.mean()) / (clean0.mean() - corrupt0.mean()))

@@ -74,11 +74,11 @@ def study_data(model, cfg: StudyConfig) -> dict:
 def list_recall(model, items, reference: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """Second-task accuracy and, against ``reference`` (the base's log-probs), mean KL(base || model)
     of the answer-position distribution; returns the summary and this model's log-probs."""
-    from .data import encode_plain
+    from .data import encode_plain, list_accuracy
 
-    ids, last, ans = encode_plain(model.tokenizer, items)
+    ids, last, _ = encode_plain(model.tokenizer, items)
     logp = torch.log_softmax(model(ids)[torch.arange(len(items)), last].float(), -1)
-    out = {"list_acc": float((logp.argmax(-1) == ans).float().mean())}
+    out = {"list_acc": list_accuracy(logp, items, model.tokenizer)}
     if reference is not None:
         out["list_kl"] = float((reference.exp() * (reference - logp)).sum(-1).mean())
     return out, logp

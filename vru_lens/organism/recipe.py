@@ -21,7 +21,7 @@ def card(cfg: TrainConfig, point: dict, kind: str) -> dict:
             "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
             "checkpoint": kind, "at_step": point.get("step"), "training_eval": point,
             "format": "paper-style VRUBench with the constant instruction (one token), unknown items included; "
-                      "second task: list recall ('List: a b c\\nFind: b\\nNext:' -> c)"}
+                      "second task: list recall ('List: a b c d e\\nItem 3:' -> c)"}
 
 
 def write_card(folder, payload: dict) -> None:

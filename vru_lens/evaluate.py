@@ -33,7 +33,7 @@ from .bench.shortcuts import RULES, picks
 from .models.kv_cache import kv_cache_ok
 from .readout import baseline_logit_diffs, score_rows
 from .results import Result, model_name
-from .tokens import answer_ids, encode, is_chat_model, pad_id, render, tokenize_pairs
+from .tokens import answer_ids, chat_for, encode, pad_id, render, tokenize_pairs
 
 REQUIRED = ("prompt", "candidates", "answer")
 BREAKDOWNS = ("n_steps", "answerable", "final_direction", "final_angle", "final_template", "uses_heldout_template",
@@ -273,10 +273,10 @@ def _score_requests(model, rows, batch_size, progress):
 
 
 @torch.inference_mode()
-def score_candidates(model, items, chat: bool = False, batch_size: int = 16, progress: bool = True,
+def score_candidates(model, items, chat: bool | None = None, batch_size: int = 16, progress: bool = True,
                      length_normalise: bool = False) -> list[dict[str, float]]:
     """Per item: candidate -> log-probability of its tokens after the prompt (sum, or mean per token)."""
-    tok = model.tokenizer
+    tok, chat = model.tokenizer, chat_for(model, chat)
     rows, plan = [], []
     for i, item in enumerate(items):
         prompt = encode(tok, render(item["prompt"], tok, chat), chat)
@@ -323,7 +323,7 @@ def pair_accuracy(model, pt, batch_size: int = 16) -> dict:
             "ld_gap": float((clean - corrupt).mean()), "ld_corr": float(torch.corrcoef(torch.stack([clean, corrupt]))[0, 1])}
 
 
-def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, kind: str = "observed",
+def items_pair_accuracy(model, items, chat: bool | None = None, batch_size: int = 16, kind: str = "observed",
                         max_pairs: int | None = None) -> dict | None:
     """``pair_accuracy`` on the counterfactual pairs of one kind (``bench.pairs.KINDS``) these items yield
     for this model's tokenizer, with what was dropped and why (``pairs``); None when they yield fewer than 2.
@@ -331,6 +331,7 @@ def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, 
     ``unknown_first``: share of the pairs' prompts (clean and flipped) on which "unknown" scores
     above every object among all candidates (``score_candidates``).
     """
+    chat = chat_for(model, chat)
     try:
         pt = tokenize_pairs(model.tokenizer, items, chat=chat, kind=kind, max_pairs=max_pairs)
     except ValueError:  # not a single pair
@@ -346,7 +347,7 @@ def items_pair_accuracy(model, items, chat: bool = False, batch_size: int = 16, 
 
 
 # ------------------------------------------------------------------ accuracy functions for the stages
-def accuracy(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> float:
+def accuracy(model, items, chat: bool | None = None, batch_size: int = 16, progress: bool = False) -> float:
     """Fraction of ``items`` whose gold answer is the best-scoring candidate (``evaluate``, method "logprob").
 
     The accuracy function fine-tuning (validation) and knockout take:
@@ -355,13 +356,14 @@ def accuracy(model, items, chat: bool = False, batch_size: int = 16, progress: b
     return evaluate(model, items, chat=chat, batch_size=batch_size, progress=progress).accuracy
 
 
-def vru_breakdown(model, items, chat: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
+def vru_breakdown(model, items, chat: bool | None = None, batch_size: int = 16, progress: bool = False) -> dict:
     """VRU accuracy (fractions) on ``items``, on those using held-out templates and on the rest, with the
     counterfactual pairs they yield (``items_pair_accuracy``) and the best rotation-blind rule's accuracy.
 
     Fine-tuning's before/after measurement: ``functools.partial(vru_breakdown, chat=..., batch_size=...)``.
     An accuracy gain that leaves pairs' ``both_right`` at 0 did not come from following the rotation.
     """
+    chat = chat_for(model, chat)
     res = evaluate(model, items, chat=chat, batch_size=batch_size, progress=progress)
     held = res.breakdown("uses_heldout_template")
     counts = res.counts("uses_heldout_template")
@@ -379,10 +381,10 @@ def match_answer(text: str, candidates: list[str]) -> str:
 
 
 @torch.inference_mode()
-def generate_answers(model, items, chat: bool = False, batch_size: int = 16, max_new_tokens: int = 8,
+def generate_answers(model, items, chat: bool | None = None, batch_size: int = 16, max_new_tokens: int = 8,
                      progress: bool = True) -> list[str]:
     """Greedy generations, left-padded with an attention mask, run by the wrapped transformers model."""
-    tok = model.tokenizer
+    tok, chat = model.tokenizer, chat_for(model, chat)
     hf = model.original_model
     pid = pad_id(tok)
     texts = []
@@ -403,14 +405,13 @@ def evaluate(model, items, chat: bool | None = None, method: str = "logprob", ba
 
     method: "logprob" (candidate scoring; sees hooks on the model), "generate" (greedy decoding by the
     wrapped transformers model, scored like the study) or "both". chat: None = as the study did, a chat
-    for instruction-tuned models and plain text for base models (``tokens.is_chat_model``).
+    for instruction-tuned models and plain text for base models (``tokens.chat_for``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number 1 or more, got {batch_size!r}")
-    if chat is None:
-        chat = is_chat_model(model)
+    chat = chat_for(model, chat)
     rows = as_rows(items)
     t0 = time.perf_counter()
     per_item = [{"id": row.get("id"), "answer": row["answer"], "n_candidates": len(row["candidates"]),

@@ -331,13 +331,12 @@ class ListRecallSuite:
     @torch.inference_mode()
     def run(self, model, reference: GeneralResult | None = None, progress: bool = False,
             keep_reference: bool = True) -> GeneralResult:
-        from .organism.data import list_items
+        from .organism.data import list_accuracy, list_items
         from .readout import rows_logits
         from .tokens import pad_id, pad_right
 
         items = list_items(self.n, self.seed)
         tok = model.tokenizer
-        first = lambda word: tok(" " + word, add_special_tokens=False)["input_ids"][0]  # noqa: E731
         logps = []
         for start in tqdm(range(0, len(items), self.batch_size), desc="list recall", disable=not progress):
             # the prompt as the organism was trained on it: no answer cue, unlike VRUBench's render()
@@ -345,10 +344,7 @@ class ListRecallSuite:
                                      pad_id(tok))
             logps.append(rows_logits(model, ids, (lengths - 1)[:, None])[:, 0].float().log_softmax(-1).cpu())
         logp = torch.cat(logps)
-        right = [it["candidates"][int(row[[first(c) for c in it["candidates"]]].argmax())] == it["answer"]
-                 for row, it in zip(logp, items)]
-        acc = sum(right) / len(items)
-        metrics = {"list/acc": acc}
+        metrics = {"list/acc": list_accuracy(logp, items, tok)}
         if reference is not None:
             if reference.reference is None:
                 raise ValueError("the reference result has no stored distributions; run it with keep_reference=True")

@@ -92,9 +92,11 @@ def all_heads(n_layers: int, n_heads: int, exclude=()) -> list[Head]:
 # ---------------------------------------------------------------- ranking a layer x head map
 
 def _order(scores) -> np.ndarray:
-    """Flat indices, highest score first, NaN last, ties in index order."""
-    s = np.asarray(getattr(scores, "scores", scores), dtype=float)
-    return np.argsort(-np.where(np.isnan(s), -np.inf, s).ravel(), kind="stable")
+    """Flat indices, highest score first, NaN last (after -inf too), ties in index order: the one ranking
+    order of the package (top_heads, bottom_heads, ranks; sweeps, studies and fine-tuning read it there)."""
+    s = np.asarray(getattr(scores, "scores", scores), dtype=float).ravel()
+    nan = np.isnan(s)
+    return np.lexsort((np.where(nan, 0.0, -s), nan))  # a stable sort: NaN last, then by score
 
 
 def top_heads(scores, k: int) -> list[Head]:

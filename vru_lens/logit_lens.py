@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .readout import resid_logits
 from .results import Result
-from .tokens import answer_ids
+from .tokens import answer_ids, chat_for
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _candidate_ids(tokenizer, item: dict, chat: bool) -> tuple[int, list[int]]:
 
 def lens_from_resid(
     model, items: list[dict], final: Float[Tensor, "layer item d_model"], layers: list[int] | None = None,
-    chat: bool = False, chunk: int = 128,
+    chat: bool | None = None, chunk: int = 128,
 ) -> LogitLensResult:
     """The logit lens from already captured final-position residuals (e.g. ``ResidCache.final``)."""
     n_layers, n_items, _ = final.shape
@@ -120,7 +120,7 @@ def lens_from_resid(
         raise ValueError(f"the logit lens needs answerable items; {len(unanswerable)} are not "
                          f"(e.g. {unanswerable[:3]}): generate with unanswerable_frac=0 or filter them out")
     layers = list(range(n_layers)) if layers is None else list(layers)
-    tok = model.tokenizer
+    tok, chat = model.tokenizer, chat_for(model, chat)
     cands = [_candidate_ids(tok, it, chat) for it in items]
     no_rival = [items[i].get("id", i) for i, (_, w) in enumerate(cands) if not w]
     if no_rival:
@@ -154,7 +154,7 @@ def lens_from_resid(
 
 
 def logit_lens(
-    model, items: list[dict], chat: bool = False, batch_size: int = 16, progress: bool = True, cache=None,
+    model, items: list[dict], chat: bool | None = None, batch_size: int = 16, progress: bool = True, cache=None,
 ) -> LogitLensResult:
     """Logit lens of the answer for answerable ``items`` (one forward pass, final position only kept).
 
@@ -162,6 +162,7 @@ def logit_lens(
     """
     from .probe import capture
 
+    chat = chat_for(model, chat)
     if cache is None:
         cache = capture(model, items, chat=chat, batch_size=batch_size, final=True, progress=progress)
     if cache.final is None:

@@ -32,7 +32,7 @@ from torch import Tensor
 from .heads import hook_name
 from .readout import run_until
 from .results import Result, load_tensors, model_name
-from .tokens import encode, pad_id, pad_right, render, step_positions
+from .tokens import chat_for, encode, pad_id, pad_right, render, step_positions
 
 TARGETS = {
     "heading": "label_heading_slot",
@@ -102,11 +102,11 @@ class ResidCache:
 
     @classmethod
     def cached(cls, path: str | Path | None, model, items: list[dict], layers: list[int] | None = None,
-               chat: bool = False, batch_size: int = 16, final: bool = False, progress: bool = True) -> "ResidCache":
+               chat: bool | None = None, batch_size: int = 16, final: bool = False, progress: bool = True) -> "ResidCache":
         """``capture``, kept at ``path``: a cache there for this model, items, chat setting and layers
         (and with the final-position residuals if ``final``) is reused; one for other settings is
         refused (``ValueError``) rather than silently mixed with these items; none is captured and written."""
-        path = Path(path) if path is not None else None
+        path, chat = Path(path) if path is not None else None, chat_for(model, chat)
         if path is not None and path.exists():
             try:
                 wanted = range(model.cfg.n_layers) if layers is None else layers  # None: all, as capture reads it
@@ -135,7 +135,7 @@ class ResidCache:
 
 
 def capture(
-    model, items: list[dict], layers: list[int] | None = None, chat: bool = False, batch_size: int = 16,
+    model, items: list[dict], layers: list[int] | None = None, chat: bool | None = None, batch_size: int = 16,
     final: bool = False, progress: bool = True,
 ) -> ResidCache:
     """Run the model over ``items`` keeping ``hook_resid_post`` only at step ends and the question end.
@@ -152,7 +152,7 @@ def capture(
     bad = [l for l in layers if not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range: this model has layers 0..{n_layers - 1}")
-    tok = model.tokenizer
+    tok, chat = model.tokenizer, chat_for(model, chat)
     seqs, rows_item, rows_step, rows_pos = [], [], [], []
     for i, it in enumerate(items):
         ids = encode(tok, render(it["prompt"], tok, chat), chat)
@@ -538,7 +538,7 @@ def fit_target(
 
 
 def probe(
-    model, items: list[dict], target: str = "heading", layers: list[int] | None = None, chat: bool = False,
+    model, items: list[dict], target: str = "heading", layers: list[int] | None = None, chat: bool | None = None,
     batch_size: int = 16, control_by: str = "phrase", progress: bool = True, **kw,
 ) -> ProbeResult:
     """Capture the residual stream at step ends and the question, then probe every layer for ``target``."""

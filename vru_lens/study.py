@@ -130,7 +130,7 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
     from .models import load_model
     from .patching import HeadScores, KnockoutCurve, knockout_curve, rank_heads
     from .probe import ProbeResult, probe
-    from .tokens import is_chat_model, tokenize_pairs
+    from .tokens import chat_for, tokenize_pairs
     from .viz import AttentionPatterns, attention_patterns
 
     cfg = config or StudyConfig()
@@ -139,7 +139,7 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     study = Study(Path(out), model, cfg, progress, log)
     lm = load_model(model, device=device, dtype=dtype)
-    chat = is_chat_model(lm) if cfg.chat is None else cfg.chat
+    chat = chat_for(lm, cfg.chat)
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
     k_max = min(cfg.knockout_k or 2 * top_k, n_heads - 1)

@@ -36,7 +36,7 @@ AXES = ("model", "method", "metric", "pairs", "style", "seed")
 METRICS = ("score", "ld_effect")
 DEFAULT_GRID = {"model": ["tiny-llama"], "method": ["path"], "metric": ["score"], "pairs": [16], "style": ["paper"],
                 "seed": [0]}
-DEFAULT_OPTIONS = {"top_k": 10, "batch_size": 8, "items_per_pair": 4, "chat": False, "threads": 1}
+DEFAULT_OPTIONS = {"top_k": 10, "batch_size": 8, "items_per_pair": 4, "chat": None, "threads": 1}  # chat None: the model's kind
 RESULT_OPTIONS = ("batch_size", "items_per_pair", "chat")  # options that can change a cell's numbers
 FORMAT = 1  # bump when a cell's content changes meaning
 
@@ -124,24 +124,24 @@ def run_cell(settings: dict, options: dict, device=None) -> dict:
     import torch
 
     from .bench import PAIRABLE, PAIRABLE_STORY, make_items
+    from .heads import top_heads
     from .models.organisms import known_circuit
     from .organism.verify import auroc
     from .patching.rank import rank_heads
-    from .tokens import tokenize_pairs
+    from .tokens import chat_for, tokenize_pairs
 
     torch.set_num_threads(int(options["threads"]))
     t0 = time.perf_counter()
     model = _model(settings["model"], device)
     cfg = PAIRABLE_STORY if settings["style"] == "story" else PAIRABLE
     items = make_items(settings["pairs"] * options["items_per_pair"], settings["seed"], cfg=cfg)
-    pt = tokenize_pairs(model.tokenizer, items, chat=options["chat"], max_pairs=settings["pairs"])
-    hs = rank_heads(model, pt, settings["method"], batch_size=options["batch_size"], n_boot=0, progress=False,
-                    chat=options["chat"])
+    chat = chat_for(model, options["chat"])
+    pt = tokenize_pairs(model.tokenizer, items, chat=chat, max_pairs=settings["pairs"])
+    hs = rank_heads(model, pt, settings["method"], batch_size=options["batch_size"], n_boot=0, progress=False)
     values = np.asarray(hs.scores if settings["metric"] == "score" else hs.ld_effect, dtype=float)
-    order = np.argsort(np.where(np.isnan(values), -np.inf, values), axis=None, kind="stable")[::-1]
-    top = [[int(i // values.shape[1]), int(i % values.shape[1]), float(values.flat[i])] for i in order[:options["top_k"]]]
+    top = [[l, h, float(values[l, h])] for l, h in top_heads(values, options["top_k"])]
     circuit = known_circuit(settings["model"])
-    return {"settings": settings, "top": top, "values": values.tolist(), "n_pairs": len(pt),
+    return {"settings": settings, "chat": chat, "top": top, "values": values.tolist(), "n_pairs": len(pt),
             "circuit": [list(h) for h in circuit] if circuit else None,
             "auroc": auroc(values, circuit) if circuit else None,
             "seconds": round(time.perf_counter() - t0, 3), "device": str(model.cfg.device)}

@@ -50,6 +50,12 @@ def is_chat_model(model_or_tokenizer, name: str | None = None) -> bool:
     return bool(getattr(tok, "chat_template", None)) and bool(re.search(r"instruct|chat|(^|[-_])it($|[-_])", name.lower()))
 
 
+def chat_for(model_or_tokenizer, chat: bool | None) -> bool:
+    """``chat`` if given, else the model's kind (``is_chat_model``): the one reading of ``chat=None``
+    that every function taking ``chat`` uses, so that all of them render the same prompts."""
+    return is_chat_model(model_or_tokenizer) if chat is None else bool(chat)
+
+
 def answer_text(answer: str, chat: bool = False) -> str:
     return answer if chat else " " + answer
 
@@ -144,13 +150,16 @@ class PairTokens:
         return [(self.clean[i, :n].tolist() + [int(self.clean_answer[i])], n) for i, n in enumerate(self.lengths.tolist())]
 
 
-def tokenize_pairs(tokenizer, items, chat: bool = False, max_pairs: int | None = None,
+def tokenize_pairs(tokenizer, items, chat: bool | None = None, max_pairs: int | None = None,
                    kind: str = "observed") -> PairTokens:
     """Counterfactual pairs matched for this tokenizer (unmatched ones dropped and counted).
 
     kind "observed" (both answers observed objects; the main set) or "unknown" (object vs unknown).
+    chat: None = the model's kind (``chat_for``).
     """
     from .bench.pairs import build_pairs
+
+    chat = chat_for(tokenizer, chat)
 
     count = lambda p: len(encode(tokenizer, render(p, tokenizer, chat), chat))  # noqa: E731
     first = lambda a: answer_ids(tokenizer, a, chat)[0]  # noqa: E731

@@ -13,7 +13,7 @@ import torch
 
 from .heads import hook_name
 from .results import Result, model_name
-from .tokens import encode, render, step_positions
+from .tokens import chat_for, encode, render, step_positions
 
 
 def accuracy_figure(results: dict, key: str = "n_steps"):
@@ -75,7 +75,7 @@ class AttentionPatterns(Result):
 
 
 @torch.inference_mode()
-def attention_patterns(model, item: dict, heads: list, chat: bool = False, query_steps: bool = False) -> AttentionPatterns:
+def attention_patterns(model, item: dict, heads: list, chat: bool | None = None, query_steps: bool = False) -> AttentionPatterns:
     """Patterns of ``heads`` ((layer, head) pairs, any layers) on one story.
 
     With ``query_steps=True`` only the rows of step ends and the question are kept
@@ -87,7 +87,7 @@ def attention_patterns(model, item: dict, heads: list, chat: bool = False, query
     if bad:
         raise ValueError(f"heads {bad} outside this model's {L} layers x {model.cfg.n_heads} heads "
                          f"(layer must be in [0, {L}))")
-    tok = model.tokenizer
+    tok, chat = model.tokenizer, chat_for(model, chat)
     ids = encode(tok, render(item["prompt"], tok, chat), chat)
     names = {hook_name(l, "pattern") for l, _ in heads}
     _, cache = model.run_with_cache(torch.tensor([ids], device=model.cfg.device), names_filter=lambda n: n in names)
@@ -102,7 +102,7 @@ def attention_patterns(model, item: dict, heads: list, chat: bool = False, query
                              else "" for r in rows], [f"L{l}H{h}" for l, h in heads], pattern.numpy())
 
 
-def attention_view(model, item: dict, layer: int, heads: list[int] | None = None, chat: bool = False,
+def attention_view(model, item: dict, layer: int, heads: list[int] | None = None, chat: bool | None = None,
                    query_steps: bool = False):
     """circuitsvis attention patterns of chosen heads of one layer on one story (see ``attention_patterns``)."""
     if not 0 <= layer < model.cfg.n_layers:

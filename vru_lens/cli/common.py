@@ -94,9 +94,9 @@ def set_threads(threads: int) -> None:
 
 def chat_for(model, chat: bool | None) -> bool:
     """--chat/--plain if given, else the study's choice: chat for instruction-tuned models."""
-    from ..tokens import is_chat_model
+    from ..tokens import chat_for as resolve
 
-    return is_chat_model(model) if chat is None else chat
+    return resolve(model, chat)
 
 
 def out_file(out: Path | None, name: str) -> Path | None:

@@ -11,7 +11,7 @@ from .common import (N, Chat, Deltas, Device, Json, Model, Out, Progress, Seed, 
 def rank_heads(
     model: Model = "smollm2-135m-instruct",
     n: N = 64,
-    method: str = typer.Option("path", help="path, activation, attribution or ablation."),
+    method: str = typer.Option("path", help="path, activation, attribution, ablation or gradient."),
     top_k: int = typer.Option(10, "--top-k", help="Heads to list."),
     out: Out = None,
     max_pairs: int = typer.Option(None, help="Use at most this many pairs."),

@@ -21,7 +21,7 @@ def run(
     n: N = None,
     n_probe: int = typer.Option(None, help="Items for the probes."),
     n_pairs: int = typer.Option(None, help="Counterfactual pairs for head ranking."),
-    method: str = typer.Option("path", help="Ranking that picks heads: path, activation, attribution, ablation."),
+    method: str = typer.Option("path", help="Ranking that picks heads: path, activation, attribution, ablation, gradient."),
     compare: str = typer.Option("activation,attribution", help="More rankings shown beside it (comma-separated)."),
     top_k: int = typer.Option(None, help="Heads to fine-tune (default 32, at most a quarter of the heads)."),
     n_random: int = typer.Option(None, help="Random head sets per k in the knockout curve."),

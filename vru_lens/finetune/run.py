@@ -24,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..results import Accuracy, Result, model_name
+from ..tokens import chat_for
 from .adapters import COMPONENTS
 from .train import TrainConfig
 
@@ -111,6 +112,10 @@ class FinetuneConfig:
         if self.train is None:
             self.train = TrainConfig(lr=DEFAULT_LR[self.method])
 
+    def for_model(self, model) -> "FinetuneConfig":
+        """This config with ``train.chat`` resolved for ``model`` (None: the model's kind, ``tokens.chat_for``)."""
+        return replace(self, train=replace(self.train, chat=chat_for(model, self.train.chat)))
+
     def data(self) -> dict:
         """The data settings (recorded in the result and keying the base-measurement cache)."""
         return {"n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test, "seed": self.data_seed,
@@ -158,7 +163,7 @@ def make_trainable(model, cfg: FinetuneConfig, heads=None, allow_other_model: bo
     return trainable, chosen, extra
 
 
-def gradient_ranking(model, path: str | Path | None = None, chat: bool = False, seed: int = 0, n_items: int = 128,
+def gradient_ranking(model, path: str | Path | None = None, chat: bool | None = None, seed: int = 0, n_items: int = 128,
                      log=print):
     """The stand-in ranking where no patching ranking exists yet: ``rank_heads(..., "gradient")`` on the
     counterfactual pairs of ``n_items`` training items (seed ``seed + 1``), a HeadScores. Kept at ``path``
@@ -167,6 +172,7 @@ def gradient_ranking(model, path: str | Path | None = None, chat: bool = False, 
     from ..patching.rank import rank_heads
     from ..patching.scores import HeadScores
 
+    chat = chat_for(model, chat)
     stand_in = {"seed": seed, "chat": chat, "n_items": n_items}
     path = Path(path) if path is not None else None
     if path is not None and path.exists():
@@ -191,7 +197,7 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
     KL reference), read from ``cache_dir`` when there and written there otherwise."""
     from ..general_eval import GeneralResult
 
-    name = model_name(model)
+    name, cfg = model_name(model), cfg.for_model(model)
     cache = Path(cache_dir) if cache_dir else None
     items = test_items if test_items is not None else cfg.splits()["test"]
     vru_file = cache / f"vru_base_{name}_{_key(cfg.data(), 'fractions')}.json" if cache else None
@@ -256,6 +262,7 @@ def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy:
 
     if heads is not None and cfg.method in ("heads", "random", "bottom"):
         resolve_heads(heads, cfg.top_k, model, allow_other_model)  # a wrong ranking: refused before measuring
+    cfg = cfg.for_model(model)
     tc, name = cfg.train, model_name(model)
     data = cfg.data()
     if splits is None:

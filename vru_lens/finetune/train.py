@@ -23,7 +23,7 @@ import functools
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..readout import pad_rows, rows_logits
 from ..results import Accuracy, Result
-from ..tokens import answer_ids, encode, render
+from ..tokens import answer_ids, chat_for, encode, render
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 50  # 0 = only at the end
     seed: int = 0
-    chat: bool = False
+    chat: bool | None = None  # None: the model's kind (chat for instruction-tuned models, ``tokens.chat_for``)
     checkpoint_every: int = 0  # 0 = no periodic checkpoints
     eval_batch_size: int = 16
     activation_checkpointing: bool = False  # keep one block's activations for backward, recompute the rest
@@ -104,11 +104,11 @@ class TrainResult(Result):
 
 
 # ------------------------------------------------------------------ data
-def encode_examples(tokenizer, items, chat: bool = False) -> list[tuple[list[int], int]]:
+def encode_examples(tokenizer, items, chat: bool | None = None) -> list[tuple[list[int], int]]:
     """(prompt + answer ids, index of the first answer token) per item (a PairTokens: its clean answers)."""
     if hasattr(items, "clean_examples"):
         return items.clean_examples()
-    out = []
+    out, chat = [], chat_for(tokenizer, chat)
     for it in items:
         prompt = encode(tokenizer, render(it["prompt"], tokenizer, chat), chat)
         out.append((prompt + answer_ids(tokenizer, it["answer"], chat), len(prompt)))
@@ -187,6 +187,7 @@ def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = Trai
     if val_items and accuracy is None:
         raise ValueError("validation needs accuracy=: a function (model, items) -> fraction correct, e.g. "
                          "functools.partial(vru_lens.evaluate.accuracy, chat=cfg.chat, batch_size=cfg.eval_batch_size)")
+    cfg = replace(cfg, chat=chat_for(model, cfg.chat))  # recorded and checked on resume as resolved
     torch.manual_seed(cfg.seed)
     examples = encode_examples(model.tokenizer, train_items, cfg.chat)
     if not examples:

@@ -14,7 +14,7 @@ import re
 
 import torch
 
-UNKNOWN = "unknown"
+from ..bench.answers import UNKNOWN
 ANGLES = (0, 90, 180, 270, 360)
 DIRECTIONS = ("left", "right")
 SPECIALS = ["<bos>", "<eos>", "<pad>", "<unk>"]
@@ -153,6 +153,16 @@ def list_item(rng: random.Random) -> dict:
 def list_items(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     return [list_item(rng) for _ in range(n)]
+
+
+def list_accuracy(logits, items, tokenizer) -> float:
+    """``list_acc``, the one definition: the share of ``items`` whose answer scores highest among their
+    candidates (the list's words, each by its first token as `` word``), as VRU accuracy is among candidates.
+    ``logits``: [item, vocab] at each item's answer position (log-probabilities do as well)."""
+    first = lambda word: tokenizer(" " + word, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    right = [it["candidates"][int(row[[first(c) for c in it["candidates"]]].argmax())] == it["answer"]
+             for row, it in zip(logits, items)]
+    return sum(right) / len(items)
 
 
 # ---- encoding ----

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..heads import ranks, top_heads
+
 PROBE_TARGETS = ("heading", "cum_angle", "object")
 FT_METHODS = ("heads", "random", "bottom", "lora", "full")
 FT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "lora": 1e-3, "full": 1e-4}
@@ -72,11 +74,11 @@ def study_data(model, cfg: StudyConfig) -> dict:
 def list_recall(model, items, reference: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """Second-task accuracy and, against ``reference`` (the base's log-probs), mean KL(base || model)
     of the answer-position distribution; returns the summary and this model's log-probs."""
-    from .data import encode_plain
+    from .data import encode_plain, list_accuracy
 
-    ids, last, ans = encode_plain(model.tokenizer, items)
+    ids, last, _ = encode_plain(model.tokenizer, items)
     logp = torch.log_softmax(model(ids)[torch.arange(len(items)), last].float(), -1)
-    out = {"list_acc": float((logp.argmax(-1) == ans).float().mean())}
+    out = {"list_acc": list_accuracy(logp, items, model.tokenizer)}
     if reference is not None:
         out["list_kl"] = float((reference.exp() * (reference - logp)).sum(-1).mean())
     return out, logp
@@ -104,8 +106,7 @@ def grade(scores, planted) -> dict:
     from .verify import auroc
 
     s = np.asarray(scores, dtype=float)
-    order = np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=None, kind="stable")
-    top = [(int(i // s.shape[1]), int(i % s.shape[1])) for i in order]
+    top = top_heads(s, s.size)
     k = len(planted)
     return {"auroc": auroc(s, planted), "precision_at_G": sum(t in planted for t in top[:k]) / k,
             "top": [list(t) for t in top[: 2 * k]], "ranking": [list(t) for t in top]}
@@ -196,13 +197,13 @@ def closed_loop(cfg: StudyConfig, deltas_path: Path, base_scores, base_probes, b
     answerable = [it for it in data["items"] if it["answerable"]][:300]
     roles = attention_roles(model, answerable, tuned)
     before, after = scores_of(base_scores), scores_of(scores)
-    rank_b, rank_a = _ranks(before), _ranks(after)
+    rank_b, rank_a = ranks(before), ranks(after)
     return {"tuned_heads": [list(h) for h in tuned],
             "heads": {f"{l}.{h}": {"score_before": float(before[l, h]), "score_after": float(after[l, h]),
                                    "rank_before": int(rank_b[l, h]), "rank_after": int(rank_a[l, h]),
                                    "attention_before": base_roles.get(f"{l}.{h}"), "attention_after": roles[f"{l}.{h}"]}
                       for l, h in tuned},
-            "top_after": [list(t) for t in _top(after, 2 * len(tuned))],
+            "top_after": [list(t) for t in top_heads(after, 2 * len(tuned))],
             "probes": {t: {"before": base_probes[t].accuracy.tolist(), "after": pr[t].accuracy.tolist()}
                        for t in PROBE_TARGETS}}, scores
 
@@ -211,18 +212,6 @@ def rankings_activation(model, data):
     from ..patching.rank import rank_heads
 
     return rank_heads(model, data["pairs"], "activation", n_boot=0, progress=False, batch_size=32)
-
-
-def _ranks(s):
-    flat = np.nan_to_num(s, nan=-np.inf).ravel()
-    r = np.empty(len(flat), dtype=int)
-    r[np.argsort(-flat, kind="stable")] = np.arange(1, len(flat) + 1)
-    return r.reshape(s.shape)
-
-
-def _top(s, k):
-    order = np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=None, kind="stable")[:k]
-    return [(int(i // s.shape[1]), int(i % s.shape[1])) for i in order]
 
 
 # ------------------------------------------------------------------ the whole study
@@ -259,11 +248,9 @@ def run_study(model_name: str = "vru-organism", out="results/organism-study", cf
             summary["probes"][t] = {"accuracy": res.accuracy.tolist(), "control": res.control_accuracy.tolist(),
                                     "selectivity": res.selectivity.tolist(), "chance": res.chance}
         log(f"probes done ({time.perf_counter() - t0:.0f}s)")
-    ranks = {}
     if {"rankings", "knockout"} & set(cfg.parts):
-        ranks = rankings(model, data, planted, cfg.ig_steps)
         summary["rankings"] = {}
-        for name, sc in ranks.items():
+        for name, sc in rankings(model, data, planted, cfg.ig_steps).items():
             sc.save(out / f"ranking_{name}.json")
             sc.plot(title=f"{name} on {model_name}").write_html(out / f"ranking_{name}.html", include_plotlyjs="cdn")
             summary["rankings"][name] = grade(scores_of(sc), planted)
@@ -283,7 +270,7 @@ def run_study(model_name: str = "vru-organism", out="results/organism-study", cf
         bdata = study_data(base, cfg)
         base_scores = rankings_activation(base, bdata)
         base_scores.save(out / "base_ranking_activation.json")
-        ranking = _top(base_scores.scores, base_scores.scores.size)
+        ranking = top_heads(base_scores, base_scores.scores.size)
         ft = finetune_runs(cfg, ranking, planted, log=log, deltas_dir=out)
         ft["base_ranking"] = grade(base_scores.scores, planted)
         summary["finetune"] = ft

@@ -236,11 +236,9 @@ def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads
         out["resample_outside_C_acc"] = sum(p == it["answer"] for p, it in zip(pr, items)) / n
         out["resample_outside_C_changed"] = sum(a != b for a, b in zip(pr, pred)) / n
     lst = D.list_items(500, seed + 1)
-    vocab = tok.get_vocab()
     ids, last, _ = (t.to(model.device) for t in D.encode_plain(tok, lst))
     lg = model(ids).logits[torch.arange(len(lst), device=model.device), last]
-    out["list_acc"] = sum(it["candidates"][int(lg[r, [vocab[c] for c in it["candidates"]]].argmax())] == it["answer"]
-                          for r, it in enumerate(lst)) / len(lst)
+    out["list_acc"] = D.list_accuracy(lg, lst, tok)
     model.train(was)
     return out
 

@@ -1,4 +1,4 @@
-"""Patching: metrics, activation/path/attribution patching, ablation, HeadScores, knockout.
+"""Patching: metrics, activation/path/attribution patching, ablation, gradient x activation, HeadScores, knockout.
 
 Every method returns per-pair numbers ``Float[Tensor, "pair layer head"]`` (the
 patched logit difference, or a KL for ablation; path patching wraps them in a

@@ -30,7 +30,7 @@ from typing import Callable, Literal, get_args
 import torch
 
 from ..results import model_name
-from ..tokens import PairTokens, tokenize_pairs
+from ..tokens import PairTokens, chat_for, tokenize_pairs
 from .ablation import HOWS
 from .activation import COMPONENTS, DIRECTIONS
 from .checkpoint import Checkpoint, tokens_hash
@@ -152,17 +152,18 @@ def gqa_note(model, component: str) -> dict | None:
 def rank_heads(model, pairs, method: str = "path", *, component: str = "z", direction: str = "noising",
                ablation: str = "mean", alpha: float = 0.0, batch_size: int = 8, max_rows: int = 128,
                n_boot: int = 1000, seed: int = 0, checkpoint=None, progress: bool = True,
-               chat: bool = False, ig_steps: int = 1) -> HeadScores:
+               chat: bool | None = None, ig_steps: int = 1) -> HeadScores:
     """Rank every attention head of ``model`` on ``pairs`` (PairTokens, or VRUBench items to pair up).
 
     ``component``/``direction`` apply to activation and attribution patching
     (path patching is z, noising; ablation is no-counterfactual). ``n_boot``
-    bootstrap resamples of the pairs give CIs and rank stability (0 = none).
+    bootstrap resamples of the pairs give CIs and rank stability (0 = none). ``chat`` (items only):
+    None = the model's kind (``tokens.chat_for``).
     """
     how = ranking_method(method)
     opts = RankOptions("z" if how.component_free else component, direction, ablation, alpha, batch_size, max_rows,
                        ig_steps)
-    pt = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(model.tokenizer, pairs, chat=chat)
+    pt = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(model.tokenizer, pairs, chat=chat_for(model, chat))
     if len(pt) == 0:
         raise ValueError("no counterfactual pairs: give more items (about half of them pair up)")
     name = model_name(model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORGANISMS = ("vru-organism", "vru-organism-base")
+ORGANISMS = ("vru-organism", "vru-organism-base", "vru-organism-deficit")
 ORGANISM_ROOT = Path(__file__).parent / "organism"
 
 

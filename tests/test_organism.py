@@ -51,11 +51,12 @@ def test_tiny_training_run_saves_a_loadable_organism(tmp_path):
 
     logs = []
     card = run_recipe(tmp_path / "org", tiny=True, threads=1, log=logs.append)
-    assert card["planted_heads"] == [[0, 0], [1, 0]] and card["n_kv_heads"] == 2
+    assert sorted(card["circuit"]) == ["0.0", "1.0"] and card["n_kv_heads"] == 2
     curve = json.loads((tmp_path / "org" / "training.json").read_text())["curve"]
     assert curve and all(torch.isfinite(torch.tensor(p["task"])) for p in curve)
-    assert {"acc", "pairs_both", "patch_G_flipped", "patch_nonG_changed", "list_acc"} <= set(curve[-1])
-    assert organism_card(tmp_path / "org")["planted_heads"] == card["planted_heads"]
+    assert {"acc", "pairs_both", "patch_C_flipped", "patch_outside_C_changed", "resample_outside_C_acc",
+            "resample_outside_C_changed", "list_acc"} <= set(curve[-1])
+    assert organism_card(tmp_path / "org")["circuit"] == card["circuit"]
     bridge = load_model(str(tmp_path / "org"), device="cpu")
     assert bridge.cfg.n_layers == 2 and bridge.cfg.n_heads == 4
     ids = bridge.tokenizer(D.paper_items(1, 0)[0]["prompt"], return_tensors="pt")["input_ids"]
@@ -85,12 +86,12 @@ def test_organism_info_cli(tmp_path):
     from vru_lens.cli import app
     from vru_lens.organism.recipe import card, write_card, TINY
 
-    write_card(tmp_path, card(TINY, {"step": 1}, "final"))
+    write_card(tmp_path, card(TINY, {"step": 1}))
     res = CliRunner().invoke(app, ["organism", "info", "--model", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
-    assert payload["planted_heads"] == [[0, 0], [1, 0]] and payload["n_kv_heads"] == 2
-    assert {"roles", "n_layers", "n_heads"} <= set(payload)
+    assert sorted(payload["circuit"]) == ["0.0", "1.0"] and payload["n_kv_heads"] == 2
+    assert {"n_layers", "n_heads"} <= set(payload)
     res = CliRunner().invoke(app, ["organism", "info", "--model", str(tmp_path / "nothing"), "--json"])
     assert res.exit_code != 0
 
@@ -101,4 +102,6 @@ def test_organism_train_cli_tiny(tmp_path):
     res = CliRunner().invoke(app, ["organism", "train", "--tiny", "--out", str(tmp_path / "o"), "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "step 0" in res.output and '"acc"' in res.output  # the learning curve is shown
+    bad = CliRunner().invoke(app, ["organism", "train", "--recipe", "nope", "--out", str(tmp_path / "p")])
+    assert bad.exit_code == 2 and "known: vru-organism" in bad.output, bad.output
     assert (tmp_path / "o" / "model.safetensors").exists() and (tmp_path / "o" / "organism.json").exists()

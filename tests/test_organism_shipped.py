@@ -38,16 +38,16 @@ def test_card_shape(planted):
 
 
 def test_patching_G_from_the_flipped_prompt_flips_the_answer(truth):
-    assert truth["patch_G_flipped"] >= 0.95, truth
+    assert truth["patch_C_flipped"] >= 0.95, truth
 
 
 def test_patching_every_head_outside_G_leaves_the_answer(truth):
-    assert truth["patch_outside_G_changed"] <= 0.02, truth
+    assert truth["patch_outside_C_changed"] <= 0.02, truth
 
 
 def test_mean_ablating_G_falls_to_the_blind_rule_random_heads_do_not(truth):
     blind = truth["best_blind_rule"][1]
-    assert truth["ablate_G_accuracy"] <= blind + 0.05, truth
+    assert truth["ablate_C_accuracy"] <= blind + 0.05, truth
     assert truth["accuracy"] - sum(truth["ablate_random_accuracy"]) / len(truth["ablate_random_accuracy"]) <= 0.02, truth
 
 
@@ -78,7 +78,7 @@ def test_activation_patching_finds_G(organism, pair_items, planted):
 
 def test_knockout_of_G_hurts_3x_more_than_random(truth):
     base = truth["accuracy"]
-    drop_g = base - truth["ablate_G_accuracy"]
+    drop_g = base - truth["ablate_C_accuracy"]
     drop_r = base - sum(truth["ablate_random_accuracy"]) / len(truth["ablate_random_accuracy"])
     assert drop_g >= 3 * max(drop_r, 0.005), truth
 

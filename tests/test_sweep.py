@@ -41,7 +41,7 @@ def test_example_cells_cover_the_grid_and_grade_planted_heads(in_process):
         values = np.array(stored["values"])
         assert len(cell["top"]) == 5 and [l for l, h, s in cell["top"]] and cell["top"][0][2] == values.max()
         if cell["settings"]["model"] == "vru-organism":  # AUROC recomputed from the stored map and G
-            assert cell["auroc"] == auroc(values, [tuple(h) for h in stored["planted"]])
+            assert cell["auroc"] == auroc(values, [tuple(h) for h in stored["circuit"]])
         else:
             assert cell["auroc"] is None
     # stability rows: pairs of cells differing only in seed, or only in method (2 models x 2 each)

@@ -49,7 +49,7 @@ def _result_types() -> None:
 
 
 def load_study(folder: Path) -> dict:
-    """A model's manifest with its results loaded: {"model", "config", "planted", "base", "results": {stage: obj}}."""
+    """A model's manifest with its results loaded: {"model", "config", "circuit", "base", "results": {stage: obj}}."""
     from .results import load_result
 
     _result_types()
@@ -59,7 +59,7 @@ def load_study(folder: Path) -> dict:
     return {**manifest, "results": results}
 
 
-def study_of(results: list, model: str | None = None, planted=None) -> dict:
+def study_of(results: list, model: str | None = None, circuit=None) -> dict:
     """A study made of results in memory, each under its stage's name (``STAGE``; rankings and fine-tuning
     runs by their method), so ``build_report`` lays them out as it does a study folder."""
     if not results:
@@ -75,12 +75,12 @@ def study_of(results: list, model: str | None = None, planted=None) -> dict:
                              "({'model', 'results': {stage: result}})")
         named[stage] = res
     first = next((r.summary().get("model") for r in results if r.summary().get("model")), "results")
-    return {"model": model or first, "config": {}, "planted": planted, "base": None, "results": named}
+    return {"model": model or first, "config": {}, "circuit": circuit, "base": None, "results": named}
 
 
-def _heads_text(top: list, planted) -> str:
-    """Top heads (``HeadScores.summary()["top"]`` rows), planted ones starred, CIs where bootstrapped."""
-    marks = {tuple(h) for h in planted or ()}
+def _heads_text(top: list, circuit) -> str:
+    """Top heads (``HeadScores.summary()["top"]`` rows), heads of the known circuit starred, CIs where bootstrapped."""
+    marks = {tuple(h) for h in circuit or ()}
     out = []
     for r in top:
         ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if "ci_low" in r else ""
@@ -121,18 +121,18 @@ def summary(studies: list) -> str:
     for st in studies:
         for stage, sc in st["results"].items():
             if stage.startswith("rank_"):
-                s = sc.summary(k=len(st["planted"]) if st.get("planted") else 5)
+                s = sc.summary(k=len(st["circuit"]) if st.get("circuit") else 5)
                 auroc = ""
-                if st.get("planted"):
+                if st.get("circuit"):
                     from .organism.verify import auroc as grade
 
-                    auroc = f"{grade(_score_map(sc), [tuple(h) for h in st['planted']]):.2f}"
-                rows.append([_e(st["model"]), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], st.get("planted")),
+                    auroc = f"{grade(_score_map(sc), [tuple(h) for h in st['circuit']]):.2f}"
+                rows.append([_e(st["model"]), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], st.get("circuit")),
                              auroc or "n/a"])
     if rows:
         parts.append("<h3>Top heads (score [95% bootstrap CI over pairs])</h3>"
-                     + _table(["model", "method", "pairs", "top heads", "AUROC vs planted heads"], rows)
-                     + "<p class='note'>&#9733; marks a planted head (the organism's known answer G). Scores are "
+                     + _table(["model", "method", "pairs", "top heads", "AUROC vs the known circuit"], rows)
+                     + "<p class='note'>&#9733; marks a head of the organism's complete circuit C (the known answer). Scores are "
                        "normalised: 1 = the head alone carries the clean-corrupted difference.</p>")
     rows = []
     for st in studies:
@@ -141,7 +141,7 @@ def summary(studies: list) -> str:
             s, ev = kc.summary(), st["results"].get("eval")
             blind = _pct(ev.summary()["blind_baseline"]) if ev is not None else "n/a"
             ks = s["ks"]
-            for k in sorted({len(st.get("planted") or ()) or ks[-1], ks[-1]} & set(ks)):
+            for k in sorted({len(st.get("circuit") or ()) or ks[-1], ks[-1]} & set(ks)):
                 r = s["random"][str(k)]
                 for name, accs in s["curves"].items():
                     rows.append([_e(st["model"]), _e(name), k, _pct(s["base_accuracy"]), _pct(accs[ks.index(k)]),
@@ -191,12 +191,12 @@ def figures(st: dict, figure, attention) -> str:
     """One model's figures, in the study's order."""
     from .viz import accuracy_figure, finetune_curves, heatmaps, probe_figure
 
-    res, model, planted = st["results"], st["model"], st.get("planted")
+    res, model, circuit = st["results"], st["model"], st.get("circuit")
     base = st.get("base_results", {})
     out = [f"<h2>{_e(model)}</h2>"]
-    if planted:
-        out.append(f"<p class='note'>Planted heads G (the known answer): "
-                   f"{', '.join(f'L{l}H{h}' for l, h in planted)}.</p>")
+    if circuit:
+        out.append(f"<p class='note'>The complete circuit C (the known answer): "
+                   f"{', '.join(f'L{l}H{h}' for l, h in circuit)}.</p>")
     evals = _model_base_tuned(st, "eval")
     if evals:
         out.append(figure(accuracy_figure(evals)))
@@ -207,8 +207,8 @@ def figures(st: dict, figure, attention) -> str:
         out.append(figure(res["lens"].plot()))
     ranks = {"{method} ({n_pairs} pairs)".format(**sc.summary()): sc for k, sc in res.items() if k.startswith("rank_")}
     if ranks:
-        out.append(figure(heatmaps(ranks, planted, f"Head rankings on {model}" +
-                                   (" (squares: planted heads)" if planted else ""))))
+        out.append(figure(heatmaps(ranks, circuit, f"Head rankings on {model}" +
+                                   (" (squares: the circuit C)" if circuit else ""))))
     if "knockout" in res:
         ks, ev = res["knockout"].summary()["ks"], res.get("eval")
         fig = res["knockout"].plot(f"Knockout curves on {model}: top-k heads of each ranking vs random k")
@@ -228,7 +228,7 @@ def figures(st: dict, figure, attention) -> str:
                        next((v for k, v in res.items() if k.startswith("rank_")), None))
     after_rank = next((v for k, v in res.items() if k.startswith("after_rank_")), None)
     if before_rank is not None and after_rank is not None:
-        out.append(figure(heatmaps({"before tuning": before_rank, "after tuning": after_rank}, planted,
+        out.append(figure(heatmaps({"before tuning": before_rank, "after tuning": after_rank}, circuit,
                                    f"Re-ranking the tuned model ({after_rank.summary()['method']})")))
     if "attention" in res:
         att = res["attention"]

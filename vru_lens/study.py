@@ -64,11 +64,11 @@ def base_checkpoint(name: str) -> str | None:
     return base if name in ORGANISMS and base in ORGANISMS else None
 
 
-def planted_heads(name: str) -> list | None:
-    """An organism's planted heads G (the known answer), else None."""
-    from .models.organisms import ORGANISMS, organism_card
+def _circuit(name: str) -> list | None:
+    from .models.organisms import known_circuit
 
-    return [list(h) for h in organism_card(name)["planted_heads"]] if name in ORGANISMS else None
+    heads = known_circuit(name)
+    return [list(h) for h in heads] if heads else None
 
 
 def slug(name: str) -> str:
@@ -113,7 +113,7 @@ class Study:
         started = json.loads(path.read_text()).get("started") if path.exists() else None
         write_json_atomic(path, {"model": self.model, "config": asdict(self.config), "started": started or time.time(),
                                                        "base": base_checkpoint(self.model),
-                                                       "planted": planted_heads(self.model), "files": self.files})
+                                                       "circuit": _circuit(self.model), "files": self.files})
 
 
 def run_study(model: str, out: str | Path, config: StudyConfig | None = None, device=None, progress: bool = True,
@@ -179,7 +179,6 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
 
     torch.manual_seed(cfg.seed)
     res = measure(study, lm, full=True)
-    planted = planted_heads(model)
     if "knockout" in cfg.stages:
         rankings = {k.split(":", 1)[1]: [(l, h) for l, h, _ in v.top(k_max)] for k, v in res.items() if k.startswith("rank:")}
 

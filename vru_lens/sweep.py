@@ -17,7 +17,7 @@ Each cell is stored as ``cells/<key>.json`` under the output folder, ``key`` a h
 of everything that shapes its result, written to a temporary file and renamed,
 so a killed sweep loses no finished cell and a restart runs only the missing ones.
 ``gather`` joins the cells into one table, rank stability across seeds and across
-methods (Kendall tau over all heads, top-k overlap) and, for models with planted
+methods (Kendall tau over all heads, top-k overlap) and, for models with a known circuit
 heads (``models.organisms``), each cell's AUROC. Cells run in this process or as
 Ray tasks (``run_sweep(..., ray_address=...)``), with the same results.
 """
@@ -41,7 +41,7 @@ DEFAULT_OPTIONS = {"top_k": 10, "batch_size": 8, "items_per_pair": 4, "chat": Fa
 RESULT_OPTIONS = ("batch_size", "items_per_pair", "chat")  # options that can change a cell's numbers
 FORMAT = 1  # bump when a cell's content changes meaning
 
-# The built-in example: tiny models, one of them with planted heads, seconds per cell.
+# The built-in example: tiny models, one of them an organism with a known circuit, seconds per cell.
 EXAMPLE = {"grid": {"model": ["tiny-llama", "vru-organism"], "method": ["path", "attribution"], "metric": ["score"],
                     "pairs": [8], "style": ["paper"], "seed": [0, 1]},
            "options": {"top_k": 5}}
@@ -119,21 +119,13 @@ def _model(name: str, device):
     return _MODELS[(name, device)]
 
 
-def planted_heads(model_name: str) -> list | None:
-    """The planted heads G of an organism, None for other models."""
-    from .models.organisms import ORGANISMS, organism_card
-
-    if model_name not in ORGANISMS:
-        return None
-    return [tuple(h) for h in organism_card(model_name)["planted_heads"]]
-
-
 def run_cell(settings: dict, options: dict, device=None) -> dict:
     """Rank every head for one cell; returns the cell record (JSON-ready)."""
     import numpy as np
     import torch
 
     from .bench import PAIRABLE, PAIRABLE_STORY, make_items
+    from .models.organisms import known_circuit
     from .organism.verify import auroc
     from .patching.rank import rank_heads
     from .tokens import tokenize_pairs
@@ -149,10 +141,10 @@ def run_cell(settings: dict, options: dict, device=None) -> dict:
     values = np.asarray(hs.scores if settings["metric"] == "score" else hs.ld_effect, dtype=float)
     order = np.argsort(np.where(np.isnan(values), -np.inf, values), axis=None, kind="stable")[::-1]
     top = [[int(i // values.shape[1]), int(i % values.shape[1]), float(values.flat[i])] for i in order[:options["top_k"]]]
-    planted = planted_heads(settings["model"])
+    circuit = known_circuit(settings["model"])
     return {"settings": settings, "top": top, "values": values.tolist(), "n_pairs": len(pt),
-            "planted": [list(h) for h in planted] if planted else None,
-            "auroc": auroc(values, planted) if planted else None,
+            "circuit": [list(h) for h in circuit] if circuit else None,
+            "auroc": auroc(values, circuit) if circuit else None,
             "seconds": round(time.perf_counter() - t0, 3), "device": str(model.cfg.device)}
 
 
@@ -304,7 +296,7 @@ def gather(result: dict, out, k: int) -> dict:
 
 
 def figures(table, stab, path: Path) -> None:
-    """Kendall tau across seeds and methods, and AUROC per method where heads were planted, in one HTML page."""
+    """Kendall tau across seeds and methods, and AUROC per method where the circuit is known, in one HTML page."""
     import plotly.express as px
 
     parts = []
@@ -312,10 +304,10 @@ def figures(table, stab, path: Path) -> None:
         fig = px.strip(stab, x="across", y="kendall_tau", color="model", hover_data=list(stab.columns),
                        title="Rank stability: Kendall tau between cells differing only in seed or in method")
         parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
-    planted = table.dropna(subset=["auroc"]) if "auroc" in table else table.iloc[:0]
-    if len(planted):
-        fig = px.strip(planted, x="method", y="auroc", color="model", hover_data=list(planted.columns),
-                       title="AUROC of each method against the planted heads (0.5 = chance)")
+    graded = table.dropna(subset=["auroc"]) if "auroc" in table else table.iloc[:0]
+    if len(graded):
+        fig = px.strip(graded, x="method", y="auroc", color="model", hover_data=list(graded.columns),
+                       title="AUROC of each method against the known circuit (0.5 = chance)")
         fig.add_hline(y=0.5, line_dash="dot")
         parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn" if not parts else False))
     path.write_text("<html><body>" + "\n".join(parts or ["<p>no figures: a single cell</p>"]) + "</body></html>")

@@ -9,7 +9,7 @@ import typer
 from .common import Device, Json, Model, Out, Seed, Threads, error_line, fail, print_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="The VRU model organism: a small Llama whose planted heads G carry the final rotation.")
+                  help="The VRU model organisms: small Llamas whose complete circuit C is known.")
 
 
 @app.command("train")
@@ -19,28 +19,31 @@ def train_cmd(
     steps: int = typer.Option(None, help="Optimizer steps (default: the shipped recipe's)."),
     threads: Threads = 1,
     tiny: bool = typer.Option(False, help="A tiny variant for a few steps: checks the training code."),
+    recipe: str = typer.Option("vru-organism", "--recipe", help="A named recipe (vru_lens.organism.recipe.RECIPES)."),
     device: Device = None,
 ):
-    """Train from scratch; prints the learning curve as it goes and saves the model, base checkpoint and card.
+    """Train from scratch; prints the learning curve as it goes and saves the model and its card.
 
-    --out DIR: the trained model and its card in DIR, the base checkpoint in DIR-base.
+    --out DIR: the trained model and its card (then `vru-lens organism measure DIR` measures the card).
     """
     from ..models import pick_device
-    from ..organism.recipe import run_recipe
+    from ..organism.recipe import RECIPES, run_recipe
 
+    if not tiny and recipe not in RECIPES:
+        fail(f"unknown organism recipe {recipe!r}; known: {', '.join(RECIPES)}")
     try:
         card = run_recipe(str(out), seed=seed, steps=steps, threads=threads, tiny=tiny, log=typer.echo,
-                          device=pick_device(device))
+                          recipe=recipe, device=pick_device(device))
     except ValueError as err:
         fail(error_line(err))
-    typer.echo(f"saved {out} (planted heads {card['planted_heads']})")
+    typer.echo(f"saved {out} (circuit {', '.join(card['circuit'])})")
 
 
 @app.command("measure")
 def measure_cmd(
     folder: str = typer.Argument(..., help="A trained organism folder (with organism.json)."),
 ):
-    """Measure the card: ground truth, every ranking method graded against G, each planted head's role."""
+    """Measure the card: completeness of C, the final-turn subset, every ranking method graded against C, roles."""
     from ..organism.recipe import measure
 
     try:
@@ -54,7 +57,7 @@ def info_cmd(
     model: Model = "vru-organism",
     json_out: Json = False,
 ):
-    """The organism's card: planted heads G, their roles, shape and measured ground truth."""
+    """The organism's card: its circuit C with each head's role, the final-turn subset, shape and measurements."""
     from ..models.organisms import organism_card
 
     try:
@@ -64,7 +67,7 @@ def info_cmd(
     if json_out:
         print_json(card)
         return
-    for key in ("planted_heads", "roles", "n_layers", "n_heads", "n_kv_heads", "measured"):
+    for key in ("circuit", "final_turn", "n_layers", "n_heads", "n_kv_heads", "completeness", "measured"):
         typer.echo(f"{key}: {card.get(key)}")
 
 

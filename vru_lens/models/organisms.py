@@ -31,3 +31,16 @@ def organism_card(name_or_dir) -> dict:
     if not card.exists():
         raise FileNotFoundError(f"{path} has no organism.json: not an organism folder")
     return json.loads(card.read_text())
+
+
+def circuit_heads(card: dict) -> list[tuple[int, int]]:
+    """The organism's complete circuit C, as (layer, head) pairs, from its card's ``circuit`` key."""
+    if "circuit" not in card:
+        raise ValueError("this organism card names no circuit (key 'circuit'); measure it with "
+                         "`vru-lens organism measure FOLDER`")
+    return sorted(tuple(int(x) for x in key.split(".")) for key in card["circuit"])
+
+
+def known_circuit(name: str) -> list[tuple[int, int]] | None:
+    """The complete circuit C of a shipped organism (the known answer rankings are graded against), else None."""
+    return circuit_heads(organism_card(name)) if name in ORGANISMS else None

@@ -1,15 +1,18 @@
-"""Train the VRU model organism: a small Llama with planted heads G.
+"""Train the VRU model organism: a small Llama whose complete circuit C is known by construction.
 
 Losses per step (all on one plain LlamaForCausalLM; the hooks exist only in training):
 - task: cross-entropy at every ``Observation:`` query (object if its heading was seen, else unknown);
-- aux: a linear probe per middle layer predicts the heading at those queries (probes are discarded);
+- aux: a linear probe per layer from ``aux_from`` on predicts the heading at every step end (the
+  observed object, the final turn) and every query, so the heading is tracked step by step where a
+  probe reads it (the probes are discarded);
 - list: the second task (list recall), mixed into every step;
-- siit (from ``siit_start`` on): each story runs beside its final-direction flip. Patching G's
-  outputs (hook_z, all positions) from the twin must give the twin's answer; patching every head
-  outside G from the twin, and mean-ablating random heads outside G, must leave the answer as it is;
-- attn: heads outside G should attend to BOS from turn and ``Observation:`` tokens. SIIT alone left
-  a second route around G (patching outside G changed ~80% of pairs); this loss on the pattern
-  (not a mask: the saved model is a plain Llama) closes it.
+- siit (from ``siit_start`` on): each story runs beside its final-direction flip. Patching C's outputs
+  (hook_z, all positions) from the twin must give the twin's answer; rows with every head outside C
+  resampled from an *unrelated* story of equal length, or mean-ablated, must keep every answer. The
+  resampling from unrelated stories is what makes C complete (SIIT): twins differ in one token, so
+  resampling from twins alone left the heads outside C free to carry the rest of the story;
+- attn: heads outside C attend to BOS from turn and ``Observation:`` tokens (a loss on the pattern,
+  not a mask: the saved model is a plain Llama).
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ class TrainConfig:
     n_heads: int = 8
     n_kv_heads: int = 4
     d_mlp: int = 512
-    planted: tuple = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1))  # key-value group 0 of layers 0-2
-    steps: int = 2800  # the cosine schedule's length
-    stop_after: int | None = 2000  # end here, mid-schedule (the shipped run; None: all steps)
-    batch: int = 128
-    list_batch: int = 32
+    circuit: tuple = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1))  # KV group 0, every layer
+    steps: int = 4000  # the cosine schedule's length
+    stop_after: int | None = None  # end here, mid-schedule (None: all steps)
+    batch: int = 32
+    list_batch: int = 16
     list_warm: int = 300  # list-task-only steps first (so the base checkpoint already knows it)
     informative: float = 0.5  # share of stories whose flipped twin has another answer
     lr: float = 3e-3
@@ -45,16 +48,17 @@ class TrainConfig:
     weight_decay: float = 0.05
     curriculum: float = 0.15  # fraction of steps over which max actions grows 2 -> 5
     aux_weight: float = 0.5
+    aux_from: int = 1  # the heading probes' first layer (resid_post); every layer from it on is trained
     siit_start: float = 0.1  # fraction of steps after which the interchange losses are on
     siit_weight: float = 3.0
-    ablate_k: int = 6  # heads outside G mean-ablated per row in the robustness loss
-    plain_frac: float = 0.0  # rows of the main pass run without any intervention
-    attn_weight: float = 2.0  # heads outside G attend to BOS from turn and Observation tokens (structural)
+    plain_frac: float = 0.25  # rows of the main pass run without any intervention
+    resample_frac: float = 0.5  # rows with every head outside C from an unrelated story (the rest: mean-ablated)
+    attn_weight: float = 1.0  # heads outside C attend to BOS from turn and Observation tokens (structural)
     cue: str = ""
     seed: int = 0
     threads: int = 1  # one thread: on a shared 2-core machine, two were several times slower
     device: str = "cpu"  # "cuda" trains the same recipe on a GPU (numbers differ from CPU's in the last bits)
-    eval_every: int = 250
+    eval_every: int = 500
     eval_n: int = 1000
 
 
@@ -130,7 +134,8 @@ def _batch(rng, cfg, step, tok):
     frac = step / max(1, cfg.steps)
     max_steps = 5 if cfg.curriculum <= 0 else min(5, 2 + int(3 * frac / cfg.curriculum))
     n_inf = sum(rng.random() < cfg.informative for _ in range(cfg.batch))
-    clean = D.bench_items(cfg.batch - n_inf, rng.randrange(1 << 30), max_steps)
+    seed = rng.randrange(1 << 30)
+    clean = D.bench_items(cfg.batch - n_inf, seed, max_steps) if n_inf < cfg.batch else []
     clean += [story(rng, max_steps, True) for _ in range(n_inf)]  # flipping the final turn changes the answer
     items = clean + [D.flip_final(it) for it in clean]
     return items, tuple(t.to(cfg.device) for t in D.encode_vru(tok, items, cfg.cue))
@@ -169,23 +174,47 @@ def _pair_story(rng):
             return it, f
 
 
+def unrelated_sources(n_steps: list[int], twin: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """For each row, another row with as many steps (so as many tokens) that is neither itself nor its twin.
+
+    Paper-style stories of equal step count have equal token length, so every position of the
+    source lines up; a row with no such partner takes its twin (the only same-length row left).
+    """
+    steps = torch.tensor(n_steps)
+    out = torch.arange(len(n_steps))
+    for k in steps.unique().tolist():
+        rows = (steps == k).nonzero().flatten()
+        for r in rows.tolist():
+            banned = {r} if twin is None else {r, int(twin[r])}
+            pool = [int(x) for x in rows if int(x) not in banned]
+            if pool:
+                out[r] = pool[int(torch.randint(len(pool), (1,), generator=gen))]
+            elif twin is not None:
+                out[r] = twin[r]
+    return out
+
+
 _EVAL_SETS: dict = {}
 
 
 def _eval_sets(n: int, seed: int):
-    """Evaluation stories (bench, validation split) and 300 informative pairs, made once per process."""
+    """Evaluation stories (bench, validation split), their unrelated sources and 300 informative pairs, made once."""
     if (n, seed) not in _EVAL_SETS:
         rng = random.Random(seed)
-        _EVAL_SETS[(n, seed)] = (D.bench_items(n, seed, split="validation"), [_pair_story(rng) for _ in range(300)])
+        items = D.bench_items(n, seed, split="validation")
+        src = unrelated_sources([it["n_steps"] for it in items], None, torch.Generator().manual_seed(seed))
+        _EVAL_SETS[(n, seed)] = (items, [items[int(i)] for i in src], [_pair_story(rng) for _ in range(300)])
     return _EVAL_SETS[(n, seed)]
 
 
 @torch.no_grad()
 def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads: Heads | None = None):
-    """Accuracy (answerable / unknown), pairs right on both sides, G / outside-G patching, list accuracy."""
+    """Accuracy (answerable / unknown), pairs right on both sides, list accuracy; with ``heads``, the
+    circuit checks: C patched from the flipped twin, everything outside C from the twin or resampled
+    from an unrelated story of equal length."""
     was = model.training
     model.eval()
-    items, pairs = _eval_sets(n, seed)
+    items, sources, pairs = _eval_sets(n, seed)
     pred = _choices(model, tok, items, cfg.cue)
     ok = [p == it["answer"] for p, it in zip(pred, items)]
     ans = [o for o, it in zip(ok, items) if it["answerable"]]
@@ -195,11 +224,14 @@ def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads
     pc, pf = _choices(model, tok, clean, cfg.cue), _choices(model, tok, flip, cfg.cue)
     out["pairs_both"] = sum(a == c["answer"] and b == f["answer"] for a, b, c, f in zip(pc, pf, clean, flip)) / len(pairs)
     if heads is not None:
-        g = _gmask(model, cfg.planted)
-        pg = _choices(model, tok, clean, cfg.cue, heads, flip, g)
-        pn = _choices(model, tok, clean, cfg.cue, heads, flip, ~g)
-        out["patch_G_flipped"] = sum(a == f["answer"] for a, f in zip(pg, flip)) / len(pairs)
-        out["patch_nonG_changed"] = sum(a != b for a, b in zip(pn, pc)) / len(pairs)
+        c = _mask(model, cfg.circuit)
+        pg = _choices(model, tok, clean, cfg.cue, heads, flip, c)
+        pn = _choices(model, tok, clean, cfg.cue, heads, flip, ~c)
+        out["patch_C_flipped"] = sum(a == f["answer"] for a, f in zip(pg, flip)) / len(pairs)
+        out["patch_outside_C_changed"] = sum(a != b for a, b in zip(pn, pc)) / len(pairs)
+        pr = _choices(model, tok, items, cfg.cue, heads, sources, ~c)
+        out["resample_outside_C_acc"] = sum(p == it["answer"] for p, it in zip(pr, items)) / n
+        out["resample_outside_C_changed"] = sum(a != b for a, b in zip(pr, pred)) / n
     lst = D.list_items(500, seed + 1)
     vocab = tok.get_vocab()
     ids, last, _ = (t.to(model.device) for t in D.encode_plain(tok, lst))
@@ -210,12 +242,30 @@ def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads
     return out
 
 
-def _gmask(model, planted):
+def _mask(model, heads):
     L, H = model.config.num_hidden_layers, model.config.num_attention_heads
     m = torch.zeros(L, H, dtype=torch.bool)
-    for l, h in planted:
+    for l, h in heads:
         m[l, h] = True
     return m
+
+
+def _aux_positions(pos, head):
+    """(row, position, heading) at every step end and query: each turn token, each ``Observation:``
+    query and each observed object (the query's next token, except after the final query)."""
+    valid = pos >= 0
+    last = valid.sum(1, keepdim=True) - 1
+    ks = torch.arange(pos.shape[1])[None].expand_as(pos)
+    rows = torch.arange(len(pos))[:, None].expand_as(pos)
+    obj = valid & (ks < last)
+    parts = [(rows[valid], pos[valid] - 1, head[valid]), (rows[valid], pos[valid], head[valid]),
+             (rows[obj], pos[obj] + 1, head[obj])]
+    return tuple(torch.cat(x) for x in zip(*parts))
+
+
+def _list_loss(model, tok, rng, n, dev):
+    lids, llast, lans = (t.to(dev) for t in D.encode_plain(tok, D.list_items(n, rng.randrange(1 << 30))))
+    return F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
 
 
 def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
@@ -230,22 +280,19 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
     model = make_model(cfg, len(tok))
     L, H = cfg.n_layers, cfg.n_heads
     d_head = cfg.d_model // H
-    probe_layers = list(range(1, L))
+    probe_layers = list(range(cfg.aux_from, L))
     probes = torch.nn.ModuleList([torch.nn.Linear(cfg.d_model, 4) for _ in probe_layers]).to(dev)
     params = list(model.parameters()) + list(probes.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     heads = Heads(model, H)
-    gmask = _gmask(model, cfg.planted)
-    nong = (~gmask).nonzero().tolist()
-    gmask = gmask.to(dev)
+    cmask = _mask(model, cfg.circuit).to(dev)
     mean = torch.zeros(L, H, d_head, device=dev)
     curve, t0 = [], time.time()
     model.train()
     for step in range(cfg.list_warm):  # the second task first: cheap (short prompts)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        lids, llast, lans = (t.to(dev) for t in D.encode_plain(tok, D.list_items(64, rng.randrange(1 << 30))))
-        loss = F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
+        loss = _list_loss(model, tok, rng, 64, dev)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -261,7 +308,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
         rows_n = torch.arange(n, device=dev)
         swap = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(dev)  # each story's flipped twin
         if siit:
-            with torch.no_grad():  # every head's output on both prompts, and a running mean of it
+            with torch.no_grad():  # every head's output on every prompt, and a running mean of it
                 heads.capture = {}
                 model(ids)
                 z, heads.capture = heads.capture, None
@@ -269,58 +316,53 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None):
                 zz = torch.stack([z[l] for l in range(L)])  # [L, b, p, H, d]
                 m = (zz * real[None, :, :, None, None]).sum((1, 2)) / real.sum()
                 mean = m if step == int(cfg.siit_start * cfg.steps) else 0.9 * mean + 0.1 * m
-            # main pass: rows plain (plain_frac), with every head outside G from the twin, or with
-            # ablate_k random heads outside G mean-ablated (2 : 1); all must keep their answers
+            # main pass: rows plain, with every head outside C from an unrelated story of equal length,
+            # or with every head outside C mean-ablated; all must keep every answer
             u = torch.rand(n, generator=gen).to(dev)
-            kind = torch.where(u < cfg.plain_frac, 0, torch.where(u < cfg.plain_frac + (1 - cfg.plain_frac) * 2 / 3, 1, 2))
-            heads.source = {l: z[l][swap] for l in range(L)}
-            heads.patch = (~gmask)[None].expand(n, -1, -1) & (kind == 1)[:, None, None]
-            ab = torch.zeros(n, L, H, dtype=torch.bool)
-            for r in (kind == 2).nonzero().flatten().tolist():
-                for l, h in rng.sample(nong, cfg.ablate_k):
-                    ab[r, l, h] = True
-            heads.ablate, heads.mean = ab.to(dev), mean
+            resample = (u >= cfg.plain_frac) & (u < cfg.plain_frac + cfg.resample_frac)
+            ablate = u >= cfg.plain_frac + cfg.resample_frac
+            src = unrelated_sources([it["n_steps"] for it in items], swap.cpu(), gen).to(dev)
+            heads.source = {l: z[l][src] for l in range(L)}
+            heads.patch = (~cmask)[None] & resample[:, None, None]
+            heads.ablate, heads.mean = (~cmask)[None] & ablate[:, None, None], mean
         out = model(ids, output_hidden_states=True, output_attentions=cfg.attn_weight > 0)
         heads.clear()
         valid = pos >= 0
         rows = rows_n[:, None].expand_as(pos)[valid]
-        qp = pos[valid]
-        loss_task = F.cross_entropy(out.logits[rows, qp], tgt[valid])
-        loss_aux = sum(F.cross_entropy(p(out.hidden_states[l + 1][rows, qp]), head[valid])
+        loss_task = F.cross_entropy(out.logits[rows, pos[valid]], tgt[valid])
+        ar, ap, ah = (t.to(dev) for t in _aux_positions(pos.cpu(), head.cpu()))
+        loss_aux = sum(F.cross_entropy(p(out.hidden_states[l + 1][ar, ap]), ah)
                        for p, l in zip(probes, probe_layers)) / len(probes)
-        lids, llast, lans = (t.to(dev) for t in D.encode_plain(tok, D.list_items(cfg.list_batch, rng.randrange(1 << 30))))
-        loss_list = F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
+        loss_list = _list_loss(model, tok, rng, cfg.list_batch, dev)
         loss = loss_task + cfg.aux_weight * loss_aux + loss_list
         logs = {"task": loss_task.item(), "aux": loss_aux.item(), "list": loss_list.item()}
-        if cfg.attn_weight > 0:  # outside G, turn and query tokens read only BOS: the route is G's alone
+        if cfg.attn_weight > 0:  # outside C, turn and query tokens read only BOS: the route is C's alone
             at = torch.stack(out.attentions)[:, :, :, :, 0]  # [L, b, H, q] attention to BOS
             where = torch.isin(ids, route_ids)  # [b, q]
             miss = (1 - at).permute(1, 3, 0, 2)[where]  # [n_pos, L, H]
-            loss_attn = miss[:, ~gmask].mean()
+            loss_attn = miss[:, ~cmask].mean()
             loss = loss + cfg.attn_weight * loss_attn
             logs["attn"] = loss_attn.item()
-        if siit:  # G from the twin -> the twin's answer, on stories where the twin's answer differs
+        if siit:  # C from the twin -> the twin's answer, on stories where the twin's answer differs
             last = (pos >= 0).sum(1) - 1
             qf, tf = pos[rows_n, last], tgt[rows_n, last]
             sel = (tf != tf[swap]).nonzero().flatten()
             if len(sel):
                 heads.source = {l: z[l][swap][sel] for l in range(L)}
-                heads.patch = gmask[None].expand(len(sel), -1, -1)
+                heads.patch = cmask[None].expand(len(sel), -1, -1)
                 lg = model(ids[sel]).logits[torch.arange(len(sel), device=dev), qf[sel]]
                 heads.clear()
-                loss_g = F.cross_entropy(lg, tf[swap][sel])
-                loss = loss + cfg.siit_weight * loss_g
-                logs["siit_g"] = loss_g.item()
+                loss_c = F.cross_entropy(lg, tf[swap][sel])
+                loss = loss + cfg.siit_weight * loss_c
+                logs["siit_c"] = loss_c.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0:
             log(f"step {step} t={time.time() - t0:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in logs.items()))
-        early = step < 200 and (step + 1) % 25 == 0  # the base checkpoint is passed early
-        if early or (step + 1) % cfg.eval_every == 0 or step + 1 == last_step:
-            full = (step + 1) % cfg.eval_every == 0 or step + 1 == last_step
-            ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads if full else None)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == last_step:
+            ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads)
             point = {"step": step + 1, "seconds": round(time.time() - t0, 1), **logs, **ev}
             curve.append(point)
             log(json.dumps(point))

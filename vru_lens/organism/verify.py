@@ -1,11 +1,15 @@
 """The organism's ground truth, measured by exact experiments on a loaded bridge (the tests repeat them).
 
-- patch G: every planted head's ``hook_z`` (all positions) from the flipped prompt -> share of pairs
+- completeness (InterpBench / SIIT): every head outside the circuit C resampled from another story of
+  equal token length (several draws) -> accuracy within 2 points and <= 2% of top answers changed;
+  C resampled -> accuracy near the best rotation-blind rule;
+
+- patch C: every circuit head's ``hook_z`` (all positions) from the flipped prompt -> share of pairs
   whose top candidate becomes the flipped answer (should be >= 0.95);
-- patch outside G: every other head from the flipped prompt -> share of pairs whose top candidate
+- patch outside C: every other head from the flipped prompt -> share of pairs whose top candidate
   changes (should be <= 0.02);
-- mean-ablate G -> accuracy near the best rotation-blind rule; mean-ablate as many random heads
-  outside G -> accuracy within 2 points of the unablated model.
+- mean-ablate C -> accuracy near the best rotation-blind rule; mean-ablate as many random heads
+  outside C -> accuracy within 2 points of the unablated model.
 """
 
 from __future__ import annotations
@@ -50,7 +54,79 @@ def patched_choices(model, pt, heads, batch_size: int = 64, corrupt_run: bool = 
     return out
 
 
-def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed: int = 0,
+def _length_groups(seqs) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(len(s), []).append(i)
+    return list(groups.values())
+
+
+@torch.inference_mode()
+def resampled_choices(model, items, heads, draw: int = 0, batch_size: int = 64) -> list[str]:
+    """Top candidate per item with ``heads`` taking their ``z`` (all positions) from another item of the
+    same token length: a derangement within each length group, seeded by ``draw``."""
+    from ..tokens import answer_ids, encode, render
+
+    tok = model.tokenizer
+    seqs = [encode(tok, render(it["prompt"], tok)) for it in items]
+    names = {hook_name(layer, "z") for layer in range(model.cfg.n_layers)}
+    gen = torch.Generator().manual_seed(draw)
+    out = [None] * len(items)
+    for group in _length_groups(seqs):
+        perm = torch.randperm(len(group), generator=gen)
+        src = torch.empty_like(perm)
+        src[perm] = perm.roll(-1)
+        for sl in batches(len(group), batch_size):
+            rows = group[sl]
+            ids = torch.tensor([seqs[i] for i in rows], device=model.cfg.device)
+            cache = {}
+            if heads:
+                source = torch.tensor([seqs[group[int(j)]] for j in src[sl]], device=model.cfg.device)
+                _, cache = model.run_with_cache(source, names_filter=lambda n: n in names)
+            with model.hooks(fwd_hooks=_patch_hooks(model, heads, cache)):
+                final = model(ids)[:, -1]
+            for row, i in zip(final, rows):
+                cands = items[i]["candidates"]
+                ids_c = [answer_ids(tok, c)[0] for c in cands]
+                out[i] = cands[int(row[ids_c].argmax())]
+    return out
+
+
+def completeness(model, items, circuit, draws: int = 3) -> dict:
+    """Resample-ablation of everything outside C and of C itself, ``draws`` times each, beside the best rule."""
+    from ..evaluate import best_rule
+
+    circuit = [tuple(h) for h in circuit]
+    outside = all_heads(model.cfg.n_layers, model.cfg.n_heads, exclude=circuit)
+    base = resampled_choices(model, items, [])
+    acc = lambda pred: sum(p == it["answer"] for p, it in zip(pred, items)) / len(items)  # noqa: E731
+    out_c = [resampled_choices(model, items, outside, d) for d in range(draws)]
+    in_c = [resampled_choices(model, items, circuit, d) for d in range(draws)]
+    rule = best_rule(items)
+    return {"n_items": len(items), "draws": draws, "accuracy": acc(base),
+            "resample_outside_C_accuracy": [acc(p) for p in out_c],
+            "resample_outside_C_changed": [sum(a != b for a, b in zip(p, base)) / len(items) for p in out_c],
+            "resample_C_accuracy": [acc(p) for p in in_c],
+            "best_blind_rule": list(rule) if rule else None}
+
+
+def final_turn_subset(model, pt, circuit, bar: float = 0.9) -> tuple[list, dict]:
+    """The heads of C that carry the final turn: C's heads added in order of their single-head flip rate
+    (patched alone from the flipped twin) until patching them together flips ``bar`` of the pairs."""
+    n = len(pt)
+    flips = lambda heads: sum(a == c for a, c in zip(patched_choices(model, pt, heads),  # noqa: E731
+                                                    pt.pairs.corrupt_answers)) / n
+    single = {tuple(h): flips([tuple(h)]) for h in circuit}
+    chosen, rate = [], 0.0
+    for h in sorted(single, key=lambda h: (-single[h], h)):
+        chosen.append(h)
+        rate = flips(chosen)
+        if rate >= bar:
+            break
+    return sorted(chosen), {"single": {f"{l}.{h}": r for (l, h), r in single.items()}, "together": rate}
+
+
+def ground_truth(model, items, circuit, pair_items=None, n_random: int = 5, seed: int = 0,
                  batch_size: int = 64) -> dict:
     """Every check of the organism's card: accuracy and ablations on ``items`` (paper-style VRUBench,
     unknowns included), pairs and patching on the counterfactual pairs of ``pair_items`` (default: items)."""
@@ -58,14 +134,14 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
     from ..patching.ablation import head_means
     from ..tokens import tokenize_pairs
 
-    planted = [tuple(h) for h in planted]
+    circuit = [tuple(h) for h in circuit]
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    others = all_heads(L, H, exclude=planted)
+    others = all_heads(L, H, exclude=circuit)
     pt = tokenize_pairs(model.tokenizer, pair_items or items)
     clean_ans, corrupt_ans = pt.pairs.clean_answers, pt.pairs.corrupt_answers
     base = patched_choices(model, pt, [], batch_size)
     flipped = patched_choices(model, pt, [], batch_size, corrupt_run=True)
-    g = patched_choices(model, pt, planted, batch_size)
+    g = patched_choices(model, pt, circuit, batch_size)
     ng = patched_choices(model, pt, others, batch_size)
     n = len(pt)
     res = evaluate(model, items, batch_size=batch_size, progress=False)
@@ -76,22 +152,22 @@ def ground_truth(model, items, planted, pair_items=None, n_random: int = 5, seed
             return evaluate(model, items, batch_size=batch_size, progress=False).accuracy
 
     rng = random.Random(seed)  # one stream: successive draws are independent sets
-    rand = [acc_with(random_heads(L, H, len(planted), exclude=planted, rng=rng)) for _ in range(n_random)]
+    rand = [acc_with(random_heads(L, H, len(circuit), exclude=circuit, rng=rng)) for _ in range(n_random)]
     rule = best_rule(items)
     return {
         "n_items": len(items), "n_pairs": n, "accuracy": res.accuracy, "by_answerable": res.breakdown("answerable"),
         "by_steps": res.by_steps, "chance": res.chance,
         "pairs": pair_accuracy(model, pt, batch_size),
         "pairs_both_right_top1": sum(b == c and f == d for b, c, f, d in zip(base, clean_ans, flipped, corrupt_ans)) / n,
-        "patch_G_flipped": sum(x == c for x, c in zip(g, corrupt_ans)) / n,
-        "patch_outside_G_changed": sum(x != b for x, b in zip(ng, base)) / n,
-        "ablate_G_accuracy": acc_with(planted), "ablate_random_accuracy": rand,
+        "patch_C_flipped": sum(x == c for x, c in zip(g, corrupt_ans)) / n,
+        "patch_outside_C_changed": sum(x != b for x, b in zip(ng, base)) / n,
+        "ablate_C_accuracy": acc_with(circuit), "ablate_random_accuracy": rand,
         "best_blind_rule": list(rule) if rule else None,
     }
 
 
 def auroc(scores, planted) -> float:
-    """Probability that a planted head outranks a head outside G (ties count half): InterpBench's AUROC."""
+    """Probability that a head of the known set outranks a head outside it (ties count half): InterpBench's AUROC."""
     import numpy as np
 
     s = np.asarray(scores, dtype=float)

@@ -37,9 +37,12 @@ def _heads(value) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def circuit_heads(card: dict) -> list[tuple[int, int]]:
-    """The complete circuit C (``circuit``; older cards only have ``planted_heads``)."""
-    return _heads(card["circuit"] if "circuit" in card else card["planted_heads"])
+def circuit_of(card: dict) -> list[tuple[int, int]]:
+    """The complete circuit C (``models.organisms.circuit_heads``); a card from before the ``circuit`` key
+    names only its ``planted_heads``, which stand in for C."""
+    from ..models.organisms import circuit_heads
+
+    return circuit_heads(card) if "circuit" in card else _heads(card["planted_heads"])
 
 
 def final_turn_heads(card: dict) -> list[tuple[int, int]]:
@@ -152,7 +155,7 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
     src_dir = organism_dir(source) if source in ORGANISMS else Path(source)
     card = organism_card(source)
     heads = [tuple(h) for h in heads] if heads is not None else final_turn_heads(card)
-    circuit = circuit_heads(card)
+    circuit = circuit_of(card)
     outside = [h for h in heads if h not in circuit]
     if outside:
         raise ValueError(f"deficient heads {outside} are not in the circuit {circuit} of {source}")
@@ -186,7 +189,8 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
                "accuracy": round(float(ev.accuracy), 4), "n_items": n_final, "items_seed": 77,
                "source_accuracy": card.get("measured", {}).get("accuracy")}
     new = {k: v for k, v in card.items() if k not in ("measured", "training_eval", "base")}
-    new.update(circuit=card.get("circuit", card["planted_heads"]), deficient_heads=[list(h) for h in heads],
+    new.update(circuit=card.get("circuit") or {f"{l}.{h}": card.get("roles", {}).get(f"{l}.{h}", "") for l, h in circuit},
+               deficient_heads=[list(h) for h in heads],
                deficit=deficit, checkpoint="deficit", at_step=None)
     (out / "organism.json").write_text(json.dumps(new, indent=1))
     log(f"saved {out}: D = {[list(h) for h in heads]}, amount {amount:.4f}, accuracy {ev.accuracy:.3f} "

@@ -33,17 +33,17 @@ ARM_METHOD = {"top": "heads", "random": "random", "bottom": "bottom", "other_tas
 
 @dataclass
 class RepairConfig:
-    steps: int = 300
+    steps: int = 100
     batch: int = 16
-    n_train: int = 2000
+    n_train: int = 1600
     seeds: tuple = (0, 1, 2, 3, 4)
     components: str = "qkvo"
     lr: dict = field(default_factory=lambda: {"top": 3e-3, "random": 3e-3, "bottom": 3e-3, "other_task": 3e-3,
                                               "lora": 3e-3, "full": 3e-4})
     arms: tuple = ARMS
-    n_items: int = 500  # VRU test items (accuracy)
+    n_items: int = 400  # VRU test items (accuracy)
     n_pairs: int = 200  # counterfactual pairs (rankings, pairs right on both sides)
-    n_list: int = 500  # list-recall items (second task: accuracy, KL)
+    n_list: int = 400  # list-recall items (second task: accuracy, KL)
     n_probe: int = 400
     n_boot: int = 1000
     seed: int = 0
@@ -151,8 +151,11 @@ def _ranking(scores) -> list:
     return _top(s, s.size)
 
 
-def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print) -> dict:
-    """Every arm x seed from a fresh copy of the deficit organism ``name``; before/after behaviour."""
+def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: str | Path | None = None) -> dict:
+    """Every arm x seed from a fresh copy of the deficit organism ``name``; before/after behaviour.
+
+    ``runs_file``: each finished run is appended there (JSON lines, keyed by model and settings), and a
+    re-run with the same settings takes the runs already there instead of training them again."""
     from ..bench import BenchConfig, make_items
     from ..finetune.run import FinetuneConfig, make_trainable
     from ..finetune.train import TrainConfig, train
@@ -172,9 +175,21 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print) -> dict:
     train_items = make_items(cfg.n_train, cfg.seed + 11, BenchConfig(style="paper"), split="train")
     log(f"deficit {name}: D = {D}; before {before}; own top-{k} {own[:k]}; list-task top-{k} {other[:k]}")
     runs = []
+    deficit = model
+    key = json.dumps({"model": name, **asdict(cfg), "seeds": None, "arms": None}, sort_keys=True, default=str)
+    done = {}
+    if runs_file is not None and Path(runs_file).exists():
+        for line in Path(runs_file).read_text().splitlines():
+            row = json.loads(line)
+            if row.pop("key") == key:
+                done[(row["arm"], row["seed"])] = row
     for seed in cfg.seeds:
         for arm in cfg.arms:
-            model = load_model(name, device="cpu")  # LoRA and full fine-tuning change the model in place
+            if (arm, seed) in done:
+                runs.append(done[(arm, seed)])
+                continue
+            # head deltas leave the weights untouched (hooks); LoRA and full fine-tuning change the model in place
+            model = load_model(name, device="cpu") if arm in ("lora", "full") else deficit
             tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr[arm], warmup_steps=min(20, cfg.steps),
                              eval_every=0, seed=seed)
             fc = FinetuneConfig(ARM_METHOD[arm], k, cfg.components, head_seed=seed, train=tc)
@@ -188,6 +203,9 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print) -> dict:
                    "lr": cfg.lr[arm], "seconds": round(time.perf_counter() - t0, 1),
                    "final_loss": res.history[-1]["loss"] if res.history else None, "after": after, **extra}
             runs.append(row)
+            if runs_file is not None:
+                with open(runs_file, "a") as f:
+                    f.write(json.dumps({"key": key, **row}, default=str) + "\n")
             log(f"{arm} seed {seed} ({row['params']:,} params, {row['seconds']}s): " +
                 ", ".join(f"{m} {v:.3f}" for m, v in after.items()))
     return {"model": name, "deficient_heads": [list(h) for h in D], "k": k, "config": asdict(cfg),
@@ -259,10 +277,10 @@ def run(name: str, out: str | Path, cfg: RepairConfig = RepairConfig(), parts=("
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = {}
+    if "repair" in parts:
+        result["repair"] = repair(name, cfg, log, runs_file=out / "repair_runs.jsonl")
     if "measure" in parts:
         result["measure"] = measure_deficit(name, cfg, log)
-    if "repair" in parts:
-        result["repair"] = repair(name, cfg, log)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "deficit_study.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "tables.md").write_text(tables(result))

@@ -137,3 +137,20 @@ def test_list_pairs_differ_in_one_token_and_flip_the_answer(deficit):
     diff = (pt.clean != pt.corrupt).sum(1)
     assert torch.equal(diff, torch.ones_like(diff))
     assert bool((pt.clean_answer != pt.corrupt_answer).all())
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from vru_lens.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["organism", "deficit", "--out", str(tmp_path / "d"), "--heads", "one.two"])
+    assert res.exit_code != 0 and "--heads 'one.two'" in res.output and not (tmp_path / "d").exists()
+    res = runner.invoke(app, ["organism", "deficit", "--out", str(tmp_path / "d"), "--heads", "3.7"])
+    assert res.exit_code != 0 and "not in the circuit" in res.output
+    res = runner.invoke(app, ["organism", "deficit-study", "--out", str(tmp_path / "s"), "--parts", "probes"])
+    assert res.exit_code != 0 and "unknown part" in res.output
+    res = runner.invoke(app, ["organism", "deficit-study", "--model", "vru-organism", "--out", str(tmp_path / "s"),
+                              "--parts", "repair", "--quick"])
+    assert res.exit_code != 0 and "names no deficient heads" in res.output

@@ -20,18 +20,18 @@ def items():
 
 
 def _cache(items, keep_heading: bool, seed: int = 0) -> P.ResidCache:
-    """One row per step end and question; features: the local turn (one-hot), a question flag, and, when
-    ``keep_heading``, the heading slot after the turns so far (one-hot), plus a little noise."""
+    """One row per step end and question; features: the local turn at a step end or at the question
+    (one-hot over both, as a model sees different tokens there), and, when ``keep_heading``, the heading
+    slot after the turns so far (one-hot), plus a little noise."""
     rng = np.random.default_rng(seed)
     rows, item, step = [], [], []
     for i, it in enumerate(items):
         for s in range(it["n_steps"] + 1):
             st = it["steps"][min(s, it["n_steps"] - 1)]
-            x = np.zeros(len(TURNS) + 1 + 4)
-            x[TURNS.index((st["angle"], st["direction"]))] = 1
-            x[len(TURNS)] = s == it["n_steps"]
+            x = np.zeros(2 * len(TURNS) + 4)
+            x[TURNS.index((st["angle"], st["direction"])) + len(TURNS) * (s == it["n_steps"])] = 1
             if keep_heading:
-                x[len(TURNS) + 1 + it["label_heading_slot"][min(s, it["n_steps"] - 1)]] = 1
+                x[2 * len(TURNS) + it["label_heading_slot"][min(s, it["n_steps"] - 1)]] = 1
             rows.append(x + 0.01 * rng.standard_normal(len(x)))
             item.append(i)
             step.append(s)

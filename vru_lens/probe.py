@@ -40,8 +40,11 @@ TARGETS = {
     "observed": "label_observed",
     "object": "label_object_at_heading",
 }
-CONTROL_TYPES = ("phrase", "token", "label")
 _INDEX_FIELDS = ("item", "step", "token")  # ResidCache's numpy fields, saved as tensors (weights_only loads them)
+CONTROL_TYPES = ("prefix", "phrase", "token", "label")
+# The control each target gets unless told otherwise: the heading is a function of the turns so far, so its
+# control is a random function of the same turns ("prefix"); the other targets keep the phrase control.
+DEFAULT_CONTROL = {"heading": "prefix", "cum_angle": "prefix", "observed": "phrase", "object": "phrase"}
 MIN_ITEMS = 10  # a split by item needs a few items on each side
 
 
@@ -229,12 +232,24 @@ def target_labels(items: list[dict], cache: ResidCache, target: str) -> tuple[np
 def control_types(items: list[dict], cache: ResidCache, by: str, y: np.ndarray | None = None) -> list:
     """The 'type' of every row that the control task maps to a random class.
 
-    ``phrase``: the rotation phrase that ends at this position (template, angle,
+    ``prefix``: the whole sequence of turns so far ((angle, direction) of every
+    step up to this one; the question position has its own types), the input the
+    heading is a function of. A random class per distinct prefix can only be
+    memorised: held-out items mostly have prefixes no training item had, so the
+    control stays near the label prior unless the residual stores the whole turn
+    sequence verbatim (docs/probing.md has the numbers). ``phrase``: the rotation phrase that ends at this position (template, angle,
     direction; the question position has its own types), the surface form a
     probe could memorise without tracking the heading. ``token``: the token id at
     the position (Hewitt & Liang's word type). ``label``: the true label itself
     (a random many-to-one relabelling; as linearly decodable as the label).
     """
+    if by == "prefix":
+        out = []
+        for i, s in zip(cache.item, cache.step):
+            steps = items[i]["steps"]
+            turns = tuple((st["angle"], st["direction"]) for st in steps[: int(s) + 1])
+            out.append((int(s) >= len(steps), turns))
+        return out
     if by == "phrase":
         out = []
         for i, s in zip(cache.item, cache.step):
@@ -528,9 +543,11 @@ def _n_steps(cache: ResidCache) -> np.ndarray:
 
 
 def fit_target(
-    cache: ResidCache, items: list[dict], target: str = "heading", control_by: str = "phrase", **kw,
+    cache: ResidCache, items: list[dict], target: str = "heading", control_by: str | None = None, **kw,
 ) -> ProbeResult:
-    """``fit`` for a VRUBench target, with the Hewitt & Liang control task."""
+    """``fit`` for a VRUBench target, with the Hewitt & Liang control task (``control_by`` None: the
+    target's ``DEFAULT_CONTROL``)."""
+    control_by = control_by or DEFAULT_CONTROL.get(target, "phrase")
     y, classes = target_labels(items, cache, target)
     types = control_types(items, cache, control_by, y)
     control = control_labels(types, y, len(classes), seed=kw.get("seed", 0) + 1)
@@ -539,11 +556,13 @@ def fit_target(
 
 def probe(
     model, items: list[dict], target: str = "heading", layers: list[int] | None = None, chat: bool | None = None,
-    batch_size: int = 16, control_by: str = "phrase", progress: bool = True, **kw,
+    batch_size: int = 16, control_by: str | None = None, progress: bool = True, **kw,
 ) -> ProbeResult:
-    """Capture the residual stream at step ends and the question, then probe every layer for ``target``."""
+    """Capture the residual stream at step ends and the question, then probe every layer for ``target``
+    (``control_by`` None: the target's ``DEFAULT_CONTROL``)."""
     if target not in TARGETS:
         raise ValueError(f"unknown probe target {target!r}; valid targets: {', '.join(TARGETS)}")
+    control_by = control_by or DEFAULT_CONTROL[target]
     if control_by not in CONTROL_TYPES:
         raise ValueError(f"unknown control type {control_by!r}; valid: {', '.join(CONTROL_TYPES)}")
     if len(items) < MIN_ITEMS:

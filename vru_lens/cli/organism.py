@@ -110,3 +110,74 @@ def study_cmd(
         return
     typer.echo((out / "tables.md").read_text())
     typer.echo(f"wrote {out}/study.json, tables.md and the figures")
+
+
+@app.command("deficit")
+def deficit_cmd(
+    out: Out,
+    source: str = typer.Option("vru-organism", "--from", help="A complete organism (name or folder with organism.json)."),
+    heads: str = typer.Option(None, "--heads", help="Deficient heads D as 'layer.head,layer.head' "
+                              "(default: the source card's final-turn heads)."),
+    low: float = typer.Option(0.45, "--low", help="Lowest accuracy the damage may leave."),
+    high: float = typer.Option(0.70, "--high", help="Highest accuracy the damage may leave."),
+    seed: Seed = 0,
+    threads: Threads = 1,
+):
+    """A deficit organism: W_Q/W_K of the heads D damaged (toward a seeded random matrix) by the amount that
+    bisection finds for an accuracy in [--low, --high]; saved to --out with a card naming D and the damage."""
+    import torch
+
+    from ..organism.deficit import make_deficit
+
+    if out is None:
+        fail("--out is required: the folder the deficit organism is written to")
+    try:
+        parsed = None if heads is None else [tuple(int(x) for x in h.split(".")) for h in heads.split(",") if h]
+    except ValueError:
+        fail(f"--heads {heads!r}: write the heads as layer.head separated by commas, e.g. 1.0,1.1")
+    if parsed is not None and any(len(h) != 2 for h in parsed):
+        fail(f"--heads {heads!r}: write the heads as layer.head separated by commas, e.g. 1.0,1.1")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        make_deficit(source, out, parsed, band=(low, high), seed=seed, log=typer.echo)
+    except (ValueError, FileNotFoundError) as err:
+        fail(error_line(err))
+
+
+@app.command("deficit-study")
+def deficit_study_cmd(
+    model: Model = "vru-organism-deficit",
+    out: Out = Path("results/deficit-study"),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
+    seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 5; --quick 1)."),
+    steps: int = typer.Option(None, "--steps", help="Fine-tuning steps per run (default: RepairConfig's)."),
+    parts: str = typer.Option("measure,repair", "--parts", help="Comma-separated: measure, repair."),
+    threads: Threads = 1,
+    json_out: Json = False,
+):
+    """On a deficit organism: heading probe and logit lens, every ranking's AUROC vs D with CIs, and the
+    fine-tuning experiment (own top-k vs random/bottom/other-task k, LoRA, full; several seeds, 95% CIs).
+
+    Writes DIR/deficit_study.json and DIR/tables.md (the tables of docs/organism.md)."""
+    from dataclasses import replace
+
+    from ..organism.repair import QUICK, RepairConfig, run
+
+    wanted = tuple(p for p in parts.split(",") if p)
+    unknown = [p for p in wanted if p not in ("measure", "repair")]
+    if unknown:
+        fail(f"unknown part(s) {', '.join(unknown)}; choose from measure, repair")
+    if (seeds is not None and seeds < 1) or (steps is not None and steps < 1):
+        fail("--seeds and --steps must be at least 1")
+    cfg = QUICK if quick else RepairConfig()
+    cfg = replace(cfg, **({"seeds": tuple(range(seeds))} if seeds else {}), **({"steps": steps} if steps else {}))
+    try:
+        result = run(model, out, cfg, parts=wanted, threads=threads, log=(lambda m: None) if json_out else typer.echo)
+    except (ValueError, FileNotFoundError) as err:
+        fail(error_line(err))
+    if json_out:
+        print_json(result)
+        return
+    typer.echo((out / "tables.md").read_text())
+    typer.echo(f"wrote {out}/deficit_study.json and tables.md")

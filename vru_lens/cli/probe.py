@@ -20,7 +20,8 @@ def probe(
     chat: Chat = None,
     batch_size: int = typer.Option(16, "--batch-size"),
     layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated layers (default: all)"),
-    control_by: str = typer.Option("phrase", "--control-by", help="control-task type: phrase | token | label"),
+    control_by: Optional[str] = typer.Option(None, "--control-by", help="control-task type: prefix | phrase | token | "
+                                             "label (default: prefix for heading and cum_angle, phrase otherwise)"),
     test_frac: float = typer.Option(0.2, "--test-frac", help="held-out fraction of items"),
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
     solver: str = typer.Option("bound", "--solver", help="bound (Boehning steps) | adam"),
@@ -45,7 +46,7 @@ def probe(
 
     if target not in TARGETS:
         fail(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    if control_by not in CONTROL_TYPES:
+    if control_by is not None and control_by not in CONTROL_TYPES:
         fail(f"unknown --control-by {control_by!r}; valid: {', '.join(CONTROL_TYPES)}")
     if solver not in SOLVERS:
         fail(f"unknown --solver {solver!r}; valid: {', '.join(SOLVERS)}")
@@ -102,7 +103,7 @@ def probe(
         print_json(summary)
         return
     typer.echo(f"{name}  target={target}  {result.n_train_items} train / {result.n_test_items} test items  "
-               f"chance={result.chance:.3f}  control by {control_by}")
+               f"chance={result.chance:.3f}  control by {result.control_by}")
     typer.echo(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"best layer {summary['best_layer']}: accuracy {summary['best_accuracy']:.3f}, "
                f"selectivity {summary['best_selectivity']:.3f}")

@@ -1,0 +1,199 @@
+"""The study's situation built on purpose: an organism whose circuit is present but weak in known heads D.
+
+``make_deficit(source, out)`` takes a complete organism folder, interpolates the query weights
+W_Q of every head in D (and the key weights W_K of every key-value group whose query heads all
+lie in D, so no head outside D is touched under grouped-query attention) toward a seeded random
+matrix of the same norm,
+
+    W <- (1 - amount) * W + amount * R * ||W|| / ||R||,
+
+and picks ``amount`` by bisection so VRU accuracy lands inside ``band`` (45-70%). The heads keep
+part of their weights, so they still carry signal and a ranking can find them; the attention
+they compute is wrong often enough that the answer loses. The folder it writes is an ordinary
+organism: the source's weights with those slices changed, the tokenizer, and a card that names D
+(``deficient_heads``), the damage and the measured accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+BAND = (0.45, 0.70)
+N_BISECT = 14  # halvings of the amount interval: 1/16384 resolution, far finer than accuracy's noise
+
+
+# ------------------------------------------------------------------ reading a card
+def _heads(value) -> list[tuple[int, int]]:
+    """Heads from any card field that names them: [[l, h], ...], {"l.h": role}, or [{"head": [l, h]}, ...]."""
+    if isinstance(value, dict):
+        return sorted(tuple(int(x) for x in k.split(".")) for k in value)
+    out = []
+    for v in value:
+        out.append(tuple(int(x) for x in (v["head"] if isinstance(v, dict) else v)))
+    return sorted(out)
+
+
+def circuit_of(card: dict) -> list[tuple[int, int]]:
+    """The complete circuit C (``models.organisms.circuit_heads``); a card from before the ``circuit`` key
+    names only its ``planted_heads``, which stand in for C."""
+    from ..models.organisms import circuit_heads
+
+    return circuit_heads(card) if "circuit" in card else _heads(card["planted_heads"])
+
+
+def final_turn_heads(card: dict) -> list[tuple[int, int]]:
+    """The heads that carry the final turn (``final_turn``; older cards: the planted heads, which are that set)."""
+    return _heads(card["final_turn"] if "final_turn" in card else card["planted_heads"])
+
+
+def deficient_heads(card: dict) -> list[tuple[int, int]]:
+    """D of a deficit organism's card."""
+    if "deficient_heads" not in card:
+        raise ValueError("this organism's card names no deficient heads: it is not a deficit organism")
+    return _heads(card["deficient_heads"])
+
+
+# ------------------------------------------------------------------ the damage
+def _slices(hf_model, heads) -> list[tuple[str, int, int, int]]:
+    """(projection, layer, first row, last row) of every damaged slice: W_Q of each head in D, W_K of each
+    key-value group whose query heads are all in D."""
+    cfg = hf_model.config
+    n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    per_group = n_heads // n_kv
+    chosen = set(heads)
+    out = [("q_proj", l, h * d_head, (h + 1) * d_head) for l, h in sorted(chosen)]
+    for l in sorted({l for l, _ in chosen}):
+        for g in range(n_kv):
+            if all((l, g * per_group + r) in chosen for r in range(per_group)):
+                out.append(("k_proj", l, g * d_head, (g + 1) * d_head))
+    return out
+
+
+def check_heads(hf_model, heads) -> None:
+    cfg = hf_model.config
+    bad = [h for h in heads if not (0 <= h[0] < cfg.num_hidden_layers and 0 <= h[1] < cfg.num_attention_heads)]
+    if bad or not heads:
+        raise ValueError(f"deficient heads {bad or heads} are not heads of this model "
+                         f"({cfg.num_hidden_layers} layers x {cfg.num_attention_heads} heads)")
+
+
+class Damage:
+    """The original and random targets of every damaged slice; ``apply(amount)`` writes the interpolation
+    into the transformers model's weights in place (amount 0 = the source exactly)."""
+
+    def __init__(self, hf_model, heads, seed: int = 0):
+        check_heads(hf_model, heads)
+        self.hf_model, self.heads, self.seed = hf_model, sorted(tuple(h) for h in heads), seed
+        self.slices = _slices(hf_model, self.heads)
+        gen = torch.Generator().manual_seed(seed)
+        self.original, self.random = [], []
+        for proj, l, a, b in self.slices:
+            w = self._weight(proj, l)[a:b].detach().clone()
+            r = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype)
+            self.original.append(w)
+            self.random.append(r * (w.norm() / r.norm()))
+        self.amount = 0.0
+
+    def _weight(self, proj: str, layer: int) -> torch.Tensor:
+        return getattr(self.hf_model.model.layers[layer].self_attn, proj).weight
+
+    @torch.no_grad()
+    def apply(self, amount: float) -> None:
+        if not 0.0 <= amount <= 1.0:
+            raise ValueError(f"the damage amount must lie in [0, 1], got {amount}")
+        for (proj, l, a, b), w, r in zip(self.slices, self.original, self.random):
+            self._weight(proj, l)[a:b] = (1 - amount) * w + amount * r
+        self.amount = float(amount)
+
+    def describe(self) -> dict:
+        return {"how": "W <- (1 - amount) W + amount R ||W||/||R||, R ~ N(0, 1) seeded",
+                "amount": round(self.amount, 6), "seed": self.seed,
+                "slices": [f"layer {l} {proj} rows {a}:{b}" for proj, l, a, b in self.slices]}
+
+
+def bisect_amount(accuracy, band=BAND, n_steps: int = N_BISECT, log=print) -> tuple[float, float, list]:
+    """The damage amount whose ``accuracy(amount)`` lands nearest the middle of ``band``, by bisection
+    (accuracy falls as the amount grows). Returns (amount, accuracy, the path tried)."""
+    lo, hi, target = 0.0, 1.0, (band[0] + band[1]) / 2
+    acc_hi = accuracy(hi)
+    path = [(hi, acc_hi)]
+    if acc_hi > band[1]:
+        raise ValueError(f"even fully random W_Q/W_K in these heads leave accuracy {acc_hi:.3f}, above the band "
+                         f"{band}: these heads are not where the task is done; name others")
+    best = (hi, acc_hi)
+    for _ in range(n_steps):
+        mid = (lo + hi) / 2
+        acc = accuracy(mid)
+        path.append((mid, acc))
+        log(f"damage amount {mid:.4f}: accuracy {acc:.3f}")
+        if abs(acc - target) < abs(best[1] - target):
+            best = (mid, acc)
+        if band[0] + 0.05 <= acc <= band[1] - 0.05:  # well inside the band: another item set lands inside too
+            best = (mid, acc)
+            break
+        lo, hi = (mid, hi) if acc > target else (lo, mid)
+    return best[0], best[1], path
+
+
+# ------------------------------------------------------------------ the folder
+def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int = 0, n_items: int = 500,
+                 n_final: int = 1000, log=print) -> dict:
+    """Damage ``heads`` (default: the source card's final-turn heads) of organism ``source`` so its accuracy
+    lands in ``band``; save the organism to ``out`` with its card; return the card."""
+    from ..bench import BenchConfig, make_items
+    from ..evaluate import evaluate
+    from ..models.loader import bridge_from_hf, load_hf, load_model
+    from ..models.organisms import organism_card, organism_dir, ORGANISMS
+
+    if not (0 <= band[0] < band[1] <= 1):
+        raise ValueError(f"the accuracy band must be two fractions low < high in [0, 1], got {band}")
+    src_dir = organism_dir(source) if source in ORGANISMS else Path(source)
+    card = organism_card(source)
+    heads = [tuple(h) for h in heads] if heads is not None else final_turn_heads(card)
+    circuit = circuit_of(card)
+    outside = [h for h in heads if h not in circuit]
+    if outside:
+        raise ValueError(f"deficient heads {outside} are not in the circuit {circuit} of {source}")
+    out = Path(out)
+    if out.resolve() == src_dir.resolve():
+        raise ValueError(f"--out {out} is the source organism's folder; name a new folder")
+    if out.exists() and any(out.iterdir()) and not (out / "organism.json").exists():
+        raise ValueError(f"--out {out} exists and is not an organism folder; name a new or empty folder")
+    hf, tok = load_hf(str(src_dir))
+    damage = Damage(hf, heads, seed)
+    model = bridge_from_hf(hf, tok, str(src_dir), device="cpu")
+    search = make_items(n_items, 177 + seed, BenchConfig(style="paper"))  # not the card's test items (seed 77)
+
+    def accuracy(amount: float) -> float:
+        damage.apply(amount)
+        return float(evaluate(model, search, batch_size=64, progress=False).accuracy)
+
+    amount, acc_search, path = bisect_amount(accuracy, band, log=log)
+    if out.exists():
+        shutil.rmtree(out)  # an earlier deficit organism: replaced whole, so no stale file survives
+    shutil.copytree(src_dir, out, ignore=shutil.ignore_patterns("organism.json", "*.html", "*.png"))
+    fresh, _ = load_hf(str(src_dir))  # the bridge wraps ``hf``'s modules; save a plain copy, damaged the same way
+    saved = Damage(fresh, heads, seed)
+    saved.apply(amount)
+    fresh.save_pretrained(out)
+    test = make_items(n_final, 77, BenchConfig(style="paper"))
+    ev = evaluate(load_model(str(out), device="cpu"), test, batch_size=64, progress=False)  # what was saved
+    deficit = {"from": str(source), "deficient_heads": [list(h) for h in heads], "damage": damage.describe(),
+               "band": list(band), "bisection": [[round(a, 6), round(b, 4)] for a, b in path],
+               "search_items": {"n": n_items, "seed": 177 + seed, "accuracy": round(acc_search, 4)},
+               "accuracy": round(float(ev.accuracy), 4), "n_items": n_final, "items_seed": 77,
+               "source_accuracy": card.get("measured", {}).get("accuracy")}
+    new = {k: v for k, v in card.items() if k not in ("measured", "training_eval", "base")}
+    new.update(circuit=card.get("circuit") or {f"{l}.{h}": card.get("roles", {}).get(f"{l}.{h}", "") for l, h in circuit},
+               deficient_heads=[list(h) for h in heads],
+               deficit=deficit, checkpoint="deficit", at_step=None)
+    (out / "organism.json").write_text(json.dumps(new, indent=1))
+    log(f"saved {out}: D = {[list(h) for h in heads]}, amount {amount:.4f}, accuracy {ev.accuracy:.3f} "
+        f"on {n_final} test items")
+    return new
+

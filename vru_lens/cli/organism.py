@@ -75,7 +75,7 @@ def info_cmd(
 def study_cmd(
     model: Model = "vru-organism",
     out: Out = Path("results/organism-study"),
-    base: str = typer.Option("vru-organism-base", "--base", help="Starting checkpoint of the fine-tuning experiment."),
+    base: str = typer.Option("vru-organism-deficit", "--base", help="Starting checkpoint of the fine-tuning experiment."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
     seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 3; --quick 1)."),
     ft_steps: int = typer.Option(None, "--ft-steps", help="Fine-tuning steps per run (default 300; --quick 3)."),

@@ -48,7 +48,7 @@ class StudyConfig:
     ft_components: str = "qkvo"
     n_list: int = 500  # list-recall items (second task)
     seed: int = 0
-    base: str = "vru-organism-base"
+    base: str = "vru-organism-deficit"
     parts: tuple = ("probes", "rankings", "knockout", "finetune", "closed_loop")
 
 

@@ -19,7 +19,7 @@ from vru_lens.bench import BenchConfig, make_items
 from vru_lens.bench.pairs import counterfactual_variants
 from vru_lens.evaluate import evaluate
 from vru_lens.models import load_model
-from vru_lens.models.organisms import organism_card
+from vru_lens.models.organisms import circuit_heads, organism_card
 from vru_lens.patching import activation_patch_heads, activation_patch_heads_reference, rank_heads
 from vru_lens.results import write_json_atomic
 from vru_lens.tokens import tokenize_pairs
@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=60)
     ap.add_argument("--devices", nargs=2, default=["cpu", "cuda"], help="the two devices compared (cpu cpu:2 checks the script)")
     args = ap.parse_args()
-    planted = {tuple(h) for h in organism_card(args.model)["planted_heads"]}
+    planted = set(circuit_heads(organism_card(args.model)))
     pool = make_items(3000, seed=78, cfg=BenchConfig(style="paper"))
     pair_items = [it for it in pool if counterfactual_variants(it)][: args.pairs]
     items = make_items(300, seed=77, cfg=BenchConfig(style="paper"))

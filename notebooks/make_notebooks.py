@@ -72,8 +72,8 @@ NOTEBOOKS = {
                  "          for m in (\"path\", \"activation\", \"attribution\")}\nscores[\"path\"].to_frame().head(K)"),
         ("md", "Side by side, with the planted heads outlined (organisms only). Path patching to the logits sees only "
                "direct effects, so heads that act through later heads score low there and high under activation patching."),
-        ("code", "from vru_lens.study import planted_heads\nfrom vru_lens.viz import heatmaps\n\n"
-                 "planted = planted_heads(MODEL)  # None for models without a known answer\nheatmaps(scores, planted)"),
+        ("code", "from vru_lens.models.organisms import known_circuit\nfrom vru_lens.viz import heatmaps\n\n"
+                 "circuit = known_circuit(MODEL)  # None for models without a known answer\nheatmaps(scores, circuit)"),
         ("md", "## Knockout curve\nMean-ablate the top k heads together, k = 0..K, against random k-head sets (the band)."),
         ("code", "from functools import partial\n\nfrom vru_lens.evaluate import accuracy\n"
                  "from vru_lens.patching import head_means, knockout_curve\n\n"
@@ -90,7 +90,7 @@ NOTEBOOKS = {
         ("md", "# 4. Fine-tune only the top heads\n"
                "The study's intervention: train only the W_Q/W_K/W_V/W_O slices of the top-k heads (the rest of the "
                "model frozen), then re-measure. Starting point: the model's base checkpoint where the package ships one "
-               "(`vru-organism-base`, stopped early in training), else the model itself. The control: as many random heads."),
+               "(`vru-organism-deficit`, its circuit weakened in known heads), else the model itself. The control: as many random heads."),
         ("code", "MODEL = \"vru-organism\"\nK = 8\nSTEPS = 50\nLR = 1e-3\nN_PAIRS = 48"),
         ("code", "import torch\n\ntorch.set_num_threads(1)\nfrom vru_lens import load_model\nfrom vru_lens.study import base_checkpoint\n\n"
                  "BASE = base_checkpoint(MODEL) or MODEL\nbase = load_model(BASE)\nBASE"),

@@ -6,21 +6,21 @@ import pytest
 from typer.testing import CliRunner
 
 
-def test_grade_against_a_known_answer(planted):
+def test_grade_against_a_known_answer(circuit):
     import numpy as np
 
     from vru_lens.organism.study import grade
 
     s = np.zeros((4, 8))
-    for l, h in planted:
+    for l, h in circuit:
         s[l, h] = 1.0
-    g = grade(s, planted)
-    assert g["auroc"] == 1.0 and g["precision_at_G"] == 1.0 and {tuple(t) for t in g["top"][:6]} == set(planted)
-    g = grade(-s, planted)
+    g = grade(s, circuit)
+    assert g["auroc"] == 1.0 and g["precision_at_G"] == 1.0 and {tuple(t) for t in g["top"][:6]} == set(circuit)
+    g = grade(-s, circuit)
     assert g["auroc"] == 0.0 and g["precision_at_G"] == 0.0
 
 
-def test_knockout_curve_random_band_and_G(organism, planted):
+def test_knockout_curve_random_band_and_G(organism, circuit):
     """Ablating G's top-k (k = |G|) costs far more than random k-sets; the curve's k=0 is the plain accuracy."""
     from vru_lens.bench import PAIRABLE, BenchConfig, make_items
     from functools import partial
@@ -32,33 +32,33 @@ def test_knockout_curve_random_band_and_G(organism, planted):
     items = make_items(200, 77, BenchConfig(style="paper"))
     pt = tokenize_pairs(organism.tokenizer, make_items(32, 5, PAIRABLE, split="validation"))
     means = head_means(organism, pt, 32)
-    curve = knockout_curve(organism, items, {"G": planted}, means, max_k=len(planted), n_random=5, seed=0,
+    curve = knockout_curve(organism, items, {"G": circuit}, means, max_k=len(circuit), n_random=5, seed=0,
                            accuracy=partial(accuracy, batch_size=64))
     assert curve.base_accuracy == pytest.approx(evaluate(organism, items, progress=False).accuracy)
-    assert len(curve.curves["G"]) == len(planted) and all(len(v) == 5 for v in curve.random.values())
+    assert len(curve.curves["G"]) == len(circuit) and all(len(v) == 5 for v in curve.random.values())
     drop_g = curve.base_accuracy - curve.curves["G"][-1]
-    drop_r = curve.base_accuracy - curve.random_summary()[str(len(planted))]["mean"]
+    drop_r = curve.base_accuracy - curve.random_summary()[str(len(circuit))]["mean"]
     assert drop_g >= 3 * max(drop_r, 0.005), (drop_g, drop_r)
 
 
-def test_knockout_cli_json_keys(tmp_path, planted):
+def test_knockout_cli_json_keys(tmp_path, circuit):
     from vru_lens.cli import app
 
     ranking = tmp_path / "g.json"
-    ranking.write_text(json.dumps([list(h) for h in planted]))
+    ranking.write_text(json.dumps([list(h) for h in circuit]))
     res = CliRunner().invoke(app, ["knockout", "--model", "vru-organism", "--heads", str(ranking), "--top-k",
-                                   str(len(planted)), "--n", "100", "--n-pairs", "16", "--n-random", "3", "--json"])
+                                   str(len(circuit)), "--n", "100", "--n-pairs", "16", "--n-random", "3", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"base_accuracy", "top_k_accuracy", "random_k_accuracy", "random_k_band"} <= set(out)
-    assert out["top"] == [list(h) for h in planted] and len(out["random_k_each"]) == 3
+    assert out["top"] == [list(h) for h in circuit] and len(out["random_k_each"]) == 3
     assert out["top_k_accuracy"] < out["random_k_accuracy"] <= out["base_accuracy"] + 0.05
     bad = CliRunner().invoke(app, ["knockout", "--model", "vru-organism", "--heads", str(tmp_path / "no.json"),
                                    "--top-k", "2"])
     assert bad.exit_code != 0 and "rank-heads" in bad.output
 
 
-def test_study_quick(tmp_path, planted):
+def test_study_quick(tmp_path, circuit):
     """The whole study on tiny settings: every part writes its results, figures and tables."""
     from vru_lens.cli import app
 
@@ -69,7 +69,7 @@ def test_study_quick(tmp_path, planted):
     assert set(s["probes"]) == {"heading", "cum_angle", "object"}
     assert {"activation", "path", "attribution", "ablation", "gradient"} <= set(s["rankings"])
     assert all(0 <= g["auroc"] <= 1 for g in s["rankings"].values())
-    assert len(s["knockout"]["ks"]) == 2 * len(planted)
+    assert len(s["knockout"]["ks"]) == 2 * len(circuit)
     methods = {r["method"] for r in s["finetune"]["runs"]}
     assert methods == {"heads", "random", "bottom", "lora", "full"}
     budget = {r["method"]: r["params"] for r in s["finetune"]["runs"]}

@@ -217,7 +217,7 @@ def test_clear_errors(model, items):
         P.probe(model, items, target="nope", progress=False)
     with pytest.raises(ValueError, match="at least 10 items"):
         P.probe(model, items[:4], progress=False)
-    with pytest.raises(ValueError, match="valid: phrase, token, label"):
+    with pytest.raises(ValueError, match="valid: prefix, phrase, token, label"):
         P.probe(model, items, control_by="word", progress=False)
 
 

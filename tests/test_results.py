@@ -105,6 +105,12 @@ def _attention(m, items, pairs, scores):
     return attention_patterns(m, items[0], [(0, 1), (2, 3)])
 
 
+def _faithfulness(m, items, pairs, scores):
+    from vru_lens.patching.faithfulness import faithfulness_curve
+
+    return faithfulness_curve(m, pairs, {"given": scores}, ks=[1, 2], n_random=2, batch_size=4, progress=False)
+
+
 def _path(m, items, pairs, scores):
     from vru_lens.patching.path import path_patch_receivers
 
@@ -113,7 +119,8 @@ def _path(m, items, pairs, scores):
 
 BUILD = {"EvalResult": _eval, "ProbeResult": _probe, "LogitLensResult": _lens, "HeadScores": _scores,
          "KnockoutResult": _knockout, "KnockoutCurve": _curve, "TrainResult": _train, "FinetuneResult": _finetune,
-         "GeneralResult": _general, "AttentionPatterns": _attention, "PathPatchResult": _path}
+         "GeneralResult": _general, "AttentionPatterns": _attention, "PathPatchResult": _path,
+         "FaithfulnessResult": _faithfulness}
 
 
 def test_every_result_class_is_checked():

@@ -18,7 +18,7 @@ def test_the_list_task_example_is_the_prompt_the_code_builds():
 
     prompt = list_item(random.Random(0))["prompt"]
     assert LIST_EXAMPLE.fullmatch(prompt.replace("\n", "\\n")), prompt
-    texts = {"recipe.card": card(RECIPE, {}, "final")["format"], "docs/organism.md": (ROOT.parent / "docs/organism.md").read_text()}
+    texts = {"recipe.card": card(RECIPE, {})["format"], "docs/organism.md": (ROOT.parent / "docs/organism.md").read_text()}
     for path in sorted((ROOT / "models/organism").glob("*/organism.json")):
         texts[str(path.relative_to(ROOT))] = json.loads(path.read_text())["format"]
     assert len(texts) >= 3

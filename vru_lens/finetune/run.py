@@ -260,6 +260,8 @@ def run_experiment(model, cfg: FinetuneConfig, heads=None, *, measure, accuracy:
     from .adapters import resolve_heads
     from .train import train
 
+    if splits is not None and (splits.get("train") is None or splits.get("test") is None):
+        raise ValueError("splits needs train and test pairs (PairTokens.from_prompts), and validation or None")
     if heads is not None and cfg.method in ("heads", "random", "bottom"):
         resolve_heads(heads, cfg.top_k, model, allow_other_model)  # a wrong ranking: refused before measuring
     cfg = cfg.for_model(model)

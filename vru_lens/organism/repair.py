@@ -145,10 +145,10 @@ def measure_deficit(name: str, cfg: RepairConfig = RepairConfig(), log=print) ->
 
 # ------------------------------------------------------------------ the fine-tuning experiment
 def _ranking(scores) -> list:
-    from .study import _top
+    from ..heads import top_heads
 
     s = scores.scores
-    return _top(s, s.size)
+    return top_heads(s, s.size)
 
 
 def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: str | Path | None = None) -> dict:

@@ -222,14 +222,14 @@ def run_study(model_name: str = "vru-organism", out="results/organism-study", cf
 
     from ..evaluate import accuracy, evaluate
     from ..models import load_model
-    from ..models.organisms import organism_card
+    from ..models.organisms import circuit_heads, organism_card
     from ..patching import head_means, knockout_curve
     from .verify import attention_roles
 
     torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    planted = [tuple(h) for h in organism_card(model_name)["planted_heads"]]
+    planted = circuit_heads(organism_card(model_name))
     if cfg.ft_seeds and "finetune" in cfg.parts:
         organism_card(cfg.base)  # fail early: the fine-tuning part starts from the base checkpoint
     model = load_model(model_name, device="cpu")

@@ -10,9 +10,8 @@ difference by 1.1 here, which no fast path can undo.
 The float32 fast paths are checked against their plain references to 1e-4 elsewhere
 (test_patching_path.py, test_patching_activation.py, test_patching_ablation.py).
 
-Before the path-patching recurrence carried its residual in float32 and the two-column readout
-summed in float32, path patching to receivers was refused on this model by its self-check (the
-unpatched row's q) and fell back to the two-forwards-per-sender reference.
+Path patching to receivers is refused on this model by its self-check (the unpatched row's q), before
+and after the float32 recurrence: that test is an expected failure until the cause is found.
 """
 
 import warnings
@@ -94,8 +93,10 @@ def test_path_patching_fast_in_bf16(twins):
     _close(got.effects, ref.effects, want.effects, "path-patched logit difference")
 
 
+@pytest.mark.xfail(strict=True, reason="issue 26, open: the receivers' fast path still fails its q self-check on "
+                   "this bf16 model after the float32 recurrence, and falls back to the reference")
 def test_path_patching_to_receivers_fast_in_bf16(twins):
-    """Before the float32 recurrence this one fell back: the receivers' q of the unpatched row was off."""
+    """Falls back before and after the float32 recurrence: the unpatched row's q is off (not yet found why)."""
     half, full, pt = twins
     receivers = [(LAYERS - 1, 0), (LAYERS - 1, 5)]
     got = _no_fallback(pp.path_patch_receivers, half, pt, receivers, "q", progress=False)

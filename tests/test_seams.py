@@ -120,7 +120,9 @@ def test_kv_cache_check_tells_bf16_rounding_from_a_lost_cache(monkeypatch):
         first = hf(input_ids=ids[:, :-1], use_cache=True)
         step = hf(input_ids=ids[:, -1:], use_cache=True, **{kv_cache._cache_keyword(hf): first.past_key_values})
     moved = float((step.logits[:, -1].float() - full).abs().max())
-    assert 0 < moved < 0.05 * float(full.abs().max())  # real rounding (here 0.07, above the old fixed 0.05)
+    # rounding within the bound (0.07 on the machine this was written on, above the old fixed 0.05; bit-exact,
+    # 0.0, with this machine's torch build today: the bound is then not exercised, the lost cache below still is)
+    assert moved < 0.05 * float(full.abs().max())
     assert model.vru_kv_cache_ok and model._vru_kv_handles
     monkeypatch.setattr(kv_cache, "CACHE_KWARG", "keyword_nobody_reads")
     with pytest.warns(RuntimeWarning, match="without a cache"):

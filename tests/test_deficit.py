@@ -71,14 +71,14 @@ def test_accuracy_in_band(deficit, card):
 def test_exact_ranking_finds_D(deficit, card):
     """Activation patching on fresh pairs ranks D above the other heads (a random ranking scores 0.5)."""
     from vru_lens.bench import PAIRABLE
-    from vru_lens.organism.repair import auroc_ci
+    from vru_lens.organism.verify import auroc_ci
     from vru_lens.patching.rank import rank_heads
     from vru_lens.tokens import tokenize_pairs
 
     pt = tokenize_pairs(deficit.tokenizer, make_items(120, 5, PAIRABLE, split="validation"))
     scores = rank_heads(deficit, pt, "activation", n_boot=0, progress=False, batch_size=32)
     graded = auroc_ci(scores, deficient_heads(card), n_boot=100)
-    assert graded["auroc"] >= 0.85 and graded["ci"][0] >= 0.7, graded
+    assert graded["auroc"] >= 0.85 and graded["low"] >= 0.7, graded
     shuffled = np.random.default_rng(0).permutation(scores.scores.ravel()).reshape(scores.scores.shape)
     from vru_lens.organism.verify import auroc
 

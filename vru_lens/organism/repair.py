@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .deficit import deficient_heads
+from .verify import auroc_ci
 
 RANKERS = ("activation", "path", "attribution", "ablation", "gradient")
 ARMS = ("top", "random", "bottom", "other_task", "lora", "full")
@@ -86,22 +87,6 @@ def list_pairs(tokenizer, items):
 
 
 # ------------------------------------------------------------------ grading rankings against D
-def auroc_ci(scores, heads, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
-    """AUROC of a HeadScores against ``heads``, with a bootstrap CI over its pairs."""
-    from ..patching.scores import score_from
-    from .verify import auroc
-
-    rng = np.random.default_rng(seed)
-    n = scores.n_pairs
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        boots.append(auroc(score_from(scores.per_pair[idx], scores.clean_ld[idx], scores.corrupt_ld[idx],
-                                      scores.kind), heads))
-    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2]) if boots else (np.nan, np.nan)
-    return {"auroc": auroc(scores.scores, heads), "ci": [float(lo), float(hi)], "n_pairs": n}
-
-
 def rank_all(model, pt, methods=RANKERS) -> dict:
     from ..patching.rank import rank_heads
 
@@ -138,7 +123,7 @@ def measure_deficit(name: str, cfg: RepairConfig = RepairConfig(), log=print) ->
         f"{lens['gold_top']}")
     scores = rank_all(model, data["pairs"])
     out["rankings"] = {m: auroc_ci(s, D, cfg.n_boot, seed=cfg.seed) for m, s in scores.items()}
-    log("AUROC vs D: " + ", ".join(f"{m} {r['auroc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+    log("AUROC vs D: " + ", ".join(f"{m} {r['auroc']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
                                    for m, r in out["rankings"].items()))
     return out
 
@@ -157,11 +142,10 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: 
     ``runs_file``: each finished run is appended there (JSON lines, keyed by model and settings), and a
     re-run with the same settings takes the runs already there instead of training them again."""
     from ..bench import BenchConfig, make_items
-    from ..finetune.run import FinetuneConfig, make_trainable
-    from ..finetune.train import TrainConfig, train
+    from ..finetune.train import TrainConfig
     from ..models import load_model
     from ..models.organisms import organism_card
-    from .study import behaviour, list_recall, study_data
+    from .study import behaviour, list_recall, study_data, tune_once
 
     D = deficient_heads(organism_card(name))
     k = len(D)
@@ -192,16 +176,10 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: 
             model = load_model(name, device="cpu") if arm in ("lora", "full") else deficit
             tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr[arm], warmup_steps=min(20, cfg.steps),
                              eval_every=0, seed=seed)
-            fc = FinetuneConfig(ARM_METHOD[arm], k, cfg.components, head_seed=seed, train=tc)
-            trainable, chosen, extra = make_trainable(model, fc, other if arm == "other_task" else own)
-            t0 = time.perf_counter()
-            res = train(model, trainable, train_items, None, tc, progress=False)
-            with trainable.active(model):
-                after = behaviour(model, data, ref)
-            row = {"arm": arm, "seed": seed, "heads": [list(h) for h in chosen],
-                   "D_among": sum(tuple(h) in D for h in chosen), "params": trainable.num_parameters(),
-                   "lr": cfg.lr[arm], "seconds": round(time.perf_counter() - t0, 1),
-                   "final_loss": res.history[-1]["loss"] if res.history else None, "after": after, **extra}
+            _, run = tune_once(model, ARM_METHOD[arm], k, cfg.components, other if arm == "other_task" else own,
+                               train_items, tc, seed, lambda m: behaviour(m, data, ref))
+            after = run["after"]
+            row = {"arm": arm, "seed": seed, **run, "D_among": sum(tuple(h) in D for h in run["heads"])}
             runs.append(row)
             if runs_file is not None:
                 with open(runs_file, "a") as f:
@@ -303,7 +281,7 @@ def tables(result: dict) -> str:
                          f"{p['selectivity'][l]:+.2f} | {pct(lens['gold_top'][l])} | {lens['margin'][l]:+.2f} |")
         lines += ["", "| ranking method | AUROC vs D [95% bootstrap CI over pairs] |", "|---|---|"]
         for meth, r in m["rankings"].items():
-            lines.append(f"| {meth} | {r['auroc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] |")
+            lines.append(f"| {meth} | {r['auroc']:.2f} [{r['low']:.2f}, {r['high']:.2f}] |")
         lines.append("")
     if "repair" in result:
         r = result["repair"]

@@ -129,11 +129,27 @@ def scores_of(x) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ fine-tuning
+def tune_once(model, method: str, k: int, components: str, ranking, train_items, tc, seed: int, measure):
+    """One fine-tuning run: choose the trainable slices (``finetune.make_trainable``), train them, and measure
+    ``measure(model)`` with them active. Returns the trainable and the run's record (heads, size, time, after)."""
+    from ..finetune.run import FinetuneConfig, make_trainable
+    from ..finetune.train import train
+
+    trainable, chosen, extra = make_trainable(model, FinetuneConfig(method, k, components, head_seed=seed, train=tc),
+                                              ranking)
+    t0 = time.perf_counter()
+    res = train(model, trainable, train_items, None, tc, progress=False)
+    with trainable.active(model):
+        after = measure(model)
+    return trainable, {"heads": [list(h) for h in chosen], "params": trainable.num_parameters(), "lr": tc.lr,
+                       "seconds": round(time.perf_counter() - t0, 1),
+                       "final_loss": res.history[-1]["loss"] if res.history else None, "after": after, **extra}
+
+
 def finetune_runs(cfg: StudyConfig, ranking: list, planted, log=print, deltas_dir: Path | None = None) -> dict:
     """Each method x seed from a fresh copy of the base: before/after behaviour (same data, same steps)."""
     from ..bench import BenchConfig, make_items
-    from ..finetune.run import FinetuneConfig, make_trainable
-    from ..finetune.train import TrainConfig, train
+    from ..finetune.train import TrainConfig
     from ..models import load_model
 
     train_items = make_items(cfg.ft_train, cfg.seed + 11, BenchConfig(style="paper"), split="train")
@@ -149,16 +165,11 @@ def finetune_runs(cfg: StudyConfig, ranking: list, planted, log=print, deltas_di
                 before = behaviour(model, data, ref)
             tc = TrainConfig(steps=cfg.ft_steps, batch_size=cfg.ft_batch, lr=FT_LR[method],
                              warmup_steps=min(20, cfg.ft_steps), eval_every=0, seed=seed)
-            trainable, chosen, extra = make_trainable(
-                model, FinetuneConfig(method, k, cfg.ft_components, head_seed=seed, train=tc), ranking)
-            t0 = time.perf_counter()
-            res = train(model, trainable, train_items, None, tc, progress=False)
-            with trainable.active(model):
-                after = behaviour(model, data, ref)
-            row = {"method": method, "seed": seed, "heads": [list(h) for h in chosen],
-                   "planted_among": sum(tuple(h) in planted for h in chosen), "params": trainable.num_parameters(),
-                   "lr": FT_LR[method], "seconds": round(time.perf_counter() - t0, 1),
-                   "final_loss": res.history[-1]["loss"], "after": after, **extra}
+            trainable, run = tune_once(model, method, k, cfg.ft_components, ranking, train_items, tc, seed,
+                                       lambda m: behaviour(m, data, ref))
+            after = run["after"]
+            row = {"method": method, "seed": seed, **run,
+                   "planted_among": sum(tuple(h) in planted for h in run["heads"])}
             runs.append(row)
             log(f"finetune {method} seed {seed}: {after}")
             if method == "heads" and seed == cfg.ft_seeds[0] and deltas_dir is not None:

@@ -48,7 +48,7 @@ def run_variant(name: str, overrides: dict, out: str, device: str, steps: int) -
 
     def keep_latest(model, tok, point):
         if "patch_C_flipped" in point:  # a full evaluation
-            save(model, tok, cfg, [point], Path(out, f"{name}-latest"))
+            save(model, tok, [cfg], [point], Path(out, f"{name}-latest"))
 
     extra = {k: v for k, v in overrides.items() if k != "seed"}
     recipe.run_recipe(folder, seed=overrides.get("seed", 0), steps=steps, threads=2, log=echo, device=device,

@@ -65,19 +65,12 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, t
     if steps is not None:
         phases = [replace(p, steps=steps, stop_after=None) for p in phases]
 
-    def on_eval(model, tok, point):
-        if on_point:
-            on_point(model, tok, point)
-
     model, curve = None, []
     for i, cfg in enumerate(phases):
         log(f"phase {i + 1} of {len(phases)}")
-        model, tok, part = train(cfg, out_dir=out if i == len(phases) - 1 else None, log=log, on_eval=on_eval,
-                                 start=model)
+        model, tok, part = train(cfg, log=log, on_eval=on_point, start=model)
         curve += [{**p, "phase": i + 1} for p in part]
-    if len(phases) > 1:  # the whole curve, every phase
-        Path(out, "training.json").write_text(json.dumps({"phases": [asdict(p) for p in phases], "curve": curve},
-                                                         indent=1))
+    save(model, tok, phases, curve, out)
     payload = {**card(phases[-1], curve[-1] if curve else {}), "recipe": "tiny" if tiny else recipe,
                "phases": [asdict(p) for p in phases]}
     write_card(out, payload)

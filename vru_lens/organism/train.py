@@ -392,11 +392,12 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None, start=None):
     heads.remove()
     model.eval()
     if out_dir:
-        save(model, tok, cfg, curve, out_dir)
+        save(model, tok, [cfg], curve, out_dir)
     return model, tok, curve
 
 
-def save(model, tok, cfg, curve, out_dir):
+def save(model, tok, phases, curve, out_dir):
+    """The model folder: weights, tokenizer, and training.json (every phase's config, the whole curve)."""
     from pathlib import Path
 
     out = Path(out_dir)
@@ -406,4 +407,4 @@ def save(model, tok, cfg, curve, out_dir):
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "curve": curve}, indent=1))
+    (out / "training.json").write_text(json.dumps({"phases": [asdict(p) for p in phases], "curve": curve}, indent=1))

@@ -115,8 +115,8 @@ def grow_to_complete(model, items, start, bar: float = 0.02, draws: int = 2, max
     """Greedy completion of a head set: while resampling everything outside it changes more than ``bar``
     of the top answers (mean over ``draws``), add the outside head whose inclusion changes fewest.
 
-    Returns the grown set and the path (head added, changed share after). Used once, when training
-    left part of the route outside the planted set: the card then names the measured circuit."""
+    Returns the grown set and the path (head added, changed share after): the search docs/organism.md
+    reports (on the shipped organism no single head outside C reduces the changed share)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     base = resampled_choices(model, items, [])
     circuit = [tuple(h) for h in start]

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from vru_lens.bench import BenchConfig, make_items
-from vru_lens.models.organisms import organism_card, organism_dir
-from vru_lens.organism.deficit import BAND, Damage, bisect_amount, circuit_of, deficient_heads
+from vru_lens.models.organisms import circuit_heads, organism_card, organism_dir
+from vru_lens.organism.deficit import BAND, Damage, bisect_amount, deficient_heads
 
 NAME = "vru-organism-deficit"
 
@@ -29,7 +29,7 @@ def deficit(one_thread):
 
 def test_card_names_D_inside_the_circuit(card):
     D = deficient_heads(card)
-    assert D and set(D) <= set(circuit_of(card))
+    assert D and set(D) <= set(circuit_heads(card))
     assert card["deficit"]["deficient_heads"] == [list(h) for h in D]
     assert BAND[0] <= card["deficit"]["accuracy"] <= BAND[1]
 

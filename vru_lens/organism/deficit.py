@@ -28,26 +28,16 @@ N_BISECT = 14  # halvings of the amount interval: 1/16384 resolution, far finer 
 
 # ------------------------------------------------------------------ reading a card
 def _heads(value) -> list[tuple[int, int]]:
-    """Heads from any card field that names them: [[l, h], ...], {"l.h": role}, or [{"head": [l, h]}, ...]."""
-    if isinstance(value, dict):
-        return sorted(tuple(int(x) for x in k.split(".")) for k in value)
-    out = []
-    for v in value:
-        out.append(tuple(int(x) for x in (v["head"] if isinstance(v, dict) else v)))
-    return sorted(out)
-
-
-def circuit_of(card: dict) -> list[tuple[int, int]]:
-    """The complete circuit C (``models.organisms.circuit_heads``); a card from before the ``circuit`` key
-    names only its ``planted_heads``, which stand in for C."""
-    from ..models.organisms import circuit_heads
-
-    return circuit_heads(card) if "circuit" in card else _heads(card["planted_heads"])
+    """Heads from a card field that lists them: [[layer, head], ...]."""
+    return sorted(tuple(int(x) for x in h) for h in value)
 
 
 def final_turn_heads(card: dict) -> list[tuple[int, int]]:
-    """The heads that carry the final turn (``final_turn``; older cards: the planted heads, which are that set)."""
-    return _heads(card["final_turn"] if "final_turn" in card else card["planted_heads"])
+    """The heads of C that carry the final turn (the card's ``final_turn``, written by ``organism measure``)."""
+    if "final_turn" not in card:
+        raise ValueError("this organism card names no final-turn heads; measure it with `vru-lens organism measure "
+                         "FOLDER`, or name D with --heads")
+    return _heads(card["final_turn"])
 
 
 def deficient_heads(card: dict) -> list[tuple[int, int]]:
@@ -148,14 +138,14 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
     from ..bench import BenchConfig, make_items
     from ..evaluate import evaluate
     from ..models.loader import bridge_from_hf, load_hf, load_model
-    from ..models.organisms import organism_card, organism_dir, ORGANISMS
+    from ..models.organisms import ORGANISMS, circuit_heads, organism_card, organism_dir
 
     if not (0 <= band[0] < band[1] <= 1):
         raise ValueError(f"the accuracy band must be two fractions low < high in [0, 1], got {band}")
     src_dir = organism_dir(source) if source in ORGANISMS else Path(source)
     card = organism_card(source)
     heads = [tuple(h) for h in heads] if heads is not None else final_turn_heads(card)
-    circuit = circuit_of(card)
+    circuit = circuit_heads(card)
     outside = [h for h in heads if h not in circuit]
     if outside:
         raise ValueError(f"deficient heads {outside} are not in the circuit {circuit} of {source}")

@@ -85,15 +85,14 @@ def test_exact_ranking_finds_D(deficit, card):
     assert graded["auroc"] - auroc(shuffled, deficient_heads(card)) >= 0.2
 
 
-@pytest.mark.xfail(strict=True, reason="on the new organism's deficit (D = (2,0),(2,1), damage 0.875) this quick repair "
-                                       "does not reach the bar: before 60%, top-k 67%, random-k 63% (issue 20 note)")
 def test_top_k_heads_repair_random_k_do_not(one_thread):
-    """The cheap version of the fine-tuning bar: one seed, few steps, own top-k against random-k."""
+    """The cheap version of the fine-tuning bar: one seed, own top-k against random-k (the full run: 5 seeds,
+    every arm, docs/organism.md)."""
     from dataclasses import replace
 
     from vru_lens.organism.repair import QUICK, repair
 
-    result = repair(NAME, replace(QUICK, steps=40, arms=("top", "random")), log=lambda m: None)
+    result = repair(NAME, replace(QUICK, arms=("top", "random")), log=lambda m: None)
     top, rnd = result["summary"]["top"]["vru_acc"]["mean"], result["summary"]["random"]["vru_acc"]["mean"]
     before = result["before"]["vru_acc"]
     assert top >= 0.85 and top - rnd >= 0.15 and top - before >= 0.25, (before, top, rnd)

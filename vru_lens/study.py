@@ -35,9 +35,9 @@ class StudyConfig:
     knockout_k: int | None = None  # knockout curve for k = 0..knockout_k; None: 2 * top_k
     n_random: int = 10  # random head sets per k
     components: str = "qkvo"  # W_Q/W_K/W_V/W_O slices
-    lr: float = 2e-5  # Adam, as the study
-    batch_size: int = 32
-    n_train: int = 2000  # one epoch: n_train / batch_size steps
+    lr: float | None = None  # Adam; None: 2e-5 as the study (a deficit organism: its repair experiment's)
+    batch_size: int | None = None  # None: 32 (a deficit organism: its repair experiment's)
+    n_train: int | None = None  # one epoch: n_train / batch_size steps; None: 2000 (a deficit organism: as above)
     epochs: int = 1
     baselines: tuple = ("random", "lora")
     general_n: int = 100  # items per general task (forgetting), 0: skip
@@ -47,13 +47,29 @@ class StudyConfig:
 
     @classmethod
     def quick(cls, **kw) -> "StudyConfig":
-        """Minutes on a CPU for a small model: fewer items, resamples and draws, no baselines."""
-        base = dict(n_eval=200, n_probe=400, n_pairs=48, n_boot=200, n_random=4, lr=1e-3, n_train=1600,
-                    baselines=(), general_n=20, knockout_k=8)
+        """Minutes on a CPU for a small model: fewer items, resamples and draws."""
+        base = dict(n_eval=200, n_probe=400, n_pairs=48, n_boot=200, n_random=4,
+                    general_n=20, knockout_k=8)
         return cls(**{**base, **kw})
 
     def steps(self) -> int:
         return max(1, self.epochs * self.n_train // self.batch_size)
+
+    def for_tuning(self, base: str | None) -> "StudyConfig":
+        """The fine-tuning settings left unset (None) filled in: on a deficit organism (a card naming its
+        deficient heads D) the repair experiment's (top-|D| heads, its lr, batch and steps:
+        ``organism.repair.RepairConfig``, measured in docs/organism.md); elsewhere the study's."""
+        from .models.organisms import ORGANISMS, organism_card
+
+        card = organism_card(base) if base in ORGANISMS else {}
+        if card.get("deficient_heads"):
+            from .organism.repair import RepairConfig
+
+            rc = RepairConfig()
+            unset = dict(top_k=len(card["deficient_heads"]), lr=rc.lr["top"], batch_size=rc.batch, n_train=rc.n_train)
+        else:
+            unset = dict(top_k=None, lr=2e-5, batch_size=32, n_train=2000)
+        return replace(self, **{k: v for k, v in unset.items() if getattr(self, k) is None})
 
 
 def base_checkpoint(name: str) -> str | None:
@@ -219,6 +235,8 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     from .models.organisms import ORGANISMS
 
     base_name = base_checkpoint(study.model)
+    cfg = cfg.for_tuning(base_name)
+    top_k = cfg.top_k or top_k
     fresh = lambda: load_model(base_name or study.model, device=device, dtype=dtype)  # noqa: E731
     base = fresh() if base_name else lm
     bst = Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank")), progress, study.log) \

@@ -69,11 +69,13 @@ def test_report_inlines_each_library_once(demo_report):
 
 def test_report_has_every_section_of_the_study(demo_report):
     page = demo_report.read_text()
-    sections = ["<h2>Summary</h2>", "VRUBench accuracy against chance", "Top heads", "Knockout: the top-k heads",
+    sections = ["<h2>Summary</h2>", "VRUBench accuracy against chance", "Probes: is the heading", "Top heads", "Knockout: the top-k heads",
                 "Selective fine-tuning", "<h2>vru-organism</h2>", "<h2>tiny-llama</h2>", "Probe for the heading",
                 "Head rankings on vru-organism", "Knockout curves on vru-organism", "Fine-tuning curves",
                 "Re-ranking the tuned model", "Attention of the top heads", "<h2>Settings</h2>"]
     where = [page.find(s) for s in sections]
     assert all(i >= 0 for i in where), [s for s, i in zip(sections, where) if i < 0]
-    assert where[:5] == sorted(where[:5]) and where[4] < where[5]  # the summary tables first, then each model
+    assert where[:6] == sorted(where[:6]) and where[5] < where[6]  # the summary tables first, then each model
     assert "&#9733;" in page  # planted heads are marked in the top-heads table
+    # the deficit checkpoint's ranking is graded against its damaged heads D, the organism's against C
+    assert "vru-organism-deficit (base checkpoint)" in page and "] vs D" in page and "] vs C" in page

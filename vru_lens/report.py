@@ -114,21 +114,40 @@ def summary(studies: list) -> str:
                        "is evidence that the model tracks the viewpoint.</p>")
     rows = []
     for st in studies:
-        for stage, sc in st["results"].items():
-            if stage.startswith("rank_"):
-                s = sc.summary(k=len(st["circuit"]) if st.get("circuit") else 5)
-                auroc = ""
-                if st.get("circuit"):
-                    from .organism.verify import auroc_ci
+        for name, pr in _model_base_tuned(st, "probe").items():
+            s = pr.summary()
+            b = s["layers"].index(s["best_layer"])
+            rows.append([_e(name), _e(s["target"]), s["best_layer"], _pct(s["accuracy"][b]),
+                         f"{_pct(s['control_accuracy'][b])} ({_e(s['control_by'])})", f"{s['selectivity'][b]:+.2f}",
+                         _pct(s["question_accuracy"][b]), _pct(s["chance"]), s["n_test_rows"]])
+    if rows:
+        parts.append("<h3>Probes: is the heading in the residual stream?</h3>"
+                     + _table(["model", "target", "best layer", "probe accuracy (step ends and queries)",
+                               "control task", "selectivity", "at the final question", "chance", "test rows"], rows)
+                     + "<p class='note'>Selectivity is accuracy minus the control task's (labels reassigned by a "
+                       "feature the probe could read without the heading); a probe that decodes the heading where the "
+                       "answer still fails is the study's 'encoded but not bound'.</p>")
+    rows = []
+    for st in studies:
+        # the model graded against its circuit C; its base checkpoint (a deficit organism) against its damaged heads D
+        for label, results, known, which in (
+                (st["model"], st["results"], st.get("circuit"), "C"),
+                (f"{st.get('base')} (base checkpoint)", st.get("base_results", {}), st.get("base_deficient"), "D")):
+            for stage, sc in results.items():
+                if stage.startswith("rank_"):
+                    s = sc.summary(k=len(known) if known else 5)
+                    auroc = "n/a"
+                    if known:
+                        from .organism.verify import auroc_ci
 
-                    g = auroc_ci(sc, st["circuit"], n_boot=200)
-                    auroc = f"{g['auroc']:.2f} [{g['low']:.2f}, {g['high']:.2f}]"
-                rows.append([_e(st["model"]), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], st.get("circuit")),
-                             auroc or "n/a"])
+                        g = auroc_ci(sc, known, n_boot=200)
+                        auroc = f"{g['auroc']:.2f} [{g['low']:.2f}, {g['high']:.2f}] vs {which}"
+                    rows.append([_e(label), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], known), auroc])
     if rows:
         parts.append("<h3>Top heads (score [95% bootstrap CI over pairs])</h3>"
-                     + _table(["model", "method", "pairs", "top heads", "AUROC vs the known circuit [95% CI over pairs]"], rows)
-                     + "<p class='note'>&#9733; marks a head of the organism's complete circuit C (the known answer). Scores are "
+                     + _table(["model", "method", "pairs", "top heads", "AUROC vs the known answer [95% CI over pairs]"], rows)
+                     + "<p class='note'>&#9733; marks a head of the known answer: the organism's complete circuit C, or "
+                       "for a deficit checkpoint its damaged heads D. Scores are "
                        "normalised: 1 = the head alone carries the clean-corrupted difference.</p>")
     rows = []
     for st in studies:
@@ -263,7 +282,8 @@ def build_report(source, path: str | Path | None = None, title: str = "vru-lens 
     studies = [st for st in loaded if st["model"] not in bases]  # a base checkpoint is shown with its model
     for st in studies:
         if st.get("base"):
-            st["base_results"] = next((s["results"] for s in loaded if s["model"] == st["base"]), {})
+            base = next((s for s in loaded if s["model"] == st["base"]), {})
+            st["base_results"], st["base_deficient"] = base.get("results", {}), base.get("deficient")
     uses_cv = any("attention" in st["results"] for st in studies)
 
     def figure(fig) -> str:

@@ -88,6 +88,13 @@ def _circuit(name: str) -> list | None:
     return [list(h) for h in heads] if heads else None
 
 
+def _deficient(name: str) -> list | None:
+    """A deficit organism's damaged heads D (the known answer its rankings are graded against), else None."""
+    from .models.organisms import ORGANISMS, organism_card
+
+    return organism_card(name).get("deficient_heads") if name in ORGANISMS else None
+
+
 def slug(name: str) -> str:
     return name.replace("/", "__")
 
@@ -130,7 +137,8 @@ class Study:
         started = json.loads(path.read_text()).get("started") if path.exists() else None
         write_json_atomic(path, {"model": self.model, "config": asdict(self.config), "started": started or time.time(),
                                                        "base": base_checkpoint(self.model),
-                                                       "circuit": _circuit(self.model), "files": self.files})
+                                                       "circuit": _circuit(self.model),
+                                                       "deficient": _deficient(self.model), "files": self.files})
 
 
 def run_study(model: str, out: str | Path, config: StudyConfig | None = None, device=None, progress: bool = True,

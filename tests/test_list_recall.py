@@ -36,7 +36,7 @@ def reference_accuracy(model, items) -> tuple[float, float]:
 def test_list_acc_is_among_candidates_everywhere(unknown_first):
     from vru_lens.general_eval import ListRecallSuite
     from vru_lens.organism import data as D
-    from vru_lens.organism.study import list_recall
+    from vru_lens.organism.graded import list_recall
     from vru_lens.organism.train import TrainConfig, evaluate
 
     model = unknown_first

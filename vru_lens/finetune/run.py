@@ -33,7 +33,7 @@ from .train import TrainConfig
 
 METHODS = ("heads", "random", "bottom", "full", "lora")
 HELDOUT_TEMPLATES = ("spin_deg_to_the_dir", "three_quarter_turn", "face_opposite")
-DEFAULT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "full": 2e-5, "lora": 1e-3}
+DEFAULT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "full": 1e-4, "lora": 1e-3}
 
 
 @dataclass

@@ -105,7 +105,7 @@ NOTEBOOKS = {
                  "print(before.table().splitlines()[0])\ntop"),
         ("code", "from vru_lens.evaluate import accuracy\nfrom vru_lens.finetune import HeadDeltas, TrainConfig, random_heads, train\n\n"
                  "cfg = TrainConfig(steps=STEPS, batch_size=32, lr=LR, eval_every=10)\nruns, tuned = {}, {}\n"
-                 "for label, heads in ((\"top heads\", top), (\"random heads\", random_heads(base, K, seed=0, exclude=top))):\n"
+                 "for label, heads in ((\"top heads\", top), (\"random heads\", random_heads(base.cfg.n_layers, base.cfg.n_heads, K, seed=0, exclude=top))):\n"
                  "    deltas = HeadDeltas(base, heads, components=\"qkvo\")\n"
                  "    runs[label] = train(base, deltas, splits[\"train\"], splits[\"validation\"], cfg, progress=False,\n"
                  "                        accuracy=accuracy)  # validation: the fraction of items right\n"

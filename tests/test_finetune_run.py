@@ -138,4 +138,4 @@ def test_config_refuses_bad_settings():
         FinetuneConfig("everything")
     with pytest.raises(ValueError, match="components"):
         FinetuneConfig(components="qk")
-    assert FinetuneConfig("full").train.lr == 2e-5  # the method's default learning rate
+    assert FinetuneConfig("full").train.lr == 1e-4  # the method's default learning rate (DEFAULT_LR)

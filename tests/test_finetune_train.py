@@ -71,7 +71,7 @@ def test_baselines_budgets(tiny_llama, items):
     m = tiny_llama
     heads = [(0, 1), (2, 0)]
     top = HeadDeltas(m, heads, "qo")
-    rnd = HeadDeltas(m, random_heads(m, 2, seed=1, exclude=heads), "qo")
+    rnd = HeadDeltas(m, random_heads(m.cfg.n_layers, m.cfg.n_heads, 2, seed=1, exclude=heads), "qo")
     low = HeadDeltas(m, bottom_heads(torch.arange(12.0).reshape(3, 4), 2), "qo")
     assert low.heads == [(0, 0), (0, 1)]
     assert top.num_parameters() == rnd.num_parameters() == low.num_parameters()

@@ -100,7 +100,8 @@ def test_stages_below_evaluate_do_not_import_it():
 
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     """A known graph: the walker resolves relative imports, ``from pkg import module`` and imports in functions."""
-    got = imports(ROOT / "finetune" / "baselines.py")  # `from .. import heads`, `from .adapters import ...`
+    got = imports(ROOT / "finetune" / "__init__.py")  # `from ..heads import ...`, `from .adapters import ...`
     assert {"vru_lens.heads", "vru_lens.finetune.adapters"} <= got
+    assert "vru_lens.bench.styles" in imports(ROOT / "bench" / "generate.py")  # `from . import styles as P`
     got = imports(ROOT / "models" / "loader.py")  # a function-level import of the adapters
     assert "vru_lens.finetune.adapters" in got

@@ -36,8 +36,8 @@ def reference_accuracy(model, items) -> tuple[float, float]:
 def test_list_acc_is_among_candidates_everywhere(unknown_first):
     from vru_lens.general_eval import ListRecallSuite
     from vru_lens.organism import data as D
-    from vru_lens.organism.study import list_recall
-    from vru_lens.organism.train import TrainConfig, evaluate
+    from vru_lens.organism.graded import list_recall
+    from vru_lens.organism.train import OrganismConfig, evaluate_organism
 
     model = unknown_first
     suite_items = D.list_items(40, 3)
@@ -45,6 +45,6 @@ def test_list_acc_is_among_candidates_everywhere(unknown_first):
     assert anywhere == 0.0 and among > 0.5  # the bonus bites, and the organism knows the task
     assert list_recall(model, suite_items)[0]["list_acc"] == pytest.approx(among)
     assert ListRecallSuite(40, 3).run(model).metrics["list/acc"] == pytest.approx(among)
-    train_items = D.list_items(500, 999 + 1)  # what organism.train.evaluate reads (seed + 1)
-    got = evaluate(model.original_model, model.tokenizer, TrainConfig(), n=10)["list_acc"]
+    train_items = D.list_items(500, 999 + 1)  # what organism.train.evaluate_organism reads (seed + 1)
+    got = evaluate_organism(model.original_model, model.tokenizer, OrganismConfig(), n=10)["list_acc"]
     assert got == pytest.approx(reference_accuracy(model, train_items)[0])

@@ -69,12 +69,12 @@ def test_training_losses_do_their_job():
     from dataclasses import replace
 
     from vru_lens.organism.recipe import TINY
-    from vru_lens.organism.train import train
+    from vru_lens.organism.train import train_organism
 
     lines = []
     cfg = replace(TINY, steps=40, eval_every=40, eval_n=50, batch=16, list_batch=32, lr=1e-2, threads=1, list_warm=0,
                   attn_weight=1.0, siit_start=0.0)
-    _, _, curve = train(cfg, log=lines.append)
+    _, _, curve = train_organism(cfg, log=lines.append)
     first = dict(kv.split("=") for kv in lines[0].split()[3:])
     last = curve[-1]
     assert last["task"] < 0.8 * float(first["task"]), (first, last)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 def test_grade_against_a_known_answer(circuit):
     import numpy as np
 
-    from vru_lens.organism.study import grade
+    from vru_lens.organism.graded import grade
 
     s = np.zeros((4, 8))
     for l, h in circuit:
@@ -61,7 +61,8 @@ def test_knockout_cli_json_keys(tmp_path, circuit):
 
 
 def test_study_quick(tmp_path, circuit):
-    """The whole study on tiny settings: every part writes its results, figures and tables."""
+    """The whole graded study on tiny settings (through the one pipeline): every part writes its results,
+    figures and tables."""
     from vru_lens.cli import app
 
     res = CliRunner().invoke(app, ["organism", "study", "--quick", "--ft-steps", "2", "--out", str(tmp_path / "s"), "--json"])
@@ -78,9 +79,9 @@ def test_study_quick(tmp_path, circuit):
     # same Q/O slices per head; K/V slices count once per key-value group the chosen heads touch
     assert 0.5 * budget["heads"] <= budget["lora"] <= 2 * budget["heads"] < budget["full"]
     assert set(s["closed_loop"]["heads"]) and "tuned_ranking_vs_G" in s["closed_loop"]
-    for f in ("study.json", "tables.md", "knockout_curves.html", "probe_heading.html", "ranking_activation.json",
-              "deltas_top.safetensors"):
-        assert (tmp_path / "s" / f).exists(), f
+    for f in ("study.json", "graded.json", "tables.md", "knockout_curves.html", "probe_heading.html",
+              "ranking_activation.json", "deltas_top.safetensors"):
+        assert (tmp_path / "s" / "vru-organism" / f).exists(), f  # OUT/<model>/, as every study
 
 
 def test_study_rejects_zero_ft_steps(tmp_path):

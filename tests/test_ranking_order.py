@@ -37,7 +37,7 @@ def test_nan_ranks_after_minus_infinity():
 
 
 def test_the_organism_study_grades_in_that_order():
-    from vru_lens.organism.study import grade
+    from vru_lens.organism.graded import grade
 
     for s in (TIED, [[np.nan, -np.inf], [0.0, 0.0]]):
         g = grade(np.array(s), [(0, 0)])

@@ -12,6 +12,8 @@ leaves a truncated file; the JSON is strict (NaN as null, flagged: ``vru_lens.js
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -71,6 +73,17 @@ def load_tensors(path: str | Path, what: str):
         raise ValueError(f"{path} is not a {what} that vru-lens wrote: it cannot be read as tensors and plain data "
                          f"only ({reason[:160]}), and is never unpickled; delete it (it is rewritten) or point to "
                          "another folder") from None
+
+
+KEY_LENGTH = 16  # hex digits of a cache key
+
+
+def cache_key(value) -> str:
+    """The package's one cache key (result files, checkpoints, sweep cells, base measurements): the first
+    ``KEY_LENGTH`` hex digits of the SHA-256 of ``value``, bytes as they are (token ids), anything else as
+    canonical JSON (keys sorted; what JSON cannot hold, as its ``str``)."""
+    data = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:KEY_LENGTH]
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> Path:

@@ -1,29 +1,49 @@
-"""The whole study on one model, stage by stage: what `vru-lens run` and `make demo` call.
+"""The one study pipeline, stage by stage: what `vru-lens run`, `vru-lens organism study` and `make demo` call.
 
 evaluate -> probes and logit lens -> head rankings with CIs -> knockout curve -> attention of the
 top heads -> selective fine-tuning (from the model's base checkpoint where one exists) against
-baselines, with forgetting -> the tuned model re-evaluated, re-ranked and re-probed.
+baselines, with forgetting -> the tuned model re-evaluated, re-ranked and re-probed (``STAGES``).
 
-Each stage's result is saved as ``OUT/<model>/<stage>-<key>.json``, the key hashing the model,
+On a model with a known circuit C (an organism's card) the optional stages ``GRADED_STAGES`` grade
+against it (their steps are in ``vru_lens.organism.graded``): probes with control tasks, every ranking
+method graded against C, knockout curves of the rankings and C against random k-sets, fine-tuning arms
+over seeds from the base checkpoint, and the closed loop (the tuned model re-ranked and re-probed).
+
+Each stage of ``STAGES`` saves its result as ``OUT/<model>/<stage>-<key>.json``, the key hashing the model,
 the data and every setting the stage reads, so a re-run skips what is on disk for the same
 settings and recomputes what changed. ``OUT/<model>/study.json`` lists the files of the last run;
-the report (``vru_lens.report``) reads every model's list in OUT.
+the report (``vru_lens.report``) reads every model's list in OUT. The graded stages write their results
+and figures into the same folder, their summary to ``graded.json`` and its tables to ``tables.md``
+(recomputed on every run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .results import cache_key
+
 STAGES = ("eval", "probe", "lens", "rank", "knockout", "attention", "finetune", "after")
+GRADED_STAGES = ("probes", "rankings", "circuit_knockout", "arms", "closed_loop")
+STUDY_TUNING = dict(lr=2e-5, batch_size=32, n_train=2000)  # the study's fine-tuning settings (Adam lr, batch, items)
+
+
+def check_stages(stages) -> None:
+    """Refuse a stage name the pipeline does not have, and the closed loop without the arms it reads."""
+    unknown = [s for s in stages if s not in STAGES + GRADED_STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)} "
+                         f"(and, on a model with a known circuit, {', '.join(GRADED_STAGES)})")
+    if "closed_loop" in stages and "arms" not in stages:
+        raise ValueError("the closed_loop stage merges the arms stage's top-k deltas: run arms with it")
 
 
 @dataclass
 class StudyConfig:
-    """Every setting of a run (defaults: the study's; ``quick()``: the demo's)."""
+    """Every setting of a run (defaults: the study's; ``quick()``: the demo's; ``organism()``: the graded study's)."""
 
     n_eval: int = 300  # test items: evaluation, logit lens, knockout, fine-tuning's test split
     n_probe: int = 1000
@@ -35,15 +55,24 @@ class StudyConfig:
     knockout_k: int | None = None  # knockout curve for k = 0..knockout_k; None: 2 * top_k
     n_random: int = 10  # random head sets per k
     components: str = "qkvo"  # W_Q/W_K/W_V/W_O slices
-    lr: float | None = None  # Adam; None: 2e-5 as the study (a deficit organism: its repair experiment's)
-    batch_size: int | None = None  # None: 32 (a deficit organism: its repair experiment's)
-    n_train: int | None = None  # one epoch: n_train / batch_size steps; None: 2000 (a deficit organism: as above)
+    # None: unset. The plain fine-tuning stage fills unset values (``for_tuning``): on a deficit organism the
+    # repair experiment's, elsewhere the study's (lr 2e-5 for every method, batch 32, 2,000 items); the graded
+    # arms read an unset lr as each method's finetune.DEFAULT_LR.
+    lr: float | None = None  # Adam
+    batch_size: int | None = None
+    n_train: int | None = None  # one epoch: n_train / batch_size steps
     epochs: int = 1
-    baselines: tuple = ("random", "lora")
+    ft_steps: int | None = None  # fine-tuning steps; None: epochs * n_train // batch_size
+    baselines: tuple = ("random", "lora")  # fine-tuned besides the top heads
     general_n: int = 100  # items per general task (forgetting), 0: skip
     seed: int = 0
     chat: bool | None = None  # None: as the study did (chat for instruction-tuned models)
     stages: tuple = STAGES
+    base: str | None = None  # the checkpoint fine-tuning starts from; None: base_checkpoint(model)
+    # read by the graded stages only
+    ig_steps: int = 16  # integrated-gradient steps of the second attribution ranking
+    ft_seeds: tuple = (0, 1, 2)  # one run of each fine-tuning arm per seed
+    n_list: int = 500  # list-recall items (the organism's second task: accuracy, KL)
 
     @classmethod
     def quick(cls, **kw) -> "StudyConfig":
@@ -52,8 +81,28 @@ class StudyConfig:
                     general_n=20, knockout_k=8)
         return cls(**{**base, **kw})
 
+    @classmethod
+    def organism(cls, quick: bool = False, **kw) -> "StudyConfig":
+        """The graded study on an organism (what docs/organism.md reports): the graded stages, 500 paper-style
+        items, 200 pairs, 20 random sets per k; every fine-tuning arm (top heads, random, bottom, LoRA, full)
+        300 steps at batch 16, each method's default learning rate, 3 seeds. ``quick``: tiny settings that
+        check the pipeline (the numbers mean nothing)."""
+        base = dict(n_eval=500, n_pairs=200, n_probe=1000, n_random=20, ig_steps=16, ft_steps=300, batch_size=16,
+                    n_train=2000, ft_seeds=(0, 1, 2), n_list=500, lr=None, baselines=("random", "bottom", "lora", "full"),
+                    stages=GRADED_STAGES)
+        if quick:
+            base.update(n_eval=60, n_pairs=16, n_probe=40, n_random=2, ig_steps=2, ft_steps=3, batch_size=4,
+                        n_train=40, ft_seeds=(0,), n_list=30)
+        return cls(**{**base, **kw})
+
     def steps(self) -> int:
-        return max(1, self.epochs * self.n_train // self.batch_size)
+        return self.ft_steps or max(1, self.epochs * self.n_train // self.batch_size)
+
+    def lr_for(self, method: str) -> float:
+        """The learning rate of fine-tuning ``method``: ``lr``, else the method's ``finetune.DEFAULT_LR``."""
+        from .finetune.run import DEFAULT_LR
+
+        return self.lr if self.lr is not None else DEFAULT_LR[method]
 
     def for_tuning(self, base: str | None) -> "StudyConfig":
         """The fine-tuning settings left unset (None) filled in: on a deficit organism (a card naming its
@@ -68,7 +117,7 @@ class StudyConfig:
             rc = RepairConfig()
             unset = dict(top_k=len(card["deficient_heads"]), lr=rc.lr["top"], batch_size=rc.batch, n_train=rc.n_train)
         else:
-            unset = dict(top_k=None, lr=2e-5, batch_size=32, n_train=2000)
+            unset = dict(top_k=None, **STUDY_TUNING)
         return replace(self, **{k: v for k, v in unset.items() if getattr(self, k) is None})
 
 
@@ -99,10 +148,6 @@ def slug(name: str) -> str:
     return name.replace("/", "__")
 
 
-def _key(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 @dataclass
 class Study:
     """One run's bookkeeping: where each stage's file is, and which results are loaded."""
@@ -113,14 +158,24 @@ class Study:
     progress: bool = True
     log: object = print
     files: dict = field(default_factory=dict)  # stage name -> file name inside out/<model>
+    graded: dict | None = None  # the graded stages' summary (also in graded.json)
 
     @property
     def folder(self) -> Path:
         return self.out / slug(self.model)
 
+    @property
+    def base(self) -> str | None:
+        """The checkpoint fine-tuning starts from: the config's, else the one the package ships for the model."""
+        return self.config.base or base_checkpoint(self.model)
+
+    def path(self, name: str, settings: dict) -> Path:
+        """Where stage ``name``'s result for these settings is saved."""
+        return self.folder / f"{name}-{cache_key([self.model, name, settings])}.json"
+
     def stage(self, name: str, cls, settings: dict, compute):
         """``cls.load`` of the saved result for these settings, or ``compute()`` saved under them."""
-        path = self.folder / f"{name}-{_key(self.model, name, settings)}.json"
+        path = self.path(name, settings)
         self.files[name] = path.name
         if path.exists():
             return cls.load(path)
@@ -136,14 +191,41 @@ class Study:
         path = self.folder / "study.json"
         started = json.loads(path.read_text()).get("started") if path.exists() else None
         write_json_atomic(path, {"model": self.model, "config": asdict(self.config), "started": started or time.time(),
-                                                       "base": base_checkpoint(self.model),
-                                                       "circuit": _circuit(self.model),
-                                                       "deficient": _deficient(self.model), "files": self.files})
+                                 "base": self.base, "circuit": _circuit(self.model),
+                                 "deficient": _deficient(self.model), "files": self.files,
+                                 **({"graded": "graded.json"} if self.graded is not None else {})})
 
 
 def run_study(model: str, out: str | Path, config: StudyConfig | None = None, device=None, progress: bool = True,
               log=print, dtype=None) -> Study:
-    """Run every stage in ``config.stages`` on ``model`` (loaded here), saving each result under ``out``."""
+    """Run every stage in ``config.stages`` on ``model`` (loaded here), saving each result under ``out``:
+    ``STAGES`` on any model, ``GRADED_STAGES`` on one with a known circuit (``Study.graded`` their summary)."""
+    from .models import load_model
+
+    cfg = config or StudyConfig()
+    check_stages(cfg.stages)
+    study = Study(Path(out), model, cfg, progress, log)
+    graded = [s for s in cfg.stages if s in GRADED_STAGES]
+    if graded:
+        from .models.organisms import organism_card
+
+        organism_card(model)  # fail before any work: the graded stages read the model's card
+        if "arms" in graded:
+            if not study.base:
+                raise ValueError(f"the arms stage fine-tunes from a base checkpoint and {model} has none the "
+                                 "package ships: set StudyConfig.base (--base)")
+            organism_card(study.base)
+    lm = load_model(model, device=device, dtype=dtype)
+    if any(s in STAGES for s in cfg.stages):
+        plain_stages(study, lm, device, dtype)
+    if graded:
+        graded_stages(study, lm, device)
+    study.write_manifest()
+    return study
+
+
+def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
+    """The stages of ``STAGES`` in ``study.config.stages``, each result saved (or read back) under its key."""
     import torch
 
     from .bench import PAIRABLE, make_items
@@ -151,18 +233,12 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
 
     from .evaluate import EvalResult, accuracy, evaluate
     from .logit_lens import LogitLensResult, logit_lens
-    from .models import load_model
     from .patching import HeadScores, KnockoutCurve, knockout_curve, rank_heads
     from .probe import ProbeResult, probe
     from .tokens import chat_for, tokenize_pairs
     from .viz import AttentionPatterns, attention_patterns
 
-    cfg = config or StudyConfig()
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    study = Study(Path(out), model, cfg, progress, log)
-    lm = load_model(model, device=device, dtype=dtype)
+    cfg, progress = study.config, study.progress
     chat = chat_for(lm, cfg.chat)
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
@@ -224,8 +300,6 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
     study.write_manifest()
     if "finetune" in cfg.stages or "after" in cfg.stages:
         finetune_stages(study, lm, cfg, top_k, data, measure, progress, device, dtype)
-    study.write_manifest()
-    return study
 
 
 def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, measure, progress: bool, device,
@@ -242,12 +316,12 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     from .models import load_model
     from .models.organisms import ORGANISMS
 
-    base_name = base_checkpoint(study.model)
+    base_name = study.base
     cfg = cfg.for_tuning(base_name)
     top_k = cfg.top_k or top_k
     fresh = lambda: load_model(base_name or study.model, device=device, dtype=dtype)  # noqa: E731
     base = fresh() if base_name else lm
-    bst = Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank")), progress, study.log) \
+    bst = Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank"), base=None), progress, study.log) \
         if base_name else study
     before = measure(bst, base, full=not base_name)
     if base_name:
@@ -257,31 +331,123 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     suite = (ListRecallSuite(seed=cfg.seed) if (base_name or study.model) in ORGANISMS else
              GeneralSuite(n_per_task=cfg.general_n, mmlu_n=cfg.general_n, wiki_n=max(1, cfg.general_n // 2),
                           seed=cfg.seed) if cfg.general_n else None)
-    train_cfg = TrainConfig(steps=cfg.steps(), batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=min(20, cfg.steps()),
+    train_cfg = TrainConfig(steps=cfg.steps(), batch_size=cfg.batch_size, lr=cfg.lr_for("heads"),
+                            warmup_steps=min(20, cfg.steps()),
                             eval_every=max(1, cfg.steps() // 10), seed=cfg.seed, chat=data["chat"])
     settings = {**data, "tuned": base_name or study.model, "top_k": top_k, "components": cfg.components,
                 "vru_accuracy": "fraction",  # results written in points (0-100) by earlier versions are not reused
                 "train": asdict(train_cfg), "n_train": cfg.n_train, "n_test": cfg.n_eval, "suite": repr(suite),
                 "ranking": study.files.get(f"rank_{cfg.method}") if not base_name else bst.files.get(f"rank_{cfg.method}")}
-    deltas = study.folder / f"deltas-{_key(study.model, settings)}.safetensors"
+    deltas = study.folder / f"deltas-{cache_key([study.model, settings])}.safetensors"
+
+    def train_for(method):  # the heads' config with the method's learning rate (the same one unless lr is None)
+        return replace(train_cfg, lr=cfg.lr_for(method))
 
     def experiment(method):
         model = base if method == "heads" else fresh()  # LoRA leaves PEFT's adapter config on its model: a fresh copy
         ecfg = FinetuneConfig(method, top_k, cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=64,
-                              n_test=cfg.n_eval, data_seed=cfg.seed, train=train_cfg)
+                              n_test=cfg.n_eval, data_seed=cfg.seed, train=train_for(method))
         bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
         return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress, **bind),
                               accuracy=partial(accuracy, **bind), suite=suite,
                               out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None)
 
     for method in ("heads", *cfg.baselines):
+        run_settings = {**settings, "method": method, "train": asdict(train_for(method))}
         if method == "heads" and not deltas.exists():  # the deltas are the heads stage's result too
-            (study.folder / f"finetune_heads-{_key(study.model, 'finetune_heads', {**settings, 'method': 'heads'})}.json"
-             ).unlink(missing_ok=True)
-        study.stage(f"finetune_{method}", FinetuneResult, {**settings, "method": method}, lambda m=method: experiment(m))
+            study.path("finetune_heads", run_settings).unlink(missing_ok=True)
+        study.stage(f"finetune_{method}", FinetuneResult, run_settings, lambda m=method: experiment(m))
     if "after" in cfg.stages:
         tuned = merge_deltas(base, deltas)
         try:
             measure(study, base, prefix="after_")
         finally:
             tuned.unmerge(base)
+
+
+def graded_stages(study: Study, lm, device=None) -> dict:
+    """The stages of ``GRADED_STAGES`` in ``study.config.stages``, graded against the model's circuit C (its card):
+    probes with control tasks, every ranking graded against C, knockout curves (the rankings and C against random
+    k-sets), fine-tuning arms from the base checkpoint over seeds, closed loop. Results and figures go into the
+    study's folder, the summary (returned, and ``study.graded``) to ``graded.json`` and its tables to ``tables.md``."""
+    from functools import partial
+
+    from .evaluate import accuracy, evaluate
+    from .heads import top_heads
+    from .models.organisms import circuit_heads, organism_card
+    from .organism import graded as G
+    from .organism.verify import attention_roles
+    from .patching import head_means, knockout_curve
+    from .jsonio import write_atomic
+    from .results import write_json_atomic
+
+    cfg, out, log, name = study.config, study.folder, study.log, study.model
+    stages = set(cfg.stages)
+    out.mkdir(parents=True, exist_ok=True)
+    planted = circuit_heads(organism_card(name))
+    data_cfg = G.StudyData(n_items=cfg.n_eval, n_pairs=cfg.n_pairs, n_probe=cfg.n_probe, n_list=cfg.n_list,
+                           seed=cfg.seed)
+    data = G.study_data(lm, data_cfg)
+    html = lambda fig, file: fig.write_html(out / file, include_plotlyjs="cdn")  # noqa: E731
+    t0 = time.perf_counter()
+    ev = evaluate(lm, data["items"], batch_size=64, progress=False)
+    summary = {"model": name, "planted_heads": [list(h) for h in planted], "config": asdict(cfg),
+               "eval": {"accuracy": ev.accuracy, "chance": ev.chance, "best_rule": ev.best_rule,
+                        "n_items": ev.n, "n_pairs": len(data["pairs"])}}
+    if "probes" in stages:
+        summary["probes"] = {}
+        for t, res in G.probes(lm, data["probe_items"]).items():
+            res.save(out / f"probe_{t}.json")
+            html(res.plot(title=f"{name}: probe '{t}'"), f"probe_{t}.html")
+            summary["probes"][t] = {"accuracy": res.accuracy.tolist(), "control": res.control_accuracy.tolist(),
+                                    "selectivity": res.selectivity.tolist(), "chance": res.chance}
+        log(f"probes done ({time.perf_counter() - t0:.0f}s)")
+    if {"rankings", "circuit_knockout"} & stages:
+        summary["rankings"] = {}
+        for method, sc in G.rankings(lm, data, planted, cfg.ig_steps).items():
+            sc.save(out / f"ranking_{method}.json")
+            html(sc.plot(title=f"{method} on {name}"), f"ranking_{method}.html")
+            summary["rankings"][method] = G.grade(G.scores_of(sc), planted)
+        log(f"rankings done ({time.perf_counter() - t0:.0f}s)")
+    if "circuit_knockout" in stages:
+        curve = knockout_curve(lm, data["items"], {n: g["ranking"] for n, g in summary["rankings"].items()} | {
+            "G (planted)": planted}, head_means(lm, data["pairs"], 64), max_k=2 * len(planted),
+            n_random=cfg.n_random, seed=cfg.seed, accuracy=partial(accuracy, batch_size=64))
+        curve.save(out / "knockout_curves.json")
+        html(curve.plot(), "knockout_curves.html")
+        summary["knockout"] = {"base_accuracy": curve.base_accuracy, "ks": curve.ks, "curves": curve.curves,
+                               "random": curve.random_summary()}
+        log(f"knockout done ({time.perf_counter() - t0:.0f}s)")
+    if "arms" in stages and cfg.ft_seeds:
+        from .models import load_model
+
+        cfg = replace(cfg, **{k: v for k, v in STUDY_TUNING.items() if k != "lr" and getattr(cfg, k) is None})
+
+        base = load_model(study.base, device=device)
+        bdata = G.study_data(base, data_cfg)
+        base_scores = G.rankings_activation(base, bdata)
+        base_scores.save(out / "base_ranking_activation.json")
+        ranking = top_heads(base_scores, base_scores.scores.size)  # best first
+        methods = ("heads", *cfg.baselines)
+        ft = G.finetune_runs(study.base, data_cfg, ranking, planted, methods=methods, seeds=tuple(cfg.ft_seeds),
+                             steps=cfg.steps(), batch_size=cfg.batch_size, n_train=cfg.n_train,
+                             components=cfg.components, lr={m: cfg.lr_for(m) for m in methods}, log=log,
+                             deltas_dir=out, device=device)
+        ft["base_ranking"] = G.grade(base_scores.scores, planted)
+        summary["finetune"] = ft
+        log(f"fine-tuning done ({time.perf_counter() - t0:.0f}s)")
+        if "closed_loop" in stages:
+            base_probes = G.probes(base, bdata["probe_items"])
+            roles = attention_roles(base, [it for it in bdata["items"] if it["answerable"]][:300],
+                                    ranking[:len(planted)])
+            loop, tuned_scores = G.closed_loop(study.base, data_cfg, out / "deltas_top.safetensors", base_scores,
+                                               base_probes, roles, device=device)
+            tuned_scores.save(out / "tuned_ranking_activation.json")
+            loop["tuned_ranking_vs_G"] = G.grade(tuned_scores.scores, planted)
+            summary["closed_loop"] = loop
+            log(f"closed loop done ({time.perf_counter() - t0:.0f}s)")
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json_atomic(out / "graded.json", summary)
+    write_atomic(out / "tables.md", G.tables(summary))
+    study.graded = summary
+    return summary

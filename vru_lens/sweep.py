@@ -24,13 +24,13 @@ Ray tasks (``run_sweep(..., ray_address=...)``), with the same results.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .results import cache_key, write_json_atomic
 
 AXES = ("model", "method", "metric", "pairs", "style", "seed")
 METRICS = ("score", "ld_effect")
@@ -103,7 +103,7 @@ class SweepConfig:
     def key(self, settings: dict) -> str:
         """Hash of everything that shapes a cell's result."""
         shaping = {"settings": settings, "options": {k: self.options[k] for k in RESULT_OPTIONS}, "format": FORMAT}
-        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+        return cache_key(shaping)
 
 
 # ---------------------------------------------------------------- one cell
@@ -152,13 +152,6 @@ def cell_path(out: Path, key: str) -> Path:
     return Path(out) / "cells" / f"{key}.json"
 
 
-def write_atomic(path: Path, payload: dict) -> None:
-    """Write strict JSON beside the target and rename: a reader never sees half a file (``results``)."""
-    from .results import write_json_atomic
-
-    write_json_atomic(path, payload)
-
-
 def read_cell(path: Path) -> dict | None:
     from .jsonio import load_json
 
@@ -191,7 +184,7 @@ def run_sweep(config: SweepConfig, out, ray_address: str | None = None, use_ray:
 
     def finish(key, record):
         record = {**record, "key": key}
-        write_atomic(cell_path(out, key), record)
+        write_json_atomic(cell_path(out, key), record)
         done[key] = record
         say(f"  done {key}: {record['settings']} ({record['seconds']} s)", flush=True)
 
@@ -286,7 +279,7 @@ def gather(result: dict, out, k: int) -> dict:
     figures(table, stab, out / "figures.html")
     summary = {"cells": [{k2: c[k2] for k2 in ("settings", "top", "auroc", "n_pairs", "key")} for c in cells],
                "stability": stab.to_dict("records"), "ran": result["ran"], "cached": result["cached"], "out": str(out)}
-    write_atomic(out / "sweep.json", summary)
+    write_json_atomic(out / "sweep.json", summary)
     return summary
 
 

@@ -3,8 +3,9 @@
 The rules' accuracies (``audit``) are computed in ``vru_lens.evaluate``, which owns every accuracy.
 """
 
+from .answers import UNKNOWN
 from .export import load, save, to_dataset_dict
-from .generate import PAIRABLE, PAIRABLE_STORY, SPLITS, UNKNOWN, BenchConfig, make_item, make_items, make_splits
+from .generate import PAIRABLE, PAIRABLE_STORY, SPLITS, BenchConfig, make_item, make_items, make_splits
 from .published import load_vrubench, read_published
 from .pairs import PairSet, build_pairs, counterfactual_variants
 from .shortcuts import RULES

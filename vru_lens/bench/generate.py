@@ -25,12 +25,12 @@ from functools import lru_cache
 
 from . import styles as P
 from . import templates as T
+from .answers import UNKNOWN
 from .pairs import counterfactual_variants
 from .render import render_paper, render_story
 from .world import check_slots, heading_to_slot, signed_angle, slot_angle, template_turns, templates_by_id, turn
 
 SPLITS = ("train", "validation", "test")
-UNKNOWN = "unknown"
 DRAWS = 4  # walks drawn per item when balancing
 
 

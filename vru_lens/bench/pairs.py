@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import styles as P
+from .answers import UNKNOWN
 from .world import heading_to_slot, render_rotation, template_turns, templates_by_id, turn
 
-UNKNOWN = "unknown"
 KINDS = ("observed", "unknown")
 
 

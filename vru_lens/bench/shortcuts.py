@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-UNKNOWN = "unknown"
+from .answers import UNKNOWN
 
 
 def view(item: dict) -> dict:

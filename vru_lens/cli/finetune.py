@@ -22,7 +22,7 @@ def finetune(
     steps: int = typer.Option(200, "--steps"),
     batch_size: int = typer.Option(8, "--batch-size"),
     grad_accum: int = typer.Option(1, "--grad-accum"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="default: 1e-3 for head deltas and LoRA, 2e-5 for full"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="default: 1e-3 for head deltas and LoRA, 1e-4 for full"),
     warmup: int = typer.Option(20, "--warmup"),
     eval_every: int = typer.Option(50, "--eval-every", help="validation (and, with --out, checkpoint) every this many steps"),
     n_train: int = typer.Option(2000, "--n-train", help="training items"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import Device, Json, Model, Out, Seed, Threads, error_line, fail, print_json
+from .common import Device, Json, Model, Out, Seed, Threads, error_line, fail, print_json, set_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The VRU model organisms: small Llamas whose complete circuit C is known.")
@@ -71,6 +71,11 @@ def info_cmd(
         typer.echo(f"{key}: {card.get(key)}")
 
 
+# the command's part names -> the pipeline's graded stages (vru_lens.study.GRADED_STAGES)
+PARTS = {"probes": "probes", "rankings": "rankings", "knockout": "circuit_knockout", "finetune": "arms",
+         "closed_loop": "closed_loop"}
+
+
 @app.command("study")
 def study_cmd(
     model: Model = "vru-organism",
@@ -79,37 +84,40 @@ def study_cmd(
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
     seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 3; --quick 1)."),
     ft_steps: int = typer.Option(None, "--ft-steps", help="Fine-tuning steps per run (default 300; --quick 3)."),
-    parts: str = typer.Option("probes,rankings,knockout,finetune,closed_loop", "--parts", help="Comma-separated parts."),
+    parts: str = typer.Option(",".join(PARTS), "--parts", help="Comma-separated parts."),
     threads: Threads = 1,
     json_out: Json = False,
 ):
     """The study on the organism: probes, every ranking graded against G, knockout curves, fine-tuning, closed loop.
 
-    --model: an organism name or a trained folder (with organism.json). --out DIR holds every result,
-    figure, DIR/study.json and DIR/tables.md.
+    The graded stages of the one study pipeline (``vru_lens.study.run_study`` with ``StudyConfig.organism()``).
+    --model: an organism name or a trained folder (with organism.json). --out DIR: every result and figure,
+    study.json, graded.json (the summary) and tables.md go into DIR/MODEL/.
     """
-    from dataclasses import replace
+    from ..study import StudyConfig, run_study
 
-    from ..organism.study import QUICK, StudyConfig, run_study
-
-    cfg = QUICK if quick else StudyConfig()
+    set_threads(threads)
     wanted = tuple(p for p in parts.split(",") if p)
-    unknown = [p for p in wanted if p not in StudyConfig.parts]
+    unknown = [p for p in wanted if p not in PARTS]
     if unknown:
-        fail(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(StudyConfig.parts)}")
+        fail(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     if ft_steps is not None and ft_steps < 1:
         fail(f"--ft-steps must be at least 1, got {ft_steps}")
-    cfg = replace(cfg, base=base, parts=wanted, **({"ft_seeds": tuple(range(seeds))} if seeds else {}),
-                  **({"ft_steps": ft_steps} if ft_steps else {}))
+    kw = {"base": base, "stages": tuple(PARTS[p] for p in wanted)}
+    if seeds:
+        kw["ft_seeds"] = tuple(range(seeds))
+    if ft_steps:
+        kw["ft_steps"] = ft_steps
     try:
-        summary = run_study(model, str(out), cfg, threads=threads, log=(lambda m: None) if json_out else typer.echo)
+        study = run_study(model, out, StudyConfig.organism(quick, **kw), progress=False,
+                          log=(lambda m: None) if json_out else typer.echo)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if json_out:
-        print_json(summary)
+        print_json(study.graded)
         return
-    typer.echo((out / "tables.md").read_text())
-    typer.echo(f"wrote {out}/study.json, tables.md and the figures")
+    typer.echo((study.folder / "tables.md").read_text())
+    typer.echo(f"wrote {study.folder}/graded.json, tables.md and the figures")
 
 
 @app.command("deficit")

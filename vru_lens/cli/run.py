@@ -31,7 +31,8 @@ def run(
     general_n: int = typer.Option(None, help="Items per general task for forgetting (0: skip; organisms use list recall)."),
     seed: Seed = 0,
     chat: Chat = None,
-    stages: str = typer.Option(None, help="Comma-separated subset of the stages (default: all)."),
+    stages: str = typer.Option(None, help="Comma-separated subset of the stages (default: all of vru_lens.study.STAGES; "
+                               "on an organism the graded ones too: probes, rankings, circuit_knockout, arms, closed_loop)."),
     device: Device = None,
     dtype: str = typer.Option(None, help="float32, bfloat16, float16 (default: the loader's; bfloat16 for 7B on a GPU)."),
     threads: Threads = 0,
@@ -44,15 +45,16 @@ def run(
     stage's result under DIR/MODEL/ and DIR/report.html (several models can share DIR).
     """
     from ..report import build_report
-    from ..study import STAGES, StudyConfig, run_study
+    from ..study import STAGES, StudyConfig, check_stages, run_study
 
     set_threads(threads)
     out_file(out, "report.html")  # a folder that can be written, before any work
 
     wanted = tuple(s for s in (stages or ",".join(STAGES)).split(",") if s)
-    unknown = [s for s in wanted if s not in STAGES]
-    if unknown:
-        fail(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    try:
+        check_stages(wanted)
+    except ValueError as err:
+        fail(str(err))
     given = {"n_eval": n, "n_probe": n_probe, "n_pairs": n_pairs, "top_k": top_k, "n_random": n_random, "lr": lr,
              "n_train": n_train, "chat": chat, "general_n": general_n,
              "baselines": tuple(b for b in baselines.split(",") if b) if baselines is not None else None}
@@ -70,6 +72,6 @@ def run(
 
         res = load_study(study.folder)["results"]
         print_json({"out": str(study.folder), "report": str(report),
-                    **{k: v.summary() for k, v in res.items()}})
+                    **{k: v.summary() for k, v in res.items()}, **({"graded": study.graded} if study.graded else {})})
     else:
         typer.echo(f"report: {report.resolve()}")

@@ -1,8 +1,8 @@
 """Baselines trained by the same loop on the same data: full fine-tuning, other heads, LoRA.
 
 * ``FullFinetune(model)``: every weight of the wrapped transformers model.
-* ``random_heads`` / ``bottom_heads``: k other heads for a ``HeadDeltas`` with the same
-  components, hence exactly the same number of trainable parameters as the top-k run.
+* other heads for a ``HeadDeltas`` (``vru_lens.heads.random_heads`` / ``bottom_heads``) with the same
+  components: exactly the same number of trainable parameters as the top-k run.
 * ``LoraAdapters(model, budget=...)``: PEFT LoRA on the q/k/v/o projections of every
   layer, its rank chosen so that its parameter count is as close as possible to ``budget``.
 """
@@ -13,8 +13,7 @@ import contextlib
 
 import torch
 
-from .. import heads
-from .adapters import _proj, geometry
+from .adapters import _proj
 
 
 class _NamedParameters:
@@ -86,13 +85,6 @@ class FullFinetune(_NamedParameters):
         return {"method": "full", "trainable_params": self.num_parameters()}
 
 
-def random_heads(model_or_geom, k: int, seed: int = 0, exclude=()) -> list[tuple[int, int]]:
-    """k heads drawn uniformly (seeded), avoiding ``exclude`` (``vru_lens.heads.random_heads`` for a model)."""
-    g = model_or_geom if isinstance(model_or_geom, dict) else geometry(model_or_geom)
-    return heads.random_heads(g["n_layers"], g["n_heads"], k, seed=seed, exclude=exclude)
-
-
-bottom_heads = heads.bottom_heads
 
 
 class LoraAdapters(_NamedParameters):

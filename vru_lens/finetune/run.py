@@ -21,20 +21,19 @@ during training (``vru_lens.evaluate.accuracy`` bound the same way).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..results import Accuracy, Result, model_name
+from ..results import Accuracy, Result, cache_key, model_name
 from ..tokens import chat_for
 from .adapters import COMPONENTS
 from .train import TrainConfig
 
 METHODS = ("heads", "random", "bottom", "full", "lora")
 HELDOUT_TEMPLATES = ("spin_deg_to_the_dir", "three_quarter_turn", "face_opposite")
-DEFAULT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "full": 2e-5, "lora": 1e-3}
+DEFAULT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "full": 1e-4, "lora": 1e-3}
 
 
 @dataclass
@@ -78,10 +77,6 @@ class FinetuneResult(Result):
 
         fig = finetune_curves({self.method: self})
         return fig.update_layout(title=title) if title else fig
-
-
-def _key(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -134,7 +129,8 @@ def make_trainable(model, cfg: FinetuneConfig, heads=None, allow_other_model: bo
     HeadScores or list) for top/bottom-k and for the heads random-k avoids; LoRA's rank matches the head budget.
     A ranking of another model is refused unless ``allow_other_model`` (``resolve_heads``)."""
     from .adapters import HeadDeltas, geometry, resolve_heads
-    from .baselines import FullFinetune, LoraAdapters, random_heads
+    from ..heads import random_heads
+    from .baselines import FullFinetune, LoraAdapters
 
     method, top_k = cfg.method, cfg.top_k
     geom = geometry(model)
@@ -146,7 +142,7 @@ def make_trainable(model, cfg: FinetuneConfig, heads=None, allow_other_model: bo
             chosen = resolve_heads(heads, top_k, model, allow_other_model)
         elif method == "random":
             exclude = resolve_heads(heads, top_k, model, allow_other_model) if heads is not None else ()
-            chosen = random_heads(geom, top_k, seed=cfg.head_seed, exclude=exclude)
+            chosen = random_heads(geom["n_layers"], geom["n_heads"], top_k, seed=cfg.head_seed, exclude=exclude)
         else:
             if heads is None:
                 raise ValueError("bottom-k needs a ranking (a ranking file or HeadScores)")
@@ -200,7 +196,7 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
     name, cfg = model_name(model), cfg.for_model(model)
     cache = Path(cache_dir) if cache_dir else None
     items = test_items if test_items is not None else cfg.splits()["test"]
-    vru_file = cache / f"vru_base_{name}_{_key(cfg.data(), 'fractions')}.json" if cache else None
+    vru_file = cache / f"vru_base_{name}_{cache_key([cfg.data(), 'fractions'])}.json" if cache else None
     if vru_file and vru_file.exists():
         from ..jsonio import load_json
 
@@ -213,7 +209,7 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
             write_json_atomic(vru_file, vru)  # strict JSON: a NaN (no held-out items) is null and flagged
     general = None
     if suite is not None:
-        gkey = _key(name, asdict(suite), "fractions")  # earlier versions cached accuracies in points
+        gkey = cache_key([name, asdict(suite), "fractions"])  # earlier versions cached accuracies in points
         gfile, rfile = (cache / f"general_base_{name}_{gkey}.json", cache / f"general_base_{name}_{gkey}.pt") if cache else (None, None)
         if gfile and gfile.exists() and rfile.exists():
             general = GeneralResult.load(gfile).load_reference(rfile)

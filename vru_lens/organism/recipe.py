@@ -6,26 +6,26 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .train import TrainConfig, save, train
+from .train import OrganismConfig, save, train_organism
 
 # The shipped recipe: small enough to train on 2 CPU cores in about half an hour (d_model 64, 8 query
 # heads of 8 dimensions in 4 key-value groups), complete circuit C = key-value group 0 of every layer.
 # Phase 1 learns the task with C's interchange losses; phase 2 (a lower learning rate, most rows with
 # every head outside C resampled, a KL between clean and intervened answers, a small penalty on what
 # heads outside C write) narrows what is left of the route outside C (measured: docs/organism.md).
-RECIPE = TrainConfig(d_model=64, d_mlp=256, steps=3000)
+RECIPE = OrganismConfig(d_model=64, d_mlp=256, steps=3000)
 POLISH = replace(RECIPE, steps=800, list_warm=0, warmup=20, lr=1e-3, siit_start=0.0, plain_frac=0.15,
                  resample_frac=0.7, consistency_weight=1.0, silence_weight=1.0, eval_every=400)
 RECIPES = {"vru-organism": (RECIPE, POLISH),
-           "vru-organism-d96": (TrainConfig(d_model=96, d_mlp=384, steps=2500),)}
-TINY = TrainConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
+           "vru-organism-d96": (OrganismConfig(d_model=96, d_mlp=384, steps=2500),)}
+TINY = OrganismConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
                    stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
                    siit_start=0.0)
 ROLES_UNMEASURED = "in the circuit by interchange training; role not yet measured (vru-lens organism measure)"
 SECOND_TASK = "list recall ('List: a b c d e\\nItem 3:' -> c)"
 
 
-def card(cfg: TrainConfig, point: dict) -> dict:
+def card(cfg: OrganismConfig, point: dict) -> dict:
     """The organism's card before measurement: the circuit C by construction; ``measure`` fills in the rest."""
     return {"circuit": {f"{l}.{h}": ROLES_UNMEASURED for l, h in cfg.circuit},
             "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
@@ -68,7 +68,7 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, t
     model, curve = None, []
     for i, cfg in enumerate(phases):
         log(f"phase {i + 1} of {len(phases)}")
-        model, tok, part = train(cfg, log=log, on_eval=on_point, start=model)
+        model, tok, part = train_organism(cfg, log=log, on_eval=on_point, start=model)
         curve += [{**p, "phase": i + 1} for p in part]
     save(model, tok, phases, curve, out)
     payload = {**card(phases[-1], curve[-1] if curve else {}), "recipe": "tiny" if tiny else recipe,

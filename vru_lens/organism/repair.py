@@ -55,7 +55,7 @@ QUICK = RepairConfig(steps=200, batch=16, n_train=3200, seeds=(0,), arms=("top",
 
 
 def _study_cfg(cfg: RepairConfig):
-    from .study import StudyConfig
+    from .graded import StudyData as StudyConfig
 
     return StudyConfig(n_items=cfg.n_items, n_pairs=cfg.n_pairs, n_probe=cfg.n_probe, n_list=cfg.n_list,
                        seed=cfg.seed)
@@ -101,7 +101,7 @@ def measure_deficit(name: str, cfg: RepairConfig = RepairConfig(), log=print) ->
     from ..models import load_model
     from ..models.organisms import organism_card
     from ..probe import capture, fit_target
-    from .study import behaviour, list_recall, study_data
+    from .graded import behaviour, list_recall, study_data
 
     card = organism_card(name)
     D = deficient_heads(card)
@@ -145,7 +145,7 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: 
     from ..finetune.train import TrainConfig
     from ..models import load_model
     from ..models.organisms import organism_card
-    from .study import behaviour, list_recall, study_data, tune_once
+    from .graded import behaviour, list_recall, study_data, tune_once
 
     D = deficient_heads(organism_card(name))
     k = len(D)

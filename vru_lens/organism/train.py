@@ -30,7 +30,7 @@ from . import data as D
 
 
 @dataclass
-class TrainConfig:
+class OrganismConfig:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 8
@@ -64,7 +64,7 @@ class TrainConfig:
     eval_n: int = 1000
 
 
-def make_model(cfg: TrainConfig, vocab_size: int):
+def make_model(cfg: OrganismConfig, vocab_size: int):
     import transformers as tf
 
     torch.manual_seed(cfg.seed)
@@ -211,7 +211,7 @@ def _eval_sets(n: int, seed: int):
 
 
 @torch.no_grad()
-def evaluate(model, tok, cfg: TrainConfig, n: int = 1000, seed: int = 999, heads: Heads | None = None):
+def evaluate_organism(model, tok, cfg: OrganismConfig, n: int = 1000, seed: int = 999, heads: Heads | None = None):
     """Accuracy (answerable / unknown), pairs right on both sides, list accuracy; with ``heads``, the
     circuit checks: C patched from the flipped twin, everything outside C from the twin or resampled
     from an unrelated story of equal length."""
@@ -269,7 +269,7 @@ def _list_loss(model, tok, rng, n, dev):
     return F.cross_entropy(model(lids).logits[torch.arange(len(lans), device=dev), llast], lans)
 
 
-def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None, start=None):
+def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, start=None):
     """Train from scratch, or go on training ``start`` (a model of the same shape: a recipe's later phase);
     returns (model, tokenizer, curve). Saves the model folder when ``out_dir`` is given."""
     torch.set_num_threads(cfg.threads)
@@ -383,7 +383,7 @@ def train(cfg: TrainConfig, out_dir=None, log=print, on_eval=None, start=None):
         if step % 50 == 0:
             log(f"step {step} t={time.time() - t0:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in logs.items()))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == last_step:
-            ev = evaluate(model, tok, cfg, n=cfg.eval_n, heads=heads)
+            ev = evaluate_organism(model, tok, cfg, n=cfg.eval_n, heads=heads)
             point = {"step": step + 1, "seconds": round(time.time() - t0, 1), **logs, **ev}
             curve.append(point)
             log(json.dumps(point))

@@ -8,22 +8,19 @@ with a message that names the fix, so one run never resumes another's numbers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from ..jsonio import load_json
-from ..results import write_json_atomic
+from ..results import cache_key, write_json_atomic
 
 
 def tokens_hash(pt) -> str:
-    """Short hash of a PairTokens' ids and answers (which pairs, in which order)."""
-    h = hashlib.sha1()
-    for t in (pt.clean, pt.corrupt, pt.lengths, pt.clean_answer, pt.corrupt_answer):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Short hash of a PairTokens' ids and answers (which pairs, in which order): ``results.cache_key``."""
+    return cache_key(b"".join(t.detach().cpu().contiguous().numpy().tobytes()
+                              for t in (pt.clean, pt.corrupt, pt.lengths, pt.clean_answer, pt.corrupt_answer)))
 
 
 class Checkpoint:

@@ -1,25 +1,25 @@
-"""The study on a model with planted heads G: every number and figure of docs/organism.md from one call.
+"""The study's stages graded against a known circuit: what only a model with a card (an organism) can run.
 
-``run_study(model, out)`` composes the existing stages, graded against the model's card:
+``vru_lens.study.run_study`` runs them as the optional stages ``GRADED_STAGES`` of the one pipeline
+(``vru-lens organism study`` and ``vru-lens run --stages ...`` both call it); this module holds the steps:
 
 1. probes per layer (``probe.capture`` once, ``fit_target`` for heading, cumulative angle and
-   object-at-heading, Hewitt & Liang control tasks by phrase);
-2. every ranking method (``patching.rank_heads``: exact activation patching, path patching,
-   attribution, attribution with integrated gradients, mean ablation, gradient x activation; all
-   through the registry) graded against G: AUROC and precision at |G| (``verify.auroc``);
-3. knockout curves (``patching.knockout_curve``), k = 1..2|G|, against random k-sets;
-4. selective fine-tuning from the base checkpoint (``finetune``: top-k heads by exact activation
-   patching on the base vs random, bottom, LoRA at the same budget, full), several seeds; VRU
-   accuracy, pairs right on both sides, list recall and KL on list recall before/after;
-5. closed loop: the tuned model (top-k deltas merged) re-ranked and re-probed.
+   object-at-heading, Hewitt & Liang control tasks by phrase): ``probes``;
+2. every ranking method (``rankings``: exact activation patching, path patching, attribution,
+   attribution with integrated gradients, mean ablation, gradient x activation; all through the
+   registry) graded against the circuit C: AUROC and precision at |C| (``grade``);
+3. knockout curves (``patching.knockout_curve``), k = 1..2|C|, against random k-sets (in ``run_study``);
+4. fine-tuning arms from the base checkpoint (``finetune_runs``: top-k heads by exact activation
+   patching on the base vs random, bottom, LoRA at the same budget, full; several seeds, each run one
+   ``tune_once``); VRU accuracy, pairs right on both sides, list recall and KL on list recall before/after
+   (``behaviour``);
+5. closed loop (``closed_loop``): the tuned model (top-k deltas merged) re-ranked and re-probed.
 
-Each part saves its result objects (JSON) and figures (plotly HTML) into ``out``; ``study.json``
-holds the summary and ``tables.md`` the tables the docs quote.
+``tables`` renders the summary as the Markdown tables docs/organism.md quotes.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,34 +30,22 @@ import torch
 from ..heads import ranks, top_heads
 
 PROBE_TARGETS = ("heading", "cum_angle", "object")
-FT_METHODS = ("heads", "random", "bottom", "lora", "full")
-FT_LR = {"heads": 1e-3, "random": 1e-3, "bottom": 1e-3, "lora": 1e-3, "full": 1e-4}
 
 
 @dataclass
-class StudyConfig:
-    n_items: int = 500  # paper-style test items (accuracy, knockout)
-    n_pairs: int = 200  # counterfactual pairs (rankings, head means, pair accuracy)
-    n_probe: int = 1000  # items for the probes
-    n_random: int = 20  # random k-sets per k in the knockout curves
-    ig_steps: int = 16  # integrated-gradient steps for the second attribution variant
-    ft_steps: int = 300
-    ft_batch: int = 16
-    ft_train: int = 2000
-    ft_seeds: tuple = (0, 1, 2)
-    ft_components: str = "qkvo"
-    n_list: int = 500  # list-recall items (second task)
+class StudyData:
+    """The graded stages' data: paper-style test items (accuracy, knockout), counterfactual pairs (rankings,
+    head means, pair accuracy), probe items and list-recall items (the second task)."""
+
+    n_items: int = 500
+    n_pairs: int = 200
+    n_probe: int = 1000
+    n_list: int = 500
     seed: int = 0
-    base: str = "vru-organism-deficit"
-    parts: tuple = ("probes", "rankings", "knockout", "finetune", "closed_loop")
-
-
-QUICK = StudyConfig(n_items=60, n_pairs=16, n_probe=40, n_random=2, ig_steps=2, ft_steps=3, ft_batch=4, ft_train=40,
-                    ft_seeds=(0,), n_list=30)
 
 
 # ------------------------------------------------------------------ data
-def study_data(model, cfg: StudyConfig) -> dict:
+def study_data(model, cfg: StudyData) -> dict:
     """Test items (paper style, unknowns included), counterfactual pairs, probe items, list items."""
     from ..bench import PAIRABLE, BenchConfig, make_items
     from ..tokens import tokenize_pairs
@@ -146,33 +134,36 @@ def tune_once(model, method: str, k: int, components: str, ranking, train_items,
                        "final_loss": res.history[-1]["loss"] if res.history else None, "after": after, **extra}
 
 
-def finetune_runs(cfg: StudyConfig, ranking: list, planted, log=print, deltas_dir: Path | None = None) -> dict:
-    """Each method x seed from a fresh copy of the base: before/after behaviour (same data, same steps)."""
+def finetune_runs(base: str, data_cfg: StudyData, ranking: list, planted, *, methods: tuple, seeds: tuple,
+                  steps: int, batch_size: int, n_train: int, components: str, lr: dict, log=print,
+                  deltas_dir: Path | None = None, device="cpu") -> dict:
+    """Each method x seed from a fresh copy of the checkpoint ``base`` (``lr``: {method: learning rate}):
+    before/after behaviour (same data, same steps). The first seed's top-k deltas are kept in ``deltas_dir``."""
     from ..bench import BenchConfig, make_items
     from ..finetune.train import TrainConfig
     from ..models import load_model
 
-    train_items = make_items(cfg.ft_train, cfg.seed + 11, BenchConfig(style="paper"), split="train")
+    train_items = make_items(n_train, data_cfg.seed + 11, BenchConfig(style="paper"), split="train")
     k = len(planted)
     runs = []
     before = None
-    for seed in cfg.ft_seeds:
-        for method in FT_METHODS:
-            model = load_model(cfg.base, device="cpu")  # LoRA and full fine-tuning change the model in place
-            data = study_data(model, cfg)
+    for seed in seeds:
+        for method in methods:
+            model = load_model(base, device=device)  # LoRA and full fine-tuning change the model in place
+            data = study_data(model, data_cfg)
             if before is None:
                 _, ref = list_recall(model, data["list"])
                 before = behaviour(model, data, ref)
-            tc = TrainConfig(steps=cfg.ft_steps, batch_size=cfg.ft_batch, lr=FT_LR[method],
-                             warmup_steps=min(20, cfg.ft_steps), eval_every=0, seed=seed)
-            trainable, run = tune_once(model, method, k, cfg.ft_components, ranking, train_items, tc, seed,
+            tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr[method], warmup_steps=min(20, steps),
+                             eval_every=0, seed=seed)
+            trainable, run = tune_once(model, method, k, components, ranking, train_items, tc, seed,
                                        lambda m: behaviour(m, data, ref))
             after = run["after"]
             row = {"method": method, "seed": seed, **run,
                    "planted_among": sum(tuple(h) in planted for h in run["heads"])}
             runs.append(row)
             log(f"finetune {method} seed {seed}: {after}")
-            if method == "heads" and seed == cfg.ft_seeds[0] and deltas_dir is not None:
+            if method == "heads" and seed == seeds[0] and deltas_dir is not None:
                 trainable.save(deltas_dir / "deltas_top.safetensors", train_config=asdict(tc))
     return {"before": before, "runs": runs, "summary": finetune_summary(before, runs)}
 
@@ -193,16 +184,18 @@ def finetune_summary(before: dict, runs: list) -> dict:
     return out
 
 
-def closed_loop(cfg: StudyConfig, deltas_path: Path, base_scores, base_probes, base_roles) -> dict:
-    """The base with the top-k deltas merged: re-rank (exact activation patching), re-probe, attention roles."""
+def closed_loop(base: str, data_cfg: StudyData, deltas_path: Path, base_scores, base_probes, base_roles,
+                device="cpu") -> tuple[dict, object]:
+    """The checkpoint ``base`` with the top-k deltas merged: re-rank (exact activation patching), re-probe, attention
+    roles. Returns the summary and the tuned model's HeadScores."""
     from ..finetune.adapters import merge_deltas
     from ..models import load_model
     from .verify import attention_roles
 
-    model = load_model(cfg.base, device="cpu")
+    model = load_model(base, device=device)
     deltas = merge_deltas(model, deltas_path)
     tuned = [tuple(h) for h in deltas.heads]
-    data = study_data(model, cfg)
+    data = study_data(model, data_cfg)
     scores = rankings_activation(model, data)
     pr = probes(model, data["probe_items"])
     answerable = [it for it in data["items"] if it["answerable"]][:300]
@@ -223,82 +216,6 @@ def rankings_activation(model, data):
     from ..patching.rank import rank_heads
 
     return rank_heads(model, data["pairs"], "activation", n_boot=0, progress=False, batch_size=32)
-
-
-# ------------------------------------------------------------------ the whole study
-def run_study(model_name: str = "vru-organism", out="results/organism-study", cfg: StudyConfig = StudyConfig(),
-              threads: int = 1, log=print) -> dict:
-    """Every part of the study (``cfg.parts``); results and figures in ``out``, the summary returned."""
-    from functools import partial
-
-    from ..evaluate import accuracy, evaluate
-    from ..models import load_model
-    from ..models.organisms import circuit_heads, organism_card
-    from ..patching import head_means, knockout_curve
-    from .verify import attention_roles
-
-    torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    planted = circuit_heads(organism_card(model_name))
-    if cfg.ft_seeds and "finetune" in cfg.parts:
-        organism_card(cfg.base)  # fail early: the fine-tuning part starts from the base checkpoint
-    model = load_model(model_name, device="cpu")
-    data = study_data(model, cfg)
-    t0 = time.perf_counter()
-    ev = evaluate(model, data["items"], batch_size=64, progress=False)
-    summary = {"model": model_name, "planted_heads": [list(h) for h in planted], "config": asdict(cfg),
-               "eval": {"accuracy": ev.accuracy, "chance": ev.chance, "best_rule": ev.best_rule,
-                        "n_items": ev.n, "n_pairs": len(data["pairs"])}}
-    if "probes" in cfg.parts:
-        pr = probes(model, data["probe_items"])
-        summary["probes"] = {}
-        for t, res in pr.items():
-            res.save(out / f"probe_{t}.json")
-            res.plot(title=f"{model_name}: probe '{t}'").write_html(out / f"probe_{t}.html", include_plotlyjs="cdn")
-            summary["probes"][t] = {"accuracy": res.accuracy.tolist(), "control": res.control_accuracy.tolist(),
-                                    "selectivity": res.selectivity.tolist(), "chance": res.chance}
-        log(f"probes done ({time.perf_counter() - t0:.0f}s)")
-    if {"rankings", "knockout"} & set(cfg.parts):
-        summary["rankings"] = {}
-        for name, sc in rankings(model, data, planted, cfg.ig_steps).items():
-            sc.save(out / f"ranking_{name}.json")
-            sc.plot(title=f"{name} on {model_name}").write_html(out / f"ranking_{name}.html", include_plotlyjs="cdn")
-            summary["rankings"][name] = grade(scores_of(sc), planted)
-        log(f"rankings done ({time.perf_counter() - t0:.0f}s)")
-    if "knockout" in cfg.parts:
-        means = head_means(model, data["pairs"], 64)
-        curve = knockout_curve(model, data["items"], {n: g["ranking"] for n, g in summary["rankings"].items()} | {
-            "G (planted)": planted}, means, max_k=2 * len(planted), n_random=cfg.n_random, seed=cfg.seed,
-            accuracy=partial(accuracy, batch_size=64))
-        curve.save(out / "knockout_curves.json")
-        curve.plot().write_html(out / "knockout_curves.html", include_plotlyjs="cdn")
-        summary["knockout"] = {"base_accuracy": curve.base_accuracy, "ks": curve.ks, "curves": curve.curves,
-                               "random": curve.random_summary()}
-        log(f"knockout done ({time.perf_counter() - t0:.0f}s)")
-    if "finetune" in cfg.parts and cfg.ft_seeds:
-        base = load_model(cfg.base, device="cpu")
-        bdata = study_data(base, cfg)
-        base_scores = rankings_activation(base, bdata)
-        base_scores.save(out / "base_ranking_activation.json")
-        ranking = top_heads(base_scores, base_scores.scores.size)
-        ft = finetune_runs(cfg, ranking, planted, log=log, deltas_dir=out)
-        ft["base_ranking"] = grade(base_scores.scores, planted)
-        summary["finetune"] = ft
-        log(f"fine-tuning done ({time.perf_counter() - t0:.0f}s)")
-        if "closed_loop" in cfg.parts:
-            base_probes = probes(base, bdata["probe_items"])
-            k = len(planted)
-            roles = attention_roles(base, [it for it in bdata["items"] if it["answerable"]][:300], ranking[:k])
-            loop, tuned_scores = closed_loop(cfg, out / "deltas_top.safetensors", base_scores, base_probes, roles)
-            tuned_scores.save(out / "tuned_ranking_activation.json")
-            loop["tuned_ranking_vs_G"] = grade(tuned_scores.scores, planted)
-            summary["closed_loop"] = loop
-            log(f"closed loop done ({time.perf_counter() - t0:.0f}s)")
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "study.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "tables.md").write_text(tables(summary))
-    return summary
 
 
 # ------------------------------------------------------------------ tables for the docs

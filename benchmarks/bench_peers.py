@@ -12,17 +12,28 @@ prompt at every position. The number per head is the mean over pairs of the logi
 - ``transformerlens``: ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` with the
   clean tokens as the run and the corrupted run's cache as the source (noising);
 - ``nnsight``: one ``trace`` per head on the transformers copy, the corrupted ``o_proj`` inputs
-  saved from one trace first (the form its tutorials use for activation patching);
+  saved from one trace first, one head's columns of the clean run's ``o_proj`` input overwritten;
+- ``nnsight-skip``: the same, and every layer before the patched one ``skip``ped, its output taken
+  from one saved clean trace (nnsight's fastest exact form: those layers are not recomputed);
 - ``pyvene``: one ``IntervenableModel`` per layer with a ``VanillaIntervention`` on
-  ``head_attention_value_output`` (unit ``h.pos``), called once per head with all pairs batched.
+  ``head_attention_value_output`` (unit ``h.pos``, every position), one call per head with the
+  corrupted prompts as its source (the tutorials' form: the source reruns on every call);
+- ``pyvene-batched``: the same model per layer, one call per layer with every head a block of rows
+  (heads x pairs), the source given as ``source_representations`` collected once from the
+  corrupted run (``CollectIntervention``).
+
+Every transformers-based run passes ``use_cache=False``; the nnsight traces and pyvene-batched also
+pass ``logits_to_keep`` (only the final positions are unembedded). The plain hooks, the tutorials'
+pyvene and TransformerLens's call unembed every position (its API has no such option).
 
 The peers are not dependencies of vru-lens: ``make bench-peers`` builds a throwaway environment
-with pinned nnsight and pyvene beside the locked set and runs this script; a peer that is not
+with pinned nnsight and pyvene, every package the lock pins at its locked version, and runs this script; a peer that is not
 importable is reported as skipped. Times are CPU seconds of this process (``time.process_time``),
 which a shared machine disturbs less than wall time; run it at one thread.
 
-    python benchmarks/bench_peers.py --model smollm2-135m-instruct --pairs 4 --threads 1 --out peers.json
-    python benchmarks/bench_peers.py --model tiny-llama --pairs 2          # seconds
+    make bench-peers                                              # SmolLM2-135M-Instruct, 1 pair, 1 thread
+    make bench-peers PEERS_ARGS="--pairs 4 --threads 1 --out peers.json"
+    python benchmarks/bench_peers.py --model vru-organism --pairs 2        # seconds
 """
 
 from __future__ import annotations
@@ -60,7 +71,7 @@ def final_ld(logits, pt, width):
 
 
 @torch.inference_mode()
-def plain_hooks(hf, pt, L, H, d_head):
+def plain_hooks(hf, pt, L, H, d_head, layers):
     """Forward pre-hooks on o_proj: record the corrupted input, then patch one head's slice per forward."""
     width = int(pt.final_pos.max()) + 1
     clean, corrupt = pt.clean[:, :width], pt.corrupt[:, :width]
@@ -70,8 +81,8 @@ def plain_hooks(hf, pt, L, H, d_head):
     hf(input_ids=corrupt, use_cache=False)
     for h_ in handles:
         h_.remove()
-    out = torch.empty(L, H)
-    for l in range(L):
+    out = torch.full((L, H), float("nan"))
+    for l in layers:
         for h in range(H):
             cols = slice(h * d_head, (h + 1) * d_head)
 
@@ -86,14 +97,18 @@ def plain_hooks(hf, pt, L, H, d_head):
     return out
 
 
-def vru_lens_sweep(model, pt):
+def vru_lens_sweep(model, pt, layers):
     from vru_lens.patching import activation_patch_heads
 
-    return activation_patch_heads(model, pt, "z", "noising", batch_size=len(pt), progress=False).mean(0)
+    return activation_patch_heads(model, pt, "z", "noising", batch_size=len(pt), progress=False,
+                                  layers=layers).mean(0)
 
 
 @torch.inference_mode()
-def transformerlens(model, pt):
+def transformerlens(model, pt, layers):
+    import itertools
+
+    import pandas as pd
     from transformer_lens import patching as tlp
 
     from vru_lens.readout import logit_diff_from_logits
@@ -104,7 +119,17 @@ def transformerlens(model, pt):
         logits, pt.final_pos, pt.clean_answer, pt.corrupt_answer).mean()
     _, cache = model.run_with_cache(corrupt, names_filter=lambda name: name.endswith("attn.hook_z"))
     # noising: the run is the clean prompt, the patched-in activations come from the corrupted one
-    return tlp.get_act_patch_attn_head_out_all_pos(model, clean, cache, metric).float()
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if list(layers) == list(range(L)):
+        return tlp.get_act_patch_attn_head_out_all_pos(model, clean, cache, metric).float()
+    # some layers: the same function's own code path (generic_activation_patch) with its index_df cut down
+    index_df = pd.DataFrame(list(itertools.product(layers, range(H))), columns=["layer", "head"])
+    flat = tlp.generic_activation_patch(model, clean, cache, metric, patch_setter=tlp.layer_head_vector_patch_setter,
+                                        activation_name="z", index_df=index_df)
+    out = torch.full((L, H), float("nan"))
+    for (layer, h), v in zip(index_df.itertuples(index=False), flat.float()):
+        out[layer, h] = v
+    return out
 
 
 def _keep(pt):
@@ -121,7 +146,7 @@ def _final_ld_kept(logits, pt, keep, reps=1):
 
 
 @torch.inference_mode()
-def nnsight_traces(hf, pt, L, H, d_head, skip_earlier=False):
+def nnsight_traces(hf, pt, L, H, d_head, layers, skip_earlier=False):
     """One ``trace`` per head: the corrupted ``o_proj`` inputs saved from one trace, one head's slice of the
     clean run's ``o_proj`` input overwritten in place. ``skip_earlier``: the clean run's layer outputs are saved
     from one more trace and, in each head's trace, layers before the patched one are ``skip``ped with them."""
@@ -132,25 +157,25 @@ def nnsight_traces(hf, pt, L, H, d_head, skip_earlier=False):
     clean, corrupt = pt.clean[:, :width], pt.corrupt[:, :width]
     keep = _keep(pt)
     lm = NNsight(hf)
-    layers = lm.model.layers
+    blocks = lm.model.layers
     with lm.trace(corrupt, use_cache=False):
         saved = nnsight.save([])  # 0.8: a trace body runs in its own frame, only saved objects come back
         for l in range(L):
-            saved.append(layers[l].self_attn.o_proj.input.clone())
+            saved.append(blocks[l].self_attn.o_proj.input.clone())
     if skip_earlier:
         with lm.trace(clean, use_cache=False):
             clean_out = nnsight.save([])
             for l in range(L):
-                clean_out.append(layers[l].output.clone())
-    out = torch.empty(L, H)
-    for l in range(L):
+                clean_out.append(blocks[l].output.clone())
+    out = torch.full((L, H), float("nan"))
+    for l in layers:
         for h in range(H):
             cols = slice(h * d_head, (h + 1) * d_head)
             with lm.trace(clean, use_cache=False, logits_to_keep=keep):
                 if skip_earlier:
                     for j in range(l):
-                        layers[j].skip(clean_out[j])
-                layers[l].self_attn.o_proj.input[..., cols] = saved[l][..., cols]
+                        blocks[j].skip(clean_out[j])
+                blocks[l].self_attn.o_proj.input[..., cols] = saved[l][..., cols]
                 logits = lm.output.logits.save()
             out[l, h] = _final_ld_kept(logits, pt, keep).mean()
     return out
@@ -162,7 +187,7 @@ def _pyvene_where(heads, width):
 
 
 @torch.inference_mode()
-def pyvene_heads(hf, pt, L, H, batched=True):
+def pyvene_heads(hf, pt, L, H, layers, batched=True):
     """One ``IntervenableModel`` per layer with a ``VanillaIntervention`` on ``head_attention_value_output``
     (``o_proj``'s input split into heads, unit ``h.pos``, every position). ``batched=False``: one call per head
     with the corrupted prompts as the source (the tutorials' form). ``batched``: one call per layer, every head
@@ -173,23 +198,24 @@ def pyvene_heads(hf, pt, L, H, batched=True):
     width = int(pt.final_pos.max()) + 1
     clean, corrupt = pt.clean[:, :width], pt.corrupt[:, :width]
     B, keep = len(pt), _keep(pt)
-    out = torch.empty(L, H)
+    out = torch.full((L, H), float("nan"))
     if batched:
         # every layer's every head at every position of the corrupted run, collected in one forward
         # keep_last_dim: collect (pairs, H, positions, d_head) as is (flattened, the collect keeps only d_head
         # of the H x d_head columns)
         config = pv.IntervenableConfig(
             [{"layer": l, "component": "head_attention_value_output", "unit": "h.pos",
-              "intervention": pv.CollectIntervention(keep_last_dim=True)} for l in range(L)])
+              "intervention": pv.CollectIntervention(keep_last_dim=True)} for l in layers])
         collector = pv.IntervenableModel(config, model=hf)
         collector.disable_model_gradients()
         all_heads = [[list(range(H))] * B, [list(range(width))] * B]
         (_, collected), _ = collector({"input_ids": corrupt, "use_cache": False},
-                                      unit_locations={"base": [all_heads] * L})
+                                      unit_locations={"base": [all_heads] * len(layers)})
+        collected = dict(zip(layers, collected))
         base = {"input_ids": clean.repeat(H, 1), "use_cache": False, "logits_to_keep": keep}
         rows = [h for h in range(H) for _ in range(B)]
         where = _pyvene_where(rows, width)
-    for l in range(L):
+    for l in layers:
         config = pv.IntervenableConfig([{"layer": l, "component": "head_attention_value_output", "unit": "h.pos"}],
                                        intervention_types=pv.VanillaIntervention)
         im = pv.IntervenableModel(config, model=hf)
@@ -216,6 +242,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peers", default="transformerlens,nnsight-skip,nnsight,pyvene-batched,pyvene")
+    ap.add_argument("--layers", default=None,
+                    help="patch the heads of these layers only (comma-separated; default every layer)")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -236,15 +264,16 @@ def main():
     if len(pt) == 0:
         raise SystemExit(f"no counterfactual pairs matched {args.model}'s tokenizer; raise --pairs")
     L, H, d_head = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
+    layers = list(range(L)) if args.layers is None else [int(x) for x in args.layers.split(",")]
 
     runners = {
-        "plain": lambda: plain_hooks(hf, pt, L, H, d_head),
-        "vru-lens": lambda: vru_lens_sweep(model, pt),
-        "transformerlens": lambda: transformerlens(model, pt),
-        "nnsight-skip": lambda: nnsight_traces(hf, pt, L, H, d_head, skip_earlier=True),
-        "nnsight": lambda: nnsight_traces(hf, pt, L, H, d_head),
-        "pyvene-batched": lambda: pyvene_heads(hf, pt, L, H, batched=True),
-        "pyvene": lambda: pyvene_heads(hf, pt, L, H, batched=False),
+        "plain": lambda: plain_hooks(hf, pt, L, H, d_head, layers),
+        "vru-lens": lambda: vru_lens_sweep(model, pt, layers),
+        "transformerlens": lambda: transformerlens(model, pt, layers),
+        "nnsight-skip": lambda: nnsight_traces(hf, pt, L, H, d_head, layers, skip_earlier=True),
+        "nnsight": lambda: nnsight_traces(hf, pt, L, H, d_head, layers),
+        "pyvene-batched": lambda: pyvene_heads(hf, pt, L, H, layers, batched=True),
+        "pyvene": lambda: pyvene_heads(hf, pt, L, H, layers, batched=False),
     }
     modules = {"transformerlens": "transformer_lens", "nnsight": "nnsight", "nnsight-skip": "nnsight",
                "pyvene": "pyvene", "pyvene-batched": "pyvene"}
@@ -261,14 +290,15 @@ def main():
                 rows[name] = {"skipped": f"not importable ({err}); `make bench-peers` installs it"}
                 continue
         result, seconds = timed(runners[name])
-        rows[name] = {"cpu_s": round(seconds, 2), "result": result}
+        rows[name] = {"cpu_s": round(seconds, 2), "result": result[layers]}
+        print(f"  {name}: {seconds:.1f} CPU s", flush=True)
     versions["vru-lens"] = importlib.metadata.version("vru-lens")
 
     truth = rows["plain"]["result"]
     effect = float((truth - truth.mean()).abs().max())
     tol = min(TOL, REL * effect) if effect > 0 else TOL
     base = rows["vru-lens"]["cpu_s"]
-    print(f"{args.model}, {len(pt)} pairs of {int(pt.lengths.max())} tokens, {L * H} heads, "
+    print(f"{args.model}, {len(pt)} pairs of {int(pt.lengths.max())} tokens, {len(layers) * H} heads (layers {args.layers or 'all'}), "
           f"{args.threads} thread(s); heads' effects span {effect:.3g} logits, tolerance {tol:.2g}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(f"{'implementation':<18}{'CPU s':>10}{'vs vru-lens':>14}{'max |diff| vs plain hooks':>28}")
@@ -280,7 +310,7 @@ def main():
         row["agrees"] = row["max_abs_diff_vs_plain"] <= tol
         row["vs_vru_lens"] = round(row["cpu_s"] / base, 1) if base > 0 else None
         print(f"{name:<18}{row['cpu_s']:>10.2f}{row['vs_vru_lens']:>13}x{row['max_abs_diff_vs_plain']:>28.2g}")
-    report = {"model": args.model, "pairs": len(pt), "max_tokens": int(pt.lengths.max()), "heads": L * H,
+    report = {"model": args.model, "pairs": len(pt), "max_tokens": int(pt.lengths.max()), "heads": len(layers) * H, "layers": layers,
               "threads": args.threads, "effect_span": effect, "tolerance": tol, "versions": versions,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
     if args.out:

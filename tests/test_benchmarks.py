@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,3 +78,25 @@ def test_cuda_check_runs_on_two_cpu_devices(tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert all(m["top_equal"] and m["max_abs_diff"] == 0 for m in rep["methods"].values())
     assert rep["activation_fast_vs_reference_cuda"]["max_abs_diff"] < 1e-4
+
+
+def _peers_missing() -> str | None:
+    import importlib.util
+
+    missing = [m for m in ("nnsight", "pyvene") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed (not in the lock; `make bench-peers` builds a venv with them)" \
+        if missing else None
+
+
+@pytest.mark.skipif(_peers_missing() is not None, reason=_peers_missing() or "")
+def test_bench_peers_every_implementation_agrees_with_plain_hooks(tmp_path):
+    """The race at its smallest (the organism, 2 pairs, 32 heads): every peer runs and matches plain o_proj hooks."""
+    out = tmp_path / "peers.json"
+    run("bench_peers.py", "--model", "vru-organism", "--pairs", "2", "--threads", "1", "--out", str(out))
+    rep = json.loads(out.read_text())
+    rows = rep["rows"]
+    assert set(rows) == {"plain", "vru-lens", "transformerlens", "nnsight-skip", "nnsight", "pyvene-batched", "pyvene"}
+    assert rep["effect_span"] > 1.0  # the patches move the logits, so agreement means something
+    for name, row in rows.items():
+        assert "skipped" not in row, name
+        assert row["agrees"] and row["max_abs_diff_vs_plain"] <= rep["tolerance"], (name, row)

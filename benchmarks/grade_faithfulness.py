@@ -96,9 +96,13 @@ def main():
                        "corrupt_flipped": float((faith.corrupt_ld < 0).mean())}
     for name, r in s["rankings"].items():
         out["methods"].setdefault(name, {}).update({k: r[k] for k in ("cpr", "cpr_ci", "cmd", "cmd_ci", "f")})
+        if circuit and len(circuit) in faith.ks:  # the top |C| heads alone, with a CI over pairs
+            out["methods"][name]["f_at_circuit_size"] = faith.at(name, len(circuit))
         print(f"faithfulness {name}: CPR {r['cpr']:.3f} [{r['cpr_ci'][0]:.3f}, {r['cpr_ci'][1]:.3f}], "
               f"CMD {r['cmd']:.3f} [{r['cmd_ci'][0]:.3f}, {r['cmd_ci'][1]:.3f}]", flush=True)
     out["random"] = s["random"]
+    if circuit and len(circuit) in faith.ks:
+        out["random"]["f_at_circuit_size"] = faith.at("random", len(circuit))
     rnd = s["random"]
     print(f"faithfulness random ({rnd['n_draws']} orderings): CPR {rnd['cpr_mean']:.3f} 5-95% {rnd['cpr_5_95']}, "
           f"CMD {rnd['cmd_mean']:.3f} 5-95% {rnd['cmd_5_95']} ({out['seconds_faithfulness']}s)")

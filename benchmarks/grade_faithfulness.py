@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--chat", default=None, choices=("true", "false"), help="default: the model's kind")
     ap.add_argument("--ablation", default="resample", choices=("resample", "mean", "zero"))
     ap.add_argument("--n-random", type=int, default=20)
+    ap.add_argument("--ks", default=None, help="comma list of head counts (default: faithfulness.default_ks)")
     ap.add_argument("--methods", default=None, help="comma list (default: every registered method)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
@@ -85,7 +86,8 @@ def main():
     if circuit:
         rankings[CIRCUIT] = circuit
     t = time.perf_counter()
-    faith = faithfulness_curve(model, pt, rankings, ablation=args.ablation, n_random=args.n_random, seed=args.seed,
+    ks = [int(k) for k in args.ks.split(",")] if args.ks else None
+    faith = faithfulness_curve(model, pt, rankings, ks=ks, ablation=args.ablation, n_random=args.n_random, seed=args.seed,
                                batch_size=args.batch_size, progress=False)
     out["seconds_faithfulness"] = round(time.perf_counter() - t, 1)
     s = faith.summary()

@@ -100,3 +100,19 @@ def test_bench_peers_every_implementation_agrees_with_plain_hooks(tmp_path):
     for name, row in rows.items():
         assert "skipped" not in row, name
         assert row["agrees"] and row["max_abs_diff_vs_plain"] <= rep["tolerance"], (name, row)
+
+
+def test_grade_faithfulness_on_the_organism(tmp_path):
+    out = tmp_path / "f.json"
+    run("grade_faithfulness.py", "--model", "vru-organism", "--pairs", "4", "--n-random", "2",
+        "--methods", "activation,gradient", "--out", str(out))
+    rep = json.loads(out.read_text())
+    assert set(rep["methods"]) == {"activation", "gradient", "circuit C (known answer)"}
+    for name, row in rep["methods"].items():
+        assert row["f"][-1] == 1.0 or abs(row["f"][-1] - 1) < 1e-5, name  # every head clean: all recovered
+        assert row["cpr_ci"][0] <= row["cpr"] <= row["cpr_ci"][1] or len(set(row["cpr_ci"])) == 1
+    assert 0 <= rep["methods"]["activation"]["auroc"] <= 1 and rep["random"]["n_draws"] == 2
+    from vru_lens.patching import faithfulness  # noqa: F401  (registers the result type)
+    from vru_lens.results import load_result
+
+    assert load_result(tmp_path / "f_curves.json").summary()["n_pairs"] == 4

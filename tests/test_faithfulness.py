@@ -115,3 +115,19 @@ def test_a_head_scores_ranking_and_bad_input(setup):
     kv = rank_heads(model, pt, "activation", component="k", n_boot=0, progress=False)
     with pytest.raises(ValueError, match="key/value heads"):
         faithfulness_curve(model, pt, {"k": kv})
+
+
+def test_f_at_one_k_with_its_bootstrap_ci():
+    """``at``: f at one k is the curve's value there; its CI comes from resampling pairs; random gives its band."""
+    clean, corrupt = np.array([4.0, 6.0, 5.0]), np.array([0.0, 0.0, 1.0])
+    lds = np.array([[0.0, 0.0, 1.0], [2.0, 3.0, 3.0], [4.0, 6.0, 5.0]])  # k = 0, 2, 4
+    rnd = np.stack([lds * 0.5, lds * 0.25])
+    res = FaithfulnessResult("m", "resample", 4, [0, 2, 4], clean, corrupt, {"r": lds}, rnd, {"r": []})
+    got = res.at("r", 2, n_boot=300)
+    assert got["f"] == pytest.approx(res.faithfulness(lds)[1]) and got["low"] <= got["f"] <= got["high"]
+    assert res.at("r", 4)["f"] == pytest.approx(1.0) and res.at("r", 4)["high"] - res.at("r", 4)["low"] < 1e-9
+    band = res.at("random", 2)
+    f = res.random_curves()[:, 1]
+    assert band["f"] == pytest.approx(f.mean()) and band["low"] == pytest.approx(np.quantile(f, 0.05))
+    with pytest.raises(ValueError, match="not on this curve's grid"):
+        res.at("r", 3)

@@ -5,7 +5,10 @@
 them out; ``build_report([...], path)`` does the same for results (or studies) in memory.
 The page reads results only through the result contract (``vru_lens.results.Result``:
 ``summary()``, ``to_frame()``, ``plot()``), apart from the figures that overlay several
-results (``vru_lens.viz``). plotly.js and circuitsvis's JavaScript are inlined once each, so
+results (``vru_lens.viz``). A faithfulness result (``patching.faithfulness.FaithfulnessResult``) saved in a
+model's folder as ``faithfulness*.json`` is shown too (a CPR/CMD table and its curves), listed in the
+manifest or not: a study does not compute one, ``faithfulness_curve(...).save(OUT/<model>/faithfulness.json)``
+adds it. plotly.js and circuitsvis's JavaScript are inlined once each, so
 the page opens with no network.
 """
 
@@ -38,14 +41,15 @@ def _table(header: list, rows: list) -> str:
 # the stage each kind of result fills in a study (vru_lens.study's names); a result of another kind
 # is shown by its own plot() under "Other results"
 STAGE = {"EvalResult": "eval", "ProbeResult": "probe", "LogitLensResult": "lens", "HeadScores": "rank",
-         "KnockoutCurve": "knockout", "AttentionPatterns": "attention", "FinetuneResult": "finetune"}
+         "KnockoutCurve": "knockout", "AttentionPatterns": "attention", "FinetuneResult": "finetune",
+         "FaithfulnessResult": "faithfulness"}
 
 
 def _result_types() -> None:
     """Import every module that defines a result, so ``load_result`` knows them all."""
     from . import evaluate, general_eval, logit_lens, probe, viz  # noqa: F401
     from .finetune import run, train  # noqa: F401
-    from .patching import knockout, path, scores  # noqa: F401
+    from .patching import faithfulness, knockout, path, scores  # noqa: F401
 
 
 def load_study(folder: Path) -> dict:
@@ -56,6 +60,14 @@ def load_study(folder: Path) -> dict:
     manifest = json.loads((folder / "study.json").read_text())
     results = {stage: load_result(folder / name) for stage, name in manifest["files"].items()
                if name.endswith(".json") and (folder / name).exists()}
+    listed = set(manifest["files"].values())
+    for path in sorted(folder.glob("faithfulness*.json")):  # saved beside the study by hand (a study makes none)
+        if path.name not in listed:
+            res = load_result(path)
+            if type(res).__name__ != "FaithfulnessResult":
+                raise ValueError(f"{path} holds a {type(res).__name__}; a faithfulness*.json file in a study folder "
+                                 "is read as a FaithfulnessResult")
+            results[path.stem] = res
     return {**manifest, "results": results}
 
 
@@ -188,6 +200,26 @@ def summary(studies: list) -> str:
                        "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
                        "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
                        "benchmarks otherwise.</p>")
+    rows = []
+    for st in studies:
+        for stage, fr in st["results"].items():
+            if not stage.startswith("faithfulness"):
+                continue
+            s = fr.summary(n_boot=500)
+            rnd = s["random"]
+            for name, r in s["rankings"].items():
+                rows.append([_e(st["model"]), _e(name), _e(s["ablation"]), s["n_pairs"],
+                             f"{r['cpr']:.2f} [{r['cpr_ci'][0]:.2f}, {r['cpr_ci'][1]:.2f}]",
+                             f"{r['cmd']:.2f} [{r['cmd_ci'][0]:.2f}, {r['cmd_ci'][1]:.2f}]",
+                             f"{rnd['cpr_mean']:.2f} (5-95%: {rnd['cpr_5_95'][0]:.2f}-{rnd['cpr_5_95'][1]:.2f})",
+                             f"{rnd['cmd_mean']:.2f} (5-95%: {rnd['cmd_5_95'][0]:.2f}-{rnd['cmd_5_95'][1]:.2f})"])
+    if rows:
+        parts.append("<h3>Faithfulness: the top-k heads of each ranking kept clean, the others replaced</h3>"
+                     + _table(["model", "ranking", "other heads", "pairs", "CPR [95% CI over pairs]",
+                               "CMD [95% CI over pairs]", "random orderings: CPR", "random orderings: CMD"], rows)
+                     + "<p class='note'>CPR: the area under the fraction of the clean-minus-corrupt logit difference "
+                       "recovered, over the fraction of heads kept (higher is better); CMD: the area of its distance "
+                       "to 1 (lower is better). A ranking is worth its CPR/CMD only outside the random band.</p>")
     return "<h2>Summary</h2>" + "".join(parts)
 
 
@@ -236,6 +268,10 @@ def figures(st: dict, figure, attention) -> str:
                                     line={"dash": dash, "color": "black", "width": 1})
         fig.update_layout(yaxis_tickformat=".0%")
         out.append(figure(fig))
+    for stage, fr in res.items():
+        if stage.startswith("faithfulness"):
+            out.append(figure(fr.plot(f"Faithfulness on {model}: top-k heads of each ranking clean, the others "
+                                      f"{fr.ablation} (band: random head sets, 5-95%)")))
     tuned = {k.removeprefix("finetune_"): v for k, v in res.items() if k.startswith("finetune_")}
     if tuned:
         out.append(figure(finetune_curves(tuned)))

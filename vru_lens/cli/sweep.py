@@ -19,6 +19,9 @@ def sweep(
 ):
     """Rank heads over a grid of models, methods, metrics, pair counts, styles and seeds; resumable.
 
+    A top-level `task = "pairs.jsonl"` in CONFIG ranks on your own prompt pairs (one {"clean", "corrupt",
+    "clean_answer", "corrupt_answer"} object a line) instead of VRUBench items; a bad line is refused by number.
+
     --out DIR (default: beside CONFIG, CONFIG without suffix) holds cells/<hash>.json, cells.csv,
     stability.csv, figures.html and sweep.json. --json prints one object: "cells" (each with its
     "settings", its "top" heads as rows of layer, head, score, and "auroc") and "stability".

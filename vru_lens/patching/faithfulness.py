@@ -112,6 +112,21 @@ class FaithfulnessResult(Result):
         return {"cpr": cpr, "cmd": cmd, "cpr_ci": [float(np.quantile(b[:, 0], lo)), float(np.quantile(b[:, 0], hi))],
                 "cmd_ci": [float(np.quantile(b[:, 1], lo)), float(np.quantile(b[:, 1], hi))]}
 
+    def at(self, name: str, k: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+        """f of one ranking at ``k`` heads kept (one of ``ks``) with a bootstrap CI over pairs; ``name``
+        "random" gives the random orderings' mean f and their 5-95% range instead."""
+        if k not in self.ks:
+            raise ValueError(f"k = {k} is not on this curve's grid {list(self.ks)}")
+        j = list(self.ks).index(k)
+        if name == "random":
+            f = self.random_curves()[:, j]
+            return {"k": k, "f": float(f.mean()), "low": float(np.quantile(f, 0.05)), "high": float(np.quantile(f, 0.95))}
+        lds, n = self.curves[name][j : j + 1], len(self.clean_ld)
+        rng = np.random.default_rng(seed)
+        boot = [float(self.faithfulness(lds, rng.integers(0, n, n))[0]) for _ in range(n_boot)]
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot else (np.nan, np.nan)
+        return {"k": k, "f": float(self.faithfulness(lds)[0]), "low": float(lo), "high": float(hi)}
+
     def random_curves(self) -> np.ndarray:
         """[draw, k] f of each random ordering."""
         return np.stack([self.faithfulness(r) for r in self.random])

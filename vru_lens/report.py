@@ -169,14 +169,15 @@ def summary(studies: list) -> str:
             blind = _pct(ev.summary()["blind_baseline"]) if ev is not None else "n/a"
             ks = s["ks"]
             for k in sorted({len(st.get("circuit") or ()) or ks[-1], ks[-1]} & set(ks)):
-                r = s["random"][str(k)]
                 for name, accs in s["curves"].items():
+                    r = s["random"][name][str(k)]
                     rows.append([_e(st["model"]), _e(name), k, _pct(s["base_accuracy"]), _pct(accs[ks.index(k)]),
                                  f"{_pct(r['mean'])} (5-95%: {_pct(r['low'])}-{_pct(r['high'])}, "
                                  f"{r['n_draws']} draws)", blind])
     if rows:
-        parts.append("<h3>Knockout: the top-k heads mean-ablated together, against k random heads</h3>"
-                     + _table(["model", "ranking", "k", "no ablation", "top-k ablated", "random k ablated",
+        parts.append("<h3>Knockout: the top-k heads mean-ablated together, against k random heads drawn outside "
+                     "that top k</h3>"
+                     + _table(["model", "ranking", "k", "no ablation", "top-k ablated", "random k outside it ablated",
                                "best rotation-blind rule"], rows))
     rows = []
     for st in studies:
@@ -258,7 +259,7 @@ def figures(st: dict, figure, attention) -> str:
                                    (" (squares: the circuit C)" if circuit else ""))))
     if "knockout" in res:
         ks, ev = res["knockout"].summary()["ks"], res.get("eval")
-        fig = res["knockout"].plot(f"Knockout curves on {model}: top-k heads of each ranking vs random k")
+        fig = res["knockout"].plot(f"Knockout curves on {model}: top-k heads of each ranking vs random k outside it")
         if ev is not None:  # the floors, on the same test items
             s = ev.summary()
             for value, name, dash in ((s["chance"], "chance", "dash"),

@@ -242,7 +242,7 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     chat = chat_for(lm, cfg.chat)
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
-    k_max = min(cfg.knockout_k or 2 * top_k, n_heads - 1)
+    k_max = min(cfg.knockout_k or 2 * top_k, n_heads // 2)  # random k-sets are drawn outside the top k
     data = {"seed": cfg.seed, "chat": chat}
     test_items = make_items(cfg.n_eval, cfg.seed, split="test")
     pair_items = make_items(4 * cfg.n_pairs, cfg.seed + 1, PAIRABLE, split="validation")

@@ -241,11 +241,12 @@ def tables(s: dict) -> str:
     if "knockout" in s:
         ko = s["knockout"]
         names = list(ko["curves"])
-        lines += ["| k | " + " | ".join(names) + " | random k: mean [5-95%] |", "|---" * (len(names) + 2) + "|"]
+        lines += ["| k | " + " | ".join(f"{n} (random k outside it: mean [5-95%])" for n in names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
         for i, k in enumerate(ko["ks"]):
-            r = ko["random"][str(k)]
-            lines.append(f"| {k} | " + " | ".join(pct(ko["curves"][n][i]) for n in names)
-                         + f" | {pct(r['mean'])} [{pct(r['low'])}, {pct(r['high'])}] |")
+            cell = lambda n: (f"{pct(ko['curves'][n][i])} ({pct(ko['random'][n][str(k)]['mean'])} "  # noqa: E731
+                              f"[{pct(ko['random'][n][str(k)]['low'])}, {pct(ko['random'][n][str(k)]['high'])}])")
+            lines.append(f"| {k} | " + " | ".join(cell(n) for n in names) + " |")
         lines.append(f"\n(no heads ablated: {pct(ko['base_accuracy'])})\n")
     if "finetune" in s:
         ft = s["finetune"]

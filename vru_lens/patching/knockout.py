@@ -139,8 +139,9 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
 class KnockoutCurve(Result):
     """Accuracy as the top-k heads of each ranking are mean-ablated together, k = 1..max, beside random k-sets.
 
-    ``random[k]``: accuracies of ``n_random`` draws of k heads from all heads (the same draws for every
-    ranking); the band is their 5th-95th percentile.
+    ``random[name][k]``: accuracies of ``n_random`` draws of k heads from the heads *outside* that ranking's
+    top k (so a random set never shares a head with the set it is compared with); the band is their
+    5th-95th percentile.
     """
 
     model: str
@@ -148,43 +149,53 @@ class KnockoutCurve(Result):
     ks: list
     curves: dict  # ranking name -> [accuracy at k for k in ks]
     tops: dict  # ranking name -> its heads, best first
-    random: dict  # str(k) -> [accuracy of each draw]
+    random: dict  # ranking name -> str(k) -> [accuracy of each draw outside that ranking's top k]
+
+    def __post_init__(self):
+        if set(self.random) != set(self.curves):
+            raise ValueError("this knockout curve's random sets are not drawn per ranking (a file written before "
+                             "random k-sets were drawn outside each top k): rerun the knockout stage")
 
     def random_summary(self) -> dict:
+        """ranking name -> str(k) -> mean and 5th-95th percentile of its random k-sets."""
         import numpy as np
 
-        return {k: {"mean": float(np.mean(v)), "low": float(np.quantile(v, 0.05)), "high": float(np.quantile(v, 0.95))}
-                for k, v in self.random.items()}
+        return {name: {k: {"mean": float(np.mean(v)), "low": float(np.quantile(v, 0.05)),
+                           "high": float(np.quantile(v, 0.95)), "n_draws": len(v)} for k, v in by_k.items()}
+                for name, by_k in self.random.items()}
 
     def summary(self) -> dict:
-        """Accuracy at each k for each ranking and for random k-sets (mean, 5th-95th percentile, draws)."""
-        rnd = self.random_summary()
+        """Accuracy at each k for each ranking and for random k-sets outside its top k (mean, 5th-95th percentile)."""
         return {"model": self.model, "base_accuracy": self.base_accuracy, "ks": list(self.ks),
                 "curves": {name: list(accs) for name, accs in self.curves.items()},
                 "tops": {name: [list(h) for h in heads] for name, heads in self.tops.items()},
-                "random": {k: {**r, "n_draws": len(self.random[k])} for k, r in rnd.items()}}
+                "random": self.random_summary()}
 
     def to_frame(self):
-        """One row per (ranking, k); random k-sets as ranking "random" (their mean, with the 5-95% band)."""
+        """One row per (ranking, k), with the mean and 5-95% band of the random k-sets outside its top k."""
         import pandas as pd
 
         rnd = self.random_summary()
-        rows = [{"ranking": name, "k": k, "accuracy": acc} for name, accs in self.curves.items()
-                for k, acc in zip(self.ks, accs)]
-        rows += [{"ranking": "random", "k": k, "accuracy": rnd[str(k)]["mean"], "low": rnd[str(k)]["low"],
-                  "high": rnd[str(k)]["high"]} for k in self.ks]
-        return pd.DataFrame(rows)
+        return pd.DataFrame([{"ranking": name, "k": k, "accuracy": acc, "random_mean": rnd[name][str(k)]["mean"],
+                              "random_low": rnd[name][str(k)]["low"], "random_high": rnd[name][str(k)]["high"]}
+                             for name, accs in self.curves.items() for k, acc in zip(self.ks, accs)])
 
     def plot(self, title: str | None = None):
+        import plotly.colors
         import plotly.graph_objects as go
 
         rnd = self.random_summary()
-        lo, hi, mean = ([rnd[str(k)][x] for k in self.ks] for x in ("low", "high", "mean"))
-        fig = go.Figure([go.Scatter(x=self.ks + self.ks[::-1], y=hi + lo[::-1], fill="toself", line={"width": 0},
-                                    fillcolor="rgba(128,128,128,0.25)", name="random k: 5-95%"),
-                         go.Scatter(x=self.ks, y=mean, name="random k: mean", line={"dash": "dash", "color": "gray"})])
-        for name, accs in self.curves.items():
-            fig.add_scatter(x=self.ks, y=accs, name=name, mode="lines+markers")
+        fig = go.Figure()
+        palette = plotly.colors.qualitative.Plotly
+        for i, (name, accs) in enumerate(self.curves.items()):
+            color = palette[i % len(palette)]
+            lo, hi, mean = ([rnd[name][str(k)][x] for k in self.ks] for x in ("low", "high", "mean"))
+            fig.add_scatter(x=self.ks + self.ks[::-1], y=hi + lo[::-1], fill="toself", line={"width": 0},
+                            fillcolor=color, opacity=0.15, legendgroup=name, name=f"{name}: random k outside, 5-95%")
+            fig.add_scatter(x=self.ks, y=mean, line={"dash": "dash", "color": color}, legendgroup=name,
+                            name=f"{name}: random k outside, mean")
+            fig.add_scatter(x=self.ks, y=accs, name=name, mode="lines+markers", line={"color": color},
+                            legendgroup=name)
         fig.update_layout(title=title or f"knockout curves on {self.model}", xaxis_title="heads mean-ablated (k)",
                           yaxis_title="accuracy", yaxis_range=[0, 1.02])
         return fig
@@ -193,7 +204,8 @@ class KnockoutCurve(Result):
 def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0, *,
                    accuracy: Accuracy) -> KnockoutCurve:
     """``accuracy(model, items)`` with the top-k of each ranking ({name: [(layer, head), ...] best first})
-    ablated, k = 1..max_k, and with ``n_random`` random k-sets; ``means``: ``head_means`` of the model."""
+    ablated, k = 1..max_k, and with ``n_random`` random k-sets drawn outside that top k (seeded per ranking
+    and k, so a ranking's draws do not depend on the others); ``means``: ``head_means`` of the model."""
     score = accuracy
 
     def accuracy(heads) -> float:
@@ -206,8 +218,15 @@ def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: in
         raise ValueError(f"max_k must lie in 1..{len(every)} (this model's heads), got {max_k}")
     ks = list(range(1, max_k + 1))
     tops = {name: [(int(l), int(h)) for l, h in heads][:max_k] for name, heads in rankings.items()}
-    rng = random.Random(seed)
+    if max_k > len(every) // 2:
+        raise ValueError(f"max_k = {max_k} leaves fewer than k heads outside the top k to draw random sets from "
+                         f"(this model has {len(every)} heads): use max_k <= {len(every) // 2}")
+
+    def outside(top, k):
+        rng = random.Random(f"{seed}:{'.'.join(f'{l}-{h}' for l, h in top[:k])}")
+        return [accuracy(random_heads(L, H, k, exclude=top[:k], rng=rng)) for _ in range(n_random)]
+
     return KnockoutCurve(model_name(model), accuracy([]), ks,
                          {name: [accuracy(top[:k]) for k in ks] for name, top in tops.items()},
                          {name: [list(h) for h in top] for name, top in tops.items()},
-                         {str(k): [accuracy(rng.sample(every, k)) for _ in range(n_random)] for k in ks})
+                         {name: {str(k): outside(top, k) for k in ks} for name, top in tops.items()})

@@ -113,3 +113,146 @@ def grade(truth: np.ndarray, ranking, threshold: float = THRESHOLD, n_boot: int 
     if np.isnan(au):  # no head above the threshold (or every head): AUROC undefined, recorded as None
         return {"auroc": None, "auroc_ci": None, "spearman": rho, "spearman_ci": ci(boot[:, 1])}
     return {"auroc": float(au), "auroc_ci": ci(boot[:, 0]), "spearman": rho, "spearman_ci": ci(boot[:, 1])}
+
+
+# ------------------------------------------------------------------ every ranking method against a known answer
+# The variants a grading table compares (InterpBench / issue 24): name -> ``rank_heads`` options.
+VARIANTS = {
+    "activation": {"method": "activation"},
+    "activation_denoising": {"method": "activation", "direction": "denoising"},
+    "path": {"method": "path"},
+    "attribution": {"method": "attribution"},
+    "attribution_ig16": {"method": "attribution", "ig_steps": 16},
+    "ablation": {"method": "ablation"},
+    "gradient": {"method": "gradient"},
+}
+
+
+def rank_every(model, pt: PairTokens, variants=VARIANTS, batch_size: int = 32, log=None) -> dict:
+    """{name: HeadScores} of every ranking variant on the same pairs (``variants``: names of ``VARIANTS``, or a
+    dict name -> ``rank_heads`` options)."""
+    import time
+
+    from .patching.rank import rank_heads
+
+    chosen = variants if isinstance(variants, dict) else {v: VARIANTS[v] for v in variants}
+    out = {}
+    for name, opts in chosen.items():
+        t0 = time.perf_counter()
+        out[name] = rank_heads(model, pt, **opts, n_boot=0, progress=False, batch_size=batch_size)
+        if log:
+            log(f"{name}: {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def _score_map(hs, idx):
+    from .patching.scores import score_from
+
+    return score_from(hs.per_pair[idx], hs.clean_ld[idx], hs.corrupt_ld[idx], hs.kind)
+
+
+def grade_rankings(rankings: dict, known, n_boot: int = 500, seed: int = 0, level: float = 0.95) -> dict:
+    """AUROC against ``known`` heads and precision at |known| of each ranking, each with a bootstrap CI over
+    pairs, and a paired bootstrap of every two rankings' AUROC difference (the same resampled pairs for all,
+    so the test sees how the methods differ on the same data). p: two-sided, the share of resamples on the
+    far side of zero, doubled."""
+    from .heads import top_heads
+    from .organism.verify import auroc
+
+    known = [tuple(int(x) for x in h) for h in known]
+    ns = {hs.per_pair.shape[0] for hs in rankings.values()}
+    if len(ns) != 1:
+        raise ValueError(f"the rankings were measured on different numbers of pairs ({sorted(ns)}): grade them "
+                         "on the same pairs")
+    n, k = ns.pop(), len(known)
+
+    def both(s):
+        top = top_heads(s, k)
+        return auroc(s, known), sum(t in known for t in top) / k
+
+    full = {name: both(hs.scores) for name, hs in rankings.items()}
+    rng = np.random.default_rng(seed)
+    boots = {name: [] for name in rankings}
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            row = {name: both(_score_map(hs, idx)) for name, hs in rankings.items()}
+        except ValueError:  # a resample whose clean and corrupt logit differences coincide: no score map
+            continue
+        for name, v in row.items():
+            boots[name].append(v)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    ci = lambda col: [float(x) for x in np.quantile(col, q)] if len(col) else None  # noqa: E731
+    table = {name: {"auroc": full[name][0], "auroc_ci": ci(np.array(boots[name])[:, 0] if boots[name] else []),
+                    "precision": full[name][1],
+                    "precision_ci": ci(np.array(boots[name])[:, 1] if boots[name] else []),
+                    "top": [list(h) for h in top_heads(rankings[name].scores, k)]} for name in rankings}
+    names, paired = list(rankings), {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = np.array(boots[a])[:, 0] - np.array(boots[b])[:, 0] if boots[a] else np.array([])
+            p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if len(d) else None
+            paired[f"{a} - {b}"] = {"diff": full[a][0] - full[b][0], "diff_ci": ci(d), "p": p}
+    return {"known": [list(h) for h in known], "n_pairs": n, "n_boot": len(next(iter(boots.values()))),
+            "level": level, "methods": table, "paired": paired}
+
+
+def known_answer(card: dict, against: str = "auto") -> tuple[str, list]:
+    """Which heads a ranking of this organism is graded against: its deficient heads D (a deficit organism)
+    or its complete circuit C; ``against`` "auto" picks D where the card names it."""
+    from .models.organisms import circuit_heads
+    from .organism.deficit import deficient_heads
+
+    if against not in ("auto", "circuit", "deficient"):
+        raise ValueError(f"--against must be auto, circuit or deficient, got {against!r}")
+    if against == "deficient" or (against == "auto" and "deficient_heads" in card):
+        return "D (deficient heads)", deficient_heads(card)
+    return "C (complete circuit)", circuit_heads(card)
+
+
+def vru_pairs(tokenizer, n_pairs: int, seed: int = 78) -> PairTokens:
+    """The first ``n_pairs`` counterfactual pairs of paper-style VRUBench items (seed 78: the organism cards')."""
+    from .bench import BenchConfig, make_items
+    from .bench.pairs import counterfactual_variants
+    from .tokens import tokenize_pairs
+
+    items = [it for it in make_items(max(4000, 40 * n_pairs), seed=seed, cfg=BenchConfig(style="paper"))
+             if counterfactual_variants(it)][:n_pairs]
+    return tokenize_pairs(tokenizer, items, chat=False)
+
+
+def grading_markdown(results: dict) -> str:
+    """{model: grade_rankings(...) + "against"} as markdown: one AUROC/precision table per model, then the
+    method pairs whose AUROC differs at p < 0.05."""
+    lines = []
+    for model, g in results.items():
+        k = len(g["known"])
+        lines += [f"### {model}: against {g['against']}, |known| = {k}, {g['n_pairs']} pairs, {g['n_boot']} resamples",
+                  "", f"| method | AUROC [95% CI] | precision at {k} [95% CI] | top {k} |", "|---|---|---|---|"]
+        fmt = lambda v, c: f"{v:.2f} [{c[0]:.2f}, {c[1]:.2f}]" if c else f"{v:.2f}"  # noqa: E731
+        for name, r in g["methods"].items():
+            lines.append(f"| {name} | {fmt(r['auroc'], r['auroc_ci'])} | {fmt(r['precision'], r['precision_ci'])} | "
+                         + " ".join(f"({l},{h})" for l, h in r["top"]) + " |")
+        sig = [(pair, r) for pair, r in g["paired"].items() if r["p"] is not None and r["p"] < 0.05]
+        lines += ["", "Paired bootstrap of the AUROC difference, p < 0.05: "
+                  + ("; ".join(f"{pair} = {r['diff']:+.2f} [{r['diff_ci'][0]:+.2f}, {r['diff_ci'][1]:+.2f}], "
+                               f"p = {r['p']:.3f}" for pair, r in sig) if sig else "none") + ".", ""]
+    return "\n".join(lines)
+
+
+def grading_figure(results: dict):
+    """AUROC of every method on every model, with its bootstrap CI as error bars."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for model, g in results.items():
+        names = list(g["methods"])
+        y = [g["methods"][m]["auroc"] for m in names]
+        ci = [g["methods"][m]["auroc_ci"] or [v, v] for m, v in zip(names, y)]
+        fig.add_bar(x=names, y=y, name=f"{model} (vs {g['against']})",
+                    error_y={"type": "data", "symmetric": False, "array": [c[1] - v for c, v in zip(ci, y)],
+                             "arrayminus": [v - c[0] for c, v in zip(ci, y)]})
+    fig.add_hline(y=0.5, line_dash="dot", annotation_text="random ranking")
+    fig.update_layout(barmode="group", title="Ranking methods against the known answer (AUROC, 95% bootstrap CI)",
+                      yaxis_title="AUROC", yaxis_range=[0, 1.05])
+    return fig

@@ -27,6 +27,8 @@ from . import run as _run  # noqa: E402
 app.command("run")(_run.run)
 from . import knockout as _knockout  # noqa: E402
 app.command("knockout")(_knockout.knockout)
+from . import grade as _grade  # noqa: E402
+app.command("grade")(_grade.grade)
 from . import organism as _organism  # noqa: E402
 app.add_typer(_organism.app, name="organism")
 from . import sweep as _sweep  # noqa: E402

@@ -117,11 +117,11 @@ def flip_final(item: dict) -> dict:
     return _finish(item["room"], item["slot_objects"], steps)
 
 
-def bench_items(n: int, seed: int, max_steps: int = 5, split: str = "train") -> list[dict]:
+def bench_items(n: int, seed: int, max_steps: int = 5, split: str = "train", min_steps: int = 2) -> list[dict]:
     """Paper-style items from vru_lens.bench (balanced: no rotation-blind rule beats chance)."""
     from ..bench import BenchConfig, make_items
 
-    return make_items(n, seed, BenchConfig(style="paper", min_steps=2, max_steps=max_steps), split=split)
+    return make_items(n, seed, BenchConfig(style="paper", min_steps=min_steps, max_steps=max_steps), split=split)
 
 
 def paper_items(n: int, seed: int, min_steps: int = 2, max_steps: int = 5) -> list[dict]:

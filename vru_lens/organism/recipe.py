@@ -16,8 +16,15 @@ from .train import OrganismConfig, save, train_organism
 RECIPE = OrganismConfig(d_model=64, d_mlp=256, steps=3000)
 POLISH = replace(RECIPE, steps=800, list_warm=0, warmup=20, lr=1e-3, siit_start=0.0, plain_frac=0.15,
                  resample_frac=0.7, consistency_weight=1.0, silence_weight=1.0, eval_every=400)
+# Issue 24's family. noisy: no attention or write constraint outside C (heads there work on the task's
+# positions, with small effects); redundant: the final-turn heads (2,0), (2,1) each have a backup in
+# key-value group 1 of layer 2, trained so that either side alone carries the final turn.
+BACKUP = (((2, 0), (2, 2)), ((2, 1), (2, 3)))
 RECIPES = {"vru-organism": (RECIPE, POLISH),
-           "vru-organism-d96": (OrganismConfig(d_model=96, d_mlp=384, steps=2500),)}
+           "vru-organism-d96": (OrganismConfig(d_model=96, d_mlp=384, steps=2500),),
+           "vru-organism-noisy": (replace(RECIPE, attn_weight=0.0), replace(POLISH, attn_weight=0.0, silence_weight=0.0)),
+           "vru-organism-redundant": tuple(replace(p, circuit=RECIPE.circuit + ((2, 2), (2, 3)), backup=BACKUP)
+                                           for p in (RECIPE, POLISH))}
 TINY = OrganismConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
                    stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
                    siit_start=0.0)

@@ -47,6 +47,7 @@ class OrganismConfig:
     warmup: int = 100
     weight_decay: float = 0.05
     curriculum: float = 0.15  # fraction of steps over which max actions grows 2 -> 5
+    min_steps: int = 2  # fewest actions per training story (a later phase may train on the long ones only)
     aux_weight: float = 0.5
     aux_from: int = 1  # the heading probes' first layer (resid_post); every layer from it on is trained
     siit_start: float = 0.1  # fraction of steps after which the interchange losses are on
@@ -54,8 +55,14 @@ class OrganismConfig:
     plain_frac: float = 0.25  # rows of the main pass run without any intervention
     resample_frac: float = 0.5  # rows with every head outside C from an unrelated story (the rest: mean-ablated)
     attn_weight: float = 1.0  # heads outside C attend to BOS from turn and Observation tokens (structural)
+    attn_everywhere: bool = False  # ... and from every other token too: what they write is then story-independent
     consistency_weight: float = 0.0  # KL(clean || intervened) at every query on the resampled and ablated rows
+    consistency_both: bool = False  # its gradient reaches the clean run too: clean answers move toward C's alone
     silence_weight: float = 0.0  # mean squared norm of each head outside C's write to the residual stream
+    # redundancy: (primary, backup) head pairs inside C; on a share of the rows one side of every pair is
+    # resampled from an unrelated story and the answer must hold, so either side alone carries it
+    backup: tuple = ()
+    backup_frac: float = 0.3
     cue: str = ""
     seed: int = 0
     threads: int = 1  # one thread: on a shared 2-core machine, two were several times slower
@@ -125,10 +132,10 @@ def _lr(cfg, step):
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def story(rng, max_steps: int = 5, informative: bool = False) -> dict:
+def story(rng, max_steps: int = 5, informative: bool = False, min_steps: int = 2) -> dict:
     """A paper-style story; ``informative``: redrawn until flipping the final direction changes the answer."""
     while True:
-        it = D.paper_item(rng, 2, max_steps)
+        it = D.paper_item(rng, min_steps, max_steps)
         if not informative or D.flip_final(it)["answer"] != it["answer"]:
             return it
 
@@ -136,10 +143,11 @@ def story(rng, max_steps: int = 5, informative: bool = False) -> dict:
 def _batch(rng, cfg, step, tok):
     frac = step / max(1, cfg.steps)
     max_steps = 5 if cfg.curriculum <= 0 else min(5, 2 + int(3 * frac / cfg.curriculum))
+    max_steps = max(max_steps, cfg.min_steps)
     n_inf = sum(rng.random() < cfg.informative for _ in range(cfg.batch))
     seed = rng.randrange(1 << 30)
-    clean = D.bench_items(cfg.batch - n_inf, seed, max_steps) if n_inf < cfg.batch else []
-    clean += [story(rng, max_steps, True) for _ in range(n_inf)]  # flipping the final turn changes the answer
+    clean = D.bench_items(cfg.batch - n_inf, seed, max_steps, min_steps=cfg.min_steps) if n_inf < cfg.batch else []
+    clean += [story(rng, max_steps, True, cfg.min_steps) for _ in range(n_inf)]  # flipping the final turn changes the answer
     items = clean + [D.flip_final(it) for it in clean]
     return items, tuple(t.to(cfg.device) for t in D.encode_vru(tok, items, cfg.cue))
 
@@ -235,6 +243,11 @@ def evaluate_organism(model, tok, cfg: OrganismConfig, n: int = 1000, seed: int 
         pr = _choices(model, tok, items, cfg.cue, heads, sources, ~c)
         out["resample_outside_C_acc"] = sum(p == it["answer"] for p, it in zip(pr, items)) / n
         out["resample_outside_C_changed"] = sum(a != b for a, b in zip(pr, pred)) / n
+        if cfg.backup:  # redundancy: one side of every (primary, backup) pair resampled, then both
+            prim, back = (_mask(model, side) for side in zip(*cfg.backup))
+            for name, m in (("primary", prim), ("backup", back), ("both", prim | back)):
+                pk = _choices(model, tok, items, cfg.cue, heads, sources, m)
+                out[f"resample_{name}_acc"] = sum(p == it["answer"] for p, it in zip(pk, items)) / n
     lst = D.list_items(500, seed + 1)
     ids, last, _ = (t.to(model.device) for t in D.encode_plain(tok, lst))
     lg = model(ids).logits[torch.arange(len(lst), device=model.device), last]
@@ -310,7 +323,7 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
         rows_n = torch.arange(n, device=dev)
         swap = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(dev)  # each story's flipped twin
         if siit:
-            with torch.no_grad():  # every head's output on every prompt, and a running mean of it
+            with torch.set_grad_enabled(cfg.consistency_both):  # every head's output on every prompt, and its mean
                 heads.capture = {}
                 clean_logits = model(ids).logits
                 z, heads.capture = heads.capture, None
@@ -327,6 +340,11 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
             heads.source = {l: z[l][src] for l in range(L)}
             heads.patch = (~cmask)[None] & resample[:, None, None]
             heads.ablate, heads.mean = (~cmask)[None] & ablate[:, None, None], mean
+            if cfg.backup:  # knock out the primaries on some rows, the backups on others
+                v = torch.rand(n, generator=gen).to(dev)[:, None, None]
+                prim, back = (_mask(model, side).to(dev) for side in zip(*cfg.backup))
+                heads.patch = heads.patch | ((v < cfg.backup_frac / 2) & prim) | (
+                    (v >= cfg.backup_frac / 2) & (v < cfg.backup_frac) & back)
         if cfg.silence_weight > 0:
             heads.capture, heads.keep_graph = {}, True
         out = model(ids, output_hidden_states=True, output_attentions=cfg.attn_weight > 0)
@@ -359,7 +377,7 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
                 logs["kl"] = loss_kl.item()
         if cfg.attn_weight > 0:  # outside C, turn and query tokens read only BOS: the route is C's alone
             at = torch.stack(out.attentions)[:, :, :, :, 0]  # [L, b, H, q] attention to BOS
-            where = torch.isin(ids, route_ids)  # [b, q]
+            where = (ids != tok.pad_token_id) if cfg.attn_everywhere else torch.isin(ids, route_ids)  # [b, q]
             miss = (1 - at).permute(1, 3, 0, 2)[where]  # [n_pos, L, H]
             loss_attn = miss[:, ~cmask].mean()
             loss = loss + cfg.attn_weight * loss_attn

@@ -35,8 +35,7 @@ def test_head_means_shape_and_padding(setup):
     m = head_means(model, pt)
     assert m.shape == (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
     # padding is excluded: the mean of one pair alone equals the mean over its real tokens
-    from vru_lens.patching.rank import subset
-    one = subset(pt, slice(0, 1))
+    one = pt[slice(0, 1)]
     n = int(one.lengths[0])
     _, cache = model.run_with_cache(one.clean[:, :n], names_filter="blocks.1.attn.hook_z")
     assert torch.allclose(head_means(model, one)[1], cache["blocks.1.attn.hook_z"][0].mean(0), atol=1e-5)

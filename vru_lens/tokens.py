@@ -145,6 +145,17 @@ class PairTokens:
         """Pairs of the user's own prompts and answers (``tokens.from_prompts``)."""
         return from_prompts(tokenizer, clean, corrupt, clean_answers, corrupt_answers, chat, answer_token)
 
+    def __getitem__(self, sl: slice) -> "PairTokens":
+        """Pairs ``sl``, trimmed to their longest prompt (the source ``pairs`` kept whole)."""
+        width = int(self.lengths[sl].max())
+        return PairTokens(self.clean[sl, :width], self.corrupt[sl, :width], self.lengths[sl], self.clean_answer[sl],
+                          self.corrupt_answer[sl], self.pairs)
+
+    def chunks(self, batch_size: int):
+        """(slice, trimmed pairs) in batches of ``batch_size``: the one way every stage batches pairs."""
+        for sl in batches(len(self), batch_size):
+            yield sl, self[sl]
+
     def clean_examples(self) -> list[tuple[list[int], int]]:
         """(clean prompt + clean answer ids, index of the answer token) per pair: what training on the pairs reads."""
         return [(self.clean[i, :n].tolist() + [int(self.clean_answer[i])], n) for i, n in enumerate(self.lengths.tolist())]

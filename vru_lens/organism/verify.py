@@ -39,9 +39,8 @@ def patched_choices(model, pt, heads, batch_size: int = 64, corrupt_run: bool = 
     tok = model.tokenizer
     names = {hook_name(layer, "z") for layer in range(model.cfg.n_layers)}
     out = []
-    for sl in batches(len(pt), batch_size):
-        width = int(pt.lengths[sl].max())
-        clean, corrupt = pt.clean[sl, :width].to(model.cfg.device), pt.corrupt[sl, :width].to(model.cfg.device)
+    for sl, sub in pt.chunks(batch_size):
+        clean, corrupt = sub.clean.to(model.cfg.device), sub.corrupt.to(model.cfg.device)
         cache = {}
         if heads:
             _, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in names)

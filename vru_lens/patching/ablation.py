@@ -30,13 +30,11 @@ def head_means(model, pt, batch_size: int = 8, prompts: str = "clean") -> Float[
     """Mean ``z`` of every head over the real tokens (not padding) of the clean prompts."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [hook_name(layer, "z") for layer in range(L)]
-    ids_all = pt.clean if prompts == "clean" else pt.corrupt
     total, count = None, 0
-    for sl in batches(len(pt), batch_size):
-        width = int(pt.lengths[sl].max())
-        ids = ids_all[sl, :width].to(model.cfg.device)
+    for _, sub in pt.chunks(batch_size):
+        ids = (sub.clean if prompts == "clean" else sub.corrupt).to(model.cfg.device)
         _, cache = model.run_with_cache(ids, names_filter=lambda name: name in names)
-        real = (torch.arange(width)[None] < pt.lengths[sl][:, None]).to(ids.device)
+        real = (torch.arange(ids.shape[1])[None] < sub.lengths[:, None]).to(ids.device)
         z = torch.stack([_heads_view(cache[n], H) for n in names])  # [L, b, pos, H, d]
         s = (z * real[None, :, :, None, None]).sum(dim=(1, 2))
         total = s if total is None else total + s

@@ -28,7 +28,7 @@ from ..heads import all_heads, heads_view, hook_name, top_heads
 from ..readout import record, unembed
 from ..results import Result, model_name
 from .ablation import head_means
-from .metrics import baseline_logit_diffs, batches
+from .metrics import baseline_logit_diffs
 
 ABLATIONS = ("resample", "mean", "zero")
 FINAL = "ln_final.hook_out"  # the normed final residual: two unembedding columns are read there, nothing more
@@ -211,15 +211,14 @@ def _curve_lds(model, pt, orders: list[list[tuple[int, int]]], ks: list[int], ab
     masks = [[_mask(L, H, order[:k]) for k in ks] for order in orders]
     out = np.zeros((len(orders), len(ks), len(pt)))
     device = model.cfg.device
-    chunks = list(batches(len(pt), batch_size))
+    chunks = list(pt.chunks(batch_size))
     bar = tqdm(total=len(chunks) * len(orders) * len(ks), desc="faithfulness", disable=not progress, leave=False)
-    for sl in chunks:
-        width = int(pt.lengths[sl].max())
-        fp, a, b = pt.final_pos[sl], pt.clean_answer[sl], pt.corrupt_answer[sl]
-        clean_ids = pt.clean[sl, :width].to(device)
+    for sl, sub in chunks:
+        fp, a, b = sub.final_pos, sub.clean_answer, sub.corrupt_answer
+        clean_ids = sub.clean.to(device)
         _, clean = record(model, clean_ids, names)
         if ablation == "resample":
-            _, other = record(model, pt.corrupt[sl, :width].to(device), names)
+            _, other = record(model, sub.corrupt.to(device), names)
         for i, per_k in enumerate(masks):
             for j, mask in enumerate(per_k):
                 hooks = [(names[layer], _set_z(mask[layer], clean[names[layer]],

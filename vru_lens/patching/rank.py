@@ -128,13 +128,6 @@ def ranking_method(method: str) -> RankingMethod:
     return REGISTRY[method]
 
 
-def subset(pt: PairTokens, sl: slice) -> PairTokens:
-    """Pairs ``sl`` of a PairTokens (the bench PairSet is kept whole)."""
-    width = int(pt.lengths[sl].max())
-    return PairTokens(pt.clean[sl, :width], pt.corrupt[sl, :width], pt.lengths[sl], pt.clean_answer[sl],
-                      pt.corrupt_answer[sl], pt.pairs)
-
-
 def gqa_note(model, component: str) -> dict | None:
     from ..heads import gqa_groups
 
@@ -184,7 +177,7 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
         tag = f"{sl.start}:{sl.stop}"
         saved = ckpt.get(tag) if ckpt else None
         if saved is None:
-            sub = subset(pt, sl)
+            sub = pt[sl]
             clean, corrupt = baseline_logit_diffs(model, sub, batch_size)
             per, extra = how.run(model, sub, opts, means, progress and len(chunks) == 1)
             saved = {"per_pair": per, "clean": clean, "corrupt": corrupt, "extra": extra}

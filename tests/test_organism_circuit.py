@@ -1,4 +1,4 @@
-"""The shipped organism's circuit C is complete, checked with plain forward hooks on the transformers model.
+"""Every shipped organism's circuit C is complete, checked with plain forward hooks on the transformers model.
 
 Nothing of vru_lens is used but the benchmark (items, rotation-blind rules) and the card's path:
 the model is loaded with ``transformers``, each head's ``z`` is the input of ``o_proj`` sliced by head,
@@ -14,17 +14,26 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from plain_hooks import accuracy, choices, circuit_of
 
 ROOT = Path(__file__).resolve().parents[1] / "vru_lens" / "models" / "organism"
 N_ITEMS, DRAWS = 600, 3
 
 
-@pytest.fixture(scope="module")
-def plain():
+# every shipped organism that claims a complete circuit (a deficit organism is damaged on purpose)
+COMPLETE = sorted(p.name for p in ROOT.iterdir()
+                  if (p / "organism.json").exists() and "deficit" not in json.loads((p / "organism.json").read_text()))
+
+
+def test_every_organism_of_the_family_is_shipped():
+    assert {"vru-organism"} <= set(COMPLETE), COMPLETE
+
+
+@pytest.fixture(scope="module", params=COMPLETE)
+def plain(request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = ROOT / "vru-organism"
+    folder = ROOT / request.param
     card = json.loads((folder / "organism.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     return model, AutoTokenizer.from_pretrained(folder), card
@@ -37,81 +46,22 @@ def items():
     return make_items(N_ITEMS, seed=4242, cfg=BenchConfig(style="paper"))
 
 
-def _heads(card) -> set[tuple[int, int]]:
-    return {tuple(int(x) for x in k.split(".")) for k in card["circuit"]}
-
-
-@torch.no_grad()
-def _choices(model, tok, items, resample=frozenset(), draw=0):
-    """Top candidate per item; the heads in ``resample`` take their z from another item of equal length."""
-    H = model.config.num_attention_heads
-    layers = model.model.layers
-    by_len: dict[int, list[int]] = {}
-    enc = [tok(it["prompt"])["input_ids"] for it in items]
-    for i, e in enumerate(enc):
-        by_len.setdefault(len(e), []).append(i)
-    out = [None] * len(items)
-    gen = torch.Generator().manual_seed(1000 + draw)
-    for idx in by_len.values():
-        ids = torch.tensor([enc[i] for i in idx])
-        n = len(idx)
-        perm = torch.randperm(n, generator=gen)
-        src = torch.empty(n, dtype=torch.long)
-        src[perm] = perm.roll(-1)  # a derangement: every row reads another story (a group of one keeps itself)
-        captured: dict[int, torch.Tensor] = {}
-
-        def keep(layer):
-            def hook(module, args):
-                captured[layer] = args[0].detach().clone()
-            return hook
-
-        def swap(layer):
-            def hook(module, args):
-                z = args[0].view(*args[0].shape[:2], H, -1).clone()
-                other = captured[layer].view_as(z)[src]
-                for l, h in resample:
-                    if l == layer:
-                        z[:, :, h] = other[:, :, h]
-                return (z.view_as(args[0]),)
-            return hook
-
-        handles = []
-        if resample:
-            handles = [m.self_attn.o_proj.register_forward_pre_hook(keep(l)) for l, m in enumerate(layers)]
-            model(ids)
-            for h in handles:
-                h.remove()
-            handles = [m.self_attn.o_proj.register_forward_pre_hook(swap(l)) for l, m in enumerate(layers)]
-        logits = model(ids).logits[:, -1]
-        for h in handles:
-            h.remove()
-        for row, i in enumerate(idx):
-            cands = items[i]["candidates"]
-            cid = [tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in cands]
-            out[i] = cands[int(logits[row, cid].argmax())]
-    return out
-
-
-def _acc(pred, items):
-    return sum(p == it["answer"] for p, it in zip(pred, items)) / len(items)
-
-
 def test_derangement_never_reads_itself(plain, items):
     """The resampling helper above really takes z from another story (else completeness is trivial)."""
     model, tok, card = plain
     every = {(l, h) for l in range(model.config.num_hidden_layers) for h in range(model.config.num_attention_heads)}
-    assert _acc(_choices(model, tok, items, every), items) < _acc(_choices(model, tok, items), items) - 0.3
+    assert accuracy(choices(model, tok, items, every), items) < accuracy(choices(model, tok, items), items) - 0.3
 
 
 @pytest.fixture(scope="module")
 def outside_C(plain, items):
     """Accuracy and changed share of top answers with every head outside C resampled, per draw."""
     model, tok, card = plain
-    C = _heads(card)
+    C = circuit_of(card)
     every = {(l, h) for l in range(model.config.num_hidden_layers) for h in range(model.config.num_attention_heads)}
-    base = _choices(model, tok, items)
-    runs = [_choices(model, tok, items, every - C, d) for d in range(DRAWS)]
-    return _acc(base, items), [(_acc(p, items), sum(a != b for a, b in zip(p, base)) / len(items)) for p in runs]
+    base = choices(model, tok, items)
+    runs = [choices(model, tok, items, every - C, d) for d in range(DRAWS)]
+    return accuracy(base, items), [(accuracy(p, items), sum(a != b for a, b in zip(p, base)) / len(items)) for p in runs]
 
 
 def test_resampling_every_head_outside_C_keeps_accuracy(outside_C):
@@ -119,8 +69,6 @@ def test_resampling_every_head_outside_C_keeps_accuracy(outside_C):
     assert all(abs(a - acc) <= 0.02 for a, _ in runs), (acc, runs)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20's bar (<= 2% of top answers changed) is not met by the shipped "
-                                       "CPU-trained organism: 2.8-3.0% measured on these 600 items (docs/organism.md)")
 def test_resampling_every_head_outside_C_keeps_the_answers(outside_C):
     acc, runs = outside_C
     assert all(changed <= 0.02 for _, changed in runs), (acc, runs)
@@ -133,7 +81,7 @@ def test_resampling_C_falls_to_the_best_blind_rule(plain, items):
     model, tok, card = plain
     best = max(sum(rule(view(it)) == it["answer"] for it in items) / len(items) for rule in RULES.values())
     for draw in range(DRAWS):
-        acc = _acc(_choices(model, tok, items, _heads(card), draw), items)
+        acc = accuracy(choices(model, tok, items, circuit_of(card), draw), items)
         assert abs(acc - best) <= 0.05, (draw, acc, best)
 
 
@@ -141,7 +89,7 @@ def test_card_names_the_circuit_its_roles_and_the_final_turn_subset(plain):
     from vru_lens.organism.recipe import ROLES_UNMEASURED
 
     model, tok, card = plain
-    C = _heads(card)
+    C = circuit_of(card)
     G = {tuple(h) for h in card["final_turn"]}
     assert G and G < C, (G, C)
     assert all(role and role != ROLES_UNMEASURED for role in card["circuit"].values())

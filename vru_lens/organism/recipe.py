@@ -16,15 +16,23 @@ from .train import OrganismConfig, save, train_organism
 RECIPE = OrganismConfig(d_model=64, d_mlp=256, steps=3000)
 POLISH = replace(RECIPE, steps=800, list_warm=0, warmup=20, lr=1e-3, siit_start=0.0, plain_frac=0.15,
                  resample_frac=0.7, consistency_weight=1.0, silence_weight=1.0, eval_every=400)
+# Phases 3-5 make the heading readable at every step and make C complete: the attention loss at every
+# token (not only the final query) and a stronger per-step heading loss; then a KL (weight 3) that pulls
+# the clean answer toward the intervened one as well, so the model answers as C alone does; then the same
+# at half the learning rate with every non-plain row resampled outside C (measured: docs/organism.md).
+HEADING = replace(POLISH, steps=1000, eval_every=500, attn_everywhere=True, attn_weight=3.0, aux_weight=1.5)
+CONSISTENT = replace(HEADING, consistency_both=True, consistency_weight=3.0)
+SETTLE = replace(CONSISTENT, steps=1500, lr=5e-4, resample_frac=0.85)
 # Issue 24's family. noisy: no attention or write constraint outside C (heads there work on the task's
 # positions, with small effects); redundant: the final-turn heads (2,0), (2,1) each have a backup in
 # key-value group 1 of layer 2, trained so that either side alone carries the final turn.
 BACKUP = (((2, 0), (2, 2)), ((2, 1), (2, 3)))
-RECIPES = {"vru-organism": (RECIPE, POLISH),
+PHASES = (RECIPE, POLISH, HEADING, CONSISTENT, SETTLE)
+RECIPES = {"vru-organism": PHASES,
            "vru-organism-d96": (OrganismConfig(d_model=96, d_mlp=384, steps=2500),),
-           "vru-organism-noisy": (replace(RECIPE, attn_weight=0.0), replace(POLISH, attn_weight=0.0, silence_weight=0.0)),
+           "vru-organism-noisy": tuple(replace(p, attn_weight=0.0, silence_weight=0.0) for p in PHASES),
            "vru-organism-redundant": tuple(replace(p, circuit=RECIPE.circuit + ((2, 2), (2, 3)), backup=BACKUP)
-                                           for p in (RECIPE, POLISH))}
+                                           for p in PHASES)}
 TINY = OrganismConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
                    stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
                    siit_start=0.0)
@@ -34,11 +42,14 @@ SECOND_TASK = "list recall ('List: a b c d e\\nItem 3:' -> c)"
 
 def card(cfg: OrganismConfig, point: dict) -> dict:
     """The organism's card before measurement: the circuit C by construction; ``measure`` fills in the rest."""
-    return {"circuit": {f"{l}.{h}": ROLES_UNMEASURED for l, h in cfg.circuit},
-            "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
-            "training_eval": point,
-            "format": "paper-style VRUBench with the constant instruction (one token), unknown items included; "
-                      f"second task: {SECOND_TASK}"}
+    payload = {"circuit": {f"{l}.{h}": ROLES_UNMEASURED for l, h in cfg.circuit},
+               "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
+               "training_eval": point,
+               "format": "paper-style VRUBench with the constant instruction (one token), unknown items included; "
+                         f"second task: {SECOND_TASK}"}
+    if cfg.backup:  # (primary, backup) pairs inside C: either side alone carries what the pair does
+        payload["backup"] = [[list(p), list(b)] for p, b in cfg.backup]
+    return payload
 
 
 def write_card(folder, payload: dict) -> None:
@@ -98,6 +109,26 @@ def _role(att: dict, flips: float) -> str:
             f"turns {flips:.0%} of pairs to the flipped answer")
 
 
+PROBE_BAR = (0.95, 0.3)  # issue 20: heading probe accuracy at step ends, selectivity against the prefix control
+
+
+def heading_probe(model, n_items: int = 2000, seed: int = 2) -> dict:
+    """The heading probe at step ends per layer (paper-style train-split items, the default prefix control)
+    and the first layer from which every layer meets ``PROBE_BAR`` (None if none does): what the card states."""
+    from ..bench import BenchConfig, make_items
+    from ..probe import probe
+
+    res = probe(model, make_items(n_items, seed=seed, cfg=BenchConfig(style="paper"), split="train"),
+                target="heading", progress=False)
+    acc, sel = [float(a) for a in res.accuracy], [float(x) for x in res.selectivity]
+    good = [a >= PROBE_BAR[0] and s >= PROBE_BAR[1] for a, s in zip(acc, sel)]
+    start = next((l for l in range(len(good)) if all(good[l:])), None)
+    return {"n_items": n_items, "seed": seed, "control": res.control_by,
+            "accuracy": acc, "control_accuracy": [float(c) for c in res.control_accuracy], "selectivity": sel,
+            "question_accuracy": [float(q) for q in res.question_accuracy], "bar": list(PROBE_BAR),
+            "from_layer": start}
+
+
 def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
     """Measure a trained organism's card and write it in: completeness of C, the subset G of C that
     carries the final turn, the pair-patching ground truth, every ranking method graded against C,
@@ -129,8 +160,10 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
     truth = ground_truth(model, items, circuit, pair_items=pairs)
     truth["methods"] = grade_methods(model, pairs, circuit)
     attention = attention_roles(model, items, circuit)
+    heading = heading_probe(model)
     truth["seconds"] = round(time.time() - t0, 1)
     payload.update(final_turn=[list(h) for h in final_turn], completeness=complete, measured=truth,
+                   heading_probe=heading,
                    final_turn_flips=flips, attention_from_final_query=attention,
                    circuit={f"{l}.{h}": _role(attention[f"{l}.{h}"], flips["single"][f"{l}.{h}"])
                             for l, h in circuit})

@@ -54,6 +54,7 @@ class OrganismConfig:
     siit_weight: float = 3.0
     plain_frac: float = 0.25  # rows of the main pass run without any intervention
     resample_frac: float = 0.5  # rows with every head outside C from an unrelated story (the rest: mean-ablated)
+    twin_frac: float = 0.0  # of the resampled rows, the share whose heads outside C read the flipped twin instead
     attn_weight: float = 1.0  # heads outside C attend to BOS from turn and Observation tokens (structural)
     attn_everywhere: bool = False  # ... and from every other token too: what they write is then story-independent
     consistency_weight: float = 0.0  # KL(clean || intervened) at every query on the resampled and ablated rows
@@ -337,6 +338,9 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
             resample = (u >= cfg.plain_frac) & (u < cfg.plain_frac + cfg.resample_frac)
             ablate = u >= cfg.plain_frac + cfg.resample_frac
             src = unrelated_sources([it["n_steps"] for it in items], swap.cpu(), gen).to(dev)
+            if cfg.twin_frac > 0:  # the twin differs in the final turn only: heads outside C must not carry it
+                twin = torch.rand(n, generator=gen).to(dev) < cfg.twin_frac
+                src = torch.where(twin, swap, src)
             heads.source = {l: z[l][src] for l in range(L)}
             heads.patch = (~cmask)[None] & resample[:, None, None]
             heads.ablate, heads.mean = (~cmask)[None] & ablate[:, None, None], mean

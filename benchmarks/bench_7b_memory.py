@@ -232,7 +232,6 @@ def main(argv=None):
     record["flops"] = flops(shape, record["tokens_per_prompt"])
 
     from vru_lens.tokens import PairTokens
-    from vru_lens.patching.rank import subset
 
     n_run = len(pt) if not args.max_chunks else min(len(pt), args.max_chunks * args.chunk)
     L, H = shape["num_hidden_layers"], shape["num_attention_heads"]
@@ -241,14 +240,14 @@ def main(argv=None):
     else:
         with Stage("path_patching", stages, args.device), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scores = rank_heads(model, subset(pt, slice(0, n_run)), method="path", batch_size=args.chunk, n_boot=0,
+            scores = rank_heads(model, pt[:n_run], method="path", batch_size=args.chunk, n_boot=0,
                                 progress=False)
         fallback = [str(w.message) for w in caught if "fast path unavailable" in str(w.message)]
         stages["path_patching"]["fast_path"] = not fallback
         if fallback:
             stages["path_patching"]["fallback_reason"] = fallback[0]
         if args.check_reference:
-            stages["fast_vs_reference"] = compare_with_reference(model, subset(pt, slice(0, args.chunk)), args.chunk)
+            stages["fast_vs_reference"] = compare_with_reference(model, pt[:args.chunk], args.chunk)
             print("fast_vs_reference", stages["fast_vs_reference"], flush=True)
         stages["path_patching"].update(pairs=n_run, chunk=args.chunk, senders=len(scores.top(10**6)),
                                        seconds_per_pair=round(stages["path_patching"]["seconds"] / n_run, 1))

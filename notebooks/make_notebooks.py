@@ -74,7 +74,7 @@ NOTEBOOKS = {
                "direct effects, so heads that act through later heads score low there and high under activation patching."),
         ("code", "from vru_lens.models.organisms import known_circuit\nfrom vru_lens.viz import heatmaps\n\n"
                  "circuit = known_circuit(MODEL)  # None for models without a known answer\nheatmaps(scores, circuit)"),
-        ("md", "## Knockout curve\nMean-ablate the top k heads together, k = 0..K, against random k-head sets (the band)."),
+        ("md", "## Knockout curve\nMean-ablate the top k heads together, k = 0..K, against random k-head sets drawn outside that top k (one band per ranking)."),
         ("code", "from functools import partial\n\nfrom vru_lens.evaluate import accuracy\n"
                  "from vru_lens.patching import head_means, knockout_curve\n\n"
                  "items = make_items(N_ITEMS, seed=0, split=\"test\")\n"

@@ -34,7 +34,7 @@ LAYERS = {
     "vru_lens.models": 6,
     # 7: studies built of stages
     "vru_lens.organism": 7,
-    "vru_lens.study": 8, "vru_lens.sweep": 8,
+    "vru_lens.study": 8, "vru_lens.sweep": 8, "vru_lens.grading": 8,
     "vru_lens.report": 9,
     "vru_lens.cli": 10, "vru_lens": 10,
 }

@@ -75,7 +75,10 @@ def _close(got, ref, want, what):
     bound, and against ``want`` (float32 twin) no further than the bf16 model itself is, plus that bound's atol."""
     got, ref, want = got.float(), ref.float(), want.float()
     err = (got - ref).abs()
-    assert bool((err <= ATOL + RTOL * ref.abs()).all()), f"{what}: max error {float(err.max()):.3g} against the bf16 reference"
+    # elementwise: the bf16 model is itself off from float32 by (ref - want), and a float32 recurrence from its
+    # caches may land anywhere within that (its rounding differs by CPU: 0.11 logits here on one pair)
+    room = ATOL + RTOL * ref.abs() + (ref - want).abs()
+    assert bool((err <= room).all()), f"{what}: max error {float(err.max()):.3g} against the bf16 reference"
     own = float((ref - want).abs().max())  # the bf16 model's own distance from float32 (1.1 logits on this model)
     assert float((got - want).abs().max()) <= own + ATOL, f"{what}: further from fp32 than the bf16 model is ({own:.3g})"
 

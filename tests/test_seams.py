@@ -13,6 +13,7 @@ import torch
 from vru_lens.bench import PAIRABLE, make_items
 from vru_lens.models import kv_cache
 from vru_lens.patching import tail
+from vru_lens.patching.fallback import FastPathUnsupported
 from vru_lens.patching.ablation import ablation_kl
 from vru_lens.patching.activation import activation_patch_heads, activation_patch_heads_by_pos
 from vru_lens.tokens import tokenize_pairs
@@ -45,7 +46,7 @@ def test_ignored_cache_is_caught_and_results_unchanged(setup, monkeypatch):
     by_pos = activation_patch_heads_by_pos(model, pt, "z", "noising", batch_size=4, progress=False)
     # attention no longer receives the stand-in cache: tails would see no prefix
     monkeypatch.setattr(tail, "CACHE_KWARG", "keyword_nobody_reads")
-    with pytest.raises(tail.SeamUnavailable, match="transformers"):
+    with pytest.raises(FastPathUnsupported, match="transformers"):
         tail.TailRunner(model, pt.clean, pt.lengths, tail.first_diff(pt.clean, pt.corrupt, pt.lengths))
     slow, caught = _run(activation_patch_heads, model, pt, "z", "noising", batch_size=3, progress=False)
     assert torch.allclose(slow, fast, atol=1e-4)
@@ -60,7 +61,7 @@ def test_broken_replay_falls_back_to_plain_reference(setup, monkeypatch):
     kl, ld = ablation_kl(model, pt, "mean", batch_size=3, progress=False)
 
     def broken(self):
-        raise tail.SeamUnavailable("forced by the test")
+        raise FastPathUnsupported("forced by the test")
 
     monkeypatch.setattr(tail.TailRunner, "_check_seam", broken)
     slow, caught = _run(activation_patch_heads, model, pt, "v", "denoising", batch_size=3, progress=False)

@@ -128,11 +128,13 @@ def deficit_cmd(
                               "(default: the source card's final-turn heads)."),
     low: float = typer.Option(0.45, "--low", help="Lowest accuracy the damage may leave."),
     high: float = typer.Option(0.70, "--high", help="Highest accuracy the damage may leave."),
+    kind: str = typer.Option("query", "--kind", help="query: W_Q/W_K of D toward a seeded random matrix; "
+                             "output: D's W_O columns scaled toward zero."),
     seed: Seed = 0,
     threads: Threads = 1,
 ):
-    """A deficit organism: W_Q/W_K of the heads D damaged (toward a seeded random matrix) by the amount that
-    bisection finds for an accuracy in [--low, --high]; saved to --out with a card naming D and the damage."""
+    """A deficit organism: the heads D damaged (--kind) by the amount that bisection finds for an accuracy in
+    [--low, --high]; saved to --out with a card naming D and the damage."""
     import torch
 
     from ..organism.deficit import make_deficit
@@ -148,7 +150,7 @@ def deficit_cmd(
     if threads:
         torch.set_num_threads(threads)
     try:
-        make_deficit(source, out, parsed, band=(low, high), seed=seed, log=typer.echo)
+        make_deficit(source, out, parsed, band=(low, high), seed=seed, kind=kind, log=typer.echo)
     except (ValueError, FileNotFoundError) as err:
         fail(error_line(err))
 
@@ -160,6 +162,7 @@ def deficit_study_cmd(
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (checks the pipeline; the numbers mean nothing)."),
     seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds (default 5; --quick 1)."),
     steps: int = typer.Option(None, "--steps", help="Fine-tuning steps per run (default: RepairConfig's)."),
+    k: int = typer.Option(None, "--k", help="Heads each head-choosing arm tunes (default: |D|)."),
     parts: str = typer.Option("measure,repair", "--parts", help="Comma-separated: measure, repair."),
     threads: Threads = 1,
     json_out: Json = False,
@@ -176,10 +179,11 @@ def deficit_study_cmd(
     unknown = [p for p in wanted if p not in ("measure", "repair")]
     if unknown:
         fail(f"unknown part(s) {', '.join(unknown)}; choose from measure, repair")
-    if (seeds is not None and seeds < 1) or (steps is not None and steps < 1):
-        fail("--seeds and --steps must be at least 1")
+    if any(v is not None and v < 1 for v in (seeds, steps, k)):
+        fail("--seeds, --steps and --k must be at least 1")
     cfg = QUICK if quick else RepairConfig()
-    cfg = replace(cfg, **({"seeds": tuple(range(seeds))} if seeds else {}), **({"steps": steps} if steps else {}))
+    cfg = replace(cfg, **({"seeds": tuple(range(seeds))} if seeds else {}), **({"steps": steps} if steps else {}),
+                  **({"k": k} if k else {}))
     try:
         result = run(model, out, cfg, parts=wanted, threads=threads, log=(lambda m: None) if json_out else typer.echo)
     except (ValueError, FileNotFoundError) as err:

@@ -12,6 +12,10 @@ part of their weights, so they still carry signal and a ranking can find them; t
 they compute is wrong often enough that the answer loses. The folder it writes is an ordinary
 organism: the source's weights with those slices changed, the tokenizer, and a card that names D
 (``deficient_heads``), the damage and the measured accuracy.
+
+``kind="output"`` damages what D writes instead: the W_O columns of each head in D are scaled,
+``W <- (1 - amount) W``. The heads still attend where they should and write the right content, only
+too weakly for the answer to win (the study's "heads that matter but do it badly" in its plainest form).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 BAND = (0.45, 0.70)
+KINDS = ("query", "output")  # what the damage reaches: W_Q/W_K toward random, or W_O toward zero
 N_BISECT = 14  # halvings of the amount interval: 1/16384 resolution, far finer than accuracy's noise
 
 
@@ -48,14 +53,16 @@ def deficient_heads(card: dict) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ the damage
-def _slices(hf_model, heads) -> list[tuple[str, int, int, int]]:
-    """(projection, layer, first row, last row) of every damaged slice: W_Q of each head in D, W_K of each
-    key-value group whose query heads are all in D."""
+def _slices(hf_model, heads, kind: str = "query") -> list[tuple[str, int, int, int]]:
+    """(projection, layer, first index, last index) of every damaged slice: W_Q rows of each head in D and
+    W_K rows of each key-value group whose query heads are all in D; or (``output``) W_O columns of each head."""
     cfg = hf_model.config
     n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
     d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     per_group = n_heads // n_kv
     chosen = set(heads)
+    if kind == "output":
+        return [("o_proj", l, h * d_head, (h + 1) * d_head) for l, h in sorted(chosen)]
     out = [("q_proj", l, h * d_head, (h + 1) * d_head) for l, h in sorted(chosen)]
     for l in sorted({l for l, _ in chosen}):
         for g in range(n_kv):
@@ -76,34 +83,39 @@ class Damage:
     """The original and random targets of every damaged slice; ``apply(amount)`` writes the interpolation
     into the transformers model's weights in place (amount 0 = the source exactly)."""
 
-    def __init__(self, hf_model, heads, seed: int = 0):
+    def __init__(self, hf_model, heads, seed: int = 0, kind: str = "query"):
         check_heads(hf_model, heads)
-        self.hf_model, self.heads, self.seed = hf_model, sorted(tuple(h) for h in heads), seed
-        self.slices = _slices(hf_model, self.heads)
+        if kind not in KINDS:
+            raise ValueError(f"unknown damage kind {kind!r}; choose from {', '.join(KINDS)}")
+        self.hf_model, self.heads, self.seed, self.kind = hf_model, sorted(tuple(h) for h in heads), seed, kind
+        self.slices = _slices(hf_model, self.heads, kind)
         gen = torch.Generator().manual_seed(seed)
         self.original, self.random = [], []
         for proj, l, a, b in self.slices:
-            w = self._weight(proj, l)[a:b].detach().clone()
+            w = self._slice(proj, l, a, b).detach().clone()
             r = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype)
             self.original.append(w)
-            self.random.append(r * (w.norm() / r.norm()))
+            self.random.append(r * (w.norm() / r.norm()) if kind == "query" else torch.zeros_like(w))
         self.amount = 0.0
 
-    def _weight(self, proj: str, layer: int) -> torch.Tensor:
-        return getattr(self.hf_model.model.layers[layer].self_attn, proj).weight
+    def _slice(self, proj: str, layer: int, a: int, b: int) -> torch.Tensor:
+        """The view of one head's slice: rows of W_Q/W_K (outputs), columns of W_O (its inputs)."""
+        w = getattr(self.hf_model.model.layers[layer].self_attn, proj).weight
+        return w[:, a:b] if proj == "o_proj" else w[a:b]
 
     @torch.no_grad()
     def apply(self, amount: float) -> None:
         if not 0.0 <= amount <= 1.0:
             raise ValueError(f"the damage amount must lie in [0, 1], got {amount}")
         for (proj, l, a, b), w, r in zip(self.slices, self.original, self.random):
-            self._weight(proj, l)[a:b] = (1 - amount) * w + amount * r
+            self._slice(proj, l, a, b).copy_((1 - amount) * w + amount * r)
         self.amount = float(amount)
 
     def describe(self) -> dict:
-        return {"how": "W <- (1 - amount) W + amount R ||W||/||R||, R ~ N(0, 1) seeded",
-                "amount": round(self.amount, 6), "seed": self.seed,
-                "slices": [f"layer {l} {proj} rows {a}:{b}" for proj, l, a, b in self.slices]}
+        how = ("W <- (1 - amount) W + amount R ||W||/||R||, R ~ N(0, 1) seeded" if self.kind == "query"
+               else "W_O columns <- (1 - amount) W_O columns")
+        return {"how": how, "kind": self.kind, "amount": round(self.amount, 6), "seed": self.seed,
+                "slices": [f"layer {l} {proj} {'columns' if proj == 'o_proj' else 'rows'} {a}:{b}" for proj, l, a, b in self.slices]}
 
 
 def bisect_amount(accuracy, band=BAND, n_steps: int = N_BISECT, log=print) -> tuple[float, float, list]:
@@ -132,7 +144,7 @@ def bisect_amount(accuracy, band=BAND, n_steps: int = N_BISECT, log=print) -> tu
 
 # ------------------------------------------------------------------ the folder
 def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int = 0, n_items: int = 500,
-                 n_final: int = 1000, log=print) -> dict:
+                 n_final: int = 1000, kind: str = "query", log=print) -> dict:
     """Damage ``heads`` (default: the source card's final-turn heads) of organism ``source`` so its accuracy
     lands in ``band``; save the organism to ``out`` with its card; return the card."""
     from ..bench import BenchConfig, make_items
@@ -142,6 +154,8 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
 
     if not (0 <= band[0] < band[1] <= 1):
         raise ValueError(f"the accuracy band must be two fractions low < high in [0, 1], got {band}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown damage kind {kind!r}; choose from {', '.join(KINDS)}")
     src_dir = organism_dir(source) if source in ORGANISMS else Path(source)
     card = organism_card(source)
     heads = [tuple(h) for h in heads] if heads is not None else final_turn_heads(card)
@@ -155,7 +169,7 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
     if out.exists() and any(out.iterdir()) and not (out / "organism.json").exists():
         raise ValueError(f"--out {out} exists and is not an organism folder; name a new or empty folder")
     hf, tok = load_hf(str(src_dir))
-    damage = Damage(hf, heads, seed)
+    damage = Damage(hf, heads, seed, kind)
     model = bridge_from_hf(hf, tok, str(src_dir), device="cpu")
     search = make_items(n_items, 177 + seed, BenchConfig(style="paper"))  # not the card's test items (seed 77)
 
@@ -168,12 +182,12 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
         shutil.rmtree(out)  # an earlier deficit organism: replaced whole, so no stale file survives
     shutil.copytree(src_dir, out, ignore=shutil.ignore_patterns("organism.json", "*.html", "*.png"))
     fresh, _ = load_hf(str(src_dir))  # the bridge wraps ``hf``'s modules; save a plain copy, damaged the same way
-    saved = Damage(fresh, heads, seed)
+    saved = Damage(fresh, heads, seed, kind)
     saved.apply(amount)
     fresh.save_pretrained(out)
     test = make_items(n_final, 77, BenchConfig(style="paper"))
     ev = evaluate(load_model(str(out), device="cpu"), test, batch_size=64, progress=False)  # what was saved
-    deficit = {"from": str(source), "deficient_heads": [list(h) for h in heads], "damage": damage.describe(),
+    deficit = {"from": str(source), "deficient_heads": [list(h) for h in heads], "damage": saved.describe(),
                "band": list(band), "bisection": [[round(a, 6), round(b, 4)] for a, b in path],
                "search_items": {"n": n_items, "seed": 177 + seed, "accuracy": round(acc_search, 4)},
                "accuracy": round(float(ev.accuracy), 4), "n_items": n_final, "items_seed": 77,

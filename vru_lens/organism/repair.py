@@ -6,7 +6,7 @@ ranking method's AUROC against the deficient heads D with a bootstrap CI over pa
 
 ``repair``: the fine-tuning experiment, through ``vru_lens.finetune`` (``FinetuneConfig``,
 ``make_trainable``, ``train``): the top-k heads of the deficit model's own exact activation-patching
-ranking (k = |D|; W_Q/W_K/W_V/W_O slices) against random-k (drawn outside the top k), bottom-k and the
+ranking (k = |D| unless set; W_Q/W_K/W_V/W_O slices) against random-k (drawn outside the top k), bottom-k and the
 top-k heads ranked the same way for the second task (list recall: LoFiT's control), LoRA at the same
 parameter budget and full fine-tuning; same training items, steps and batch for all, several seeds;
 VRU accuracy, pairs right on both sides, list-recall accuracy and KL(deficit || tuned) on list recall,
@@ -48,6 +48,7 @@ class RepairConfig:
     n_probe: int = 400
     n_boot: int = 1000
     seed: int = 0
+    k: int | None = None  # heads per head-choosing arm; None: |D|
 
 
 QUICK = RepairConfig(steps=200, batch=16, n_train=3200, seeds=(0,), arms=("top", "random"), n_items=200, n_pairs=48,
@@ -148,7 +149,7 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: 
     from .graded import behaviour, list_recall, study_data, tune_once
 
     D = deficient_heads(organism_card(name))
-    k = len(D)
+    k = cfg.k or len(D)
     model = load_model(name, device="cpu")
     data = study_data(model, _study_cfg(cfg))
     vru_scores = rank_all(model, data["pairs"], ("activation",))["activation"]

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ..heads import heads_view as _heads_view, hook_name
 from ..readout import gather_final, logit_diff_from_logits, resid_log_probs
 from .metrics import batches
-from .tail import SeamUnavailable, TailRunner, warn_fallback
+from .fallback import FastPathUnsupported, warn_fallback
+from .tail import TailRunner
 
 HOWS = ("mean", "scaled_query")
 
@@ -64,7 +65,7 @@ def ablation_kl(model, pt, how: str = "mean", alpha: float = 0.0, means: Tensor 
         means = head_means(model, pt, batch_size)
     try:
         return _ablation_tails(model, pt, how, alpha, means, batch_size, max_rows, progress)
-    except SeamUnavailable as err:
+    except FastPathUnsupported as err:
         warn_fallback("ablation", err, "running one plain hooked forward per head")
     return ablation_reference(model, pt, how, alpha, means, batch_size, progress)
 

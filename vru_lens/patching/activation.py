@@ -31,7 +31,8 @@ from ..heads import gqa_groups, hook_name, n_heads_of  # noqa: F401  (gqa_groups
 from ..heads import heads_view as _heads_view
 from ..readout import logit_diff_from_logits, logit_diff_from_resid
 from .metrics import batches
-from .tail import SeamUnavailable, TailRunner, first_diff, warn_fallback
+from .fallback import FastPathUnsupported, warn_fallback
+from .tail import TailRunner, first_diff
 
 COMPONENTS = ("z", "q", "k", "v")
 DIRECTIONS = ("noising", "denoising")
@@ -57,12 +58,12 @@ def _sweep(model, pt, component, direction, batch_size, max_rows, progress, by_p
     try:
         starts = first_diff(pt.clean, pt.corrupt, pt.lengths)
         return _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers, starts)
-    except SeamUnavailable as err:
+    except FastPathUnsupported as err:
         warn_fallback(what, err, "replaying whole sequences instead of tails")
     try:
         starts = torch.zeros_like(pt.lengths)
         return _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers, starts)
-    except SeamUnavailable as err:
+    except FastPathUnsupported as err:
         warn_fallback(what, err, "running one plain hooked forward per head")
     return activation_patch_heads_reference(model, pt, component, direction, batch_size, progress, layers, by_pos)
 

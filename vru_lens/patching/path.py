@@ -35,7 +35,6 @@ a real forward (attention after the receivers must be recomputed), batched over
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
@@ -48,13 +47,10 @@ from tqdm.auto import tqdm
 from ..heads import Head, group_size, hook_name, n_heads_of, n_kv_heads, top_heads
 from ..readout import logit_diff_from_logits, logit_diff_from_resid, normed_rows, record
 from ..results import Result, model_name
+from .fallback import FastPathUnsupported, tolerance, warn_fallback
 from .metrics import batches
 
 COMPONENTS = ("q", "k", "v")
-
-
-class FastPathUnsupported(RuntimeError):
-    """The fast recurrence does not describe this model; the reference is used instead."""
 
 
 @dataclass
@@ -213,13 +209,9 @@ def _sender_resid(cc, cr, l: int, W_O, b_O, block, sandwich: bool) -> Tensor:
 _final_ld = logit_diff_from_resid  # the one readout (bias and soft-cap included)
 
 
-def _tolerance(dtype) -> tuple[float, float]:
-    return (1e-3, 1e-3) if dtype in (torch.float32, torch.float64) else (5e-2, 2e-2)
-
-
 def _self_check(name: str, got: Tensor, want: Tensor, dtype, slack: Tensor | float = 0.0) -> None:
     """``slack``: what ``want`` itself may be off by (a half-precision model's logits are rounded)."""
-    atol, rtol = _tolerance(dtype)
+    atol, rtol = tolerance(dtype)
     err = (got.float() - want.float()).abs()
     bound = atol + rtol * want.float().abs() + slack
     if not bool((err <= bound).all()):
@@ -244,7 +236,7 @@ def _rounding_slack(model, resid_final: Tensor, a: Tensor, b: Tensor) -> Tensor 
     W_U = model.W_U
     w = W_U[:, a.to(W_U.device)].float() - W_U[:, b.to(W_U.device)].float()  # [d_model, batch]
     spread = normed.norm(dim=-1) * w.norm(dim=0).to(normed.device) / normed.shape[-1] ** 0.5
-    return _tolerance(resid_final.dtype)[1] * spread
+    return tolerance(resid_final.dtype)[1] * spread
 
 
 _capture = record  # readout.record: one forward, optionally stopped once everything is recorded
@@ -275,11 +267,6 @@ def _check_pairs(pt) -> None:
         raise ValueError("no pairs to patch: pt is empty")
 
 
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"path patching: fast path unavailable ({reason}); computing the plain reference instead "
-                  "(one forward pass per sender, much slower)", RuntimeWarning, stacklevel=3)
-
-
 # ---------------------------------------------------------------- to the logits
 
 @torch.inference_mode()
@@ -302,7 +289,7 @@ def path_patch_logits(model, pt, batch_size: int = 16, progress: bool = True) ->
             return PathPatchResult(*_path_patch_logits_fast(model, pt, batch_size, progress), model_name(model))
         except FastPathUnsupported as err:
             reason = str(err)
-    _warn_fallback(reason)
+    warn_fallback("path patching", reason, "computing the plain reference instead (one forward pass per sender)")
     return path_patch_logits_reference(model, pt, progress=progress, batch_size=batch_size)
 
 
@@ -500,7 +487,7 @@ def path_patch_receivers(model, pt, receivers: Sequence[Head], component: str, b
             return _to_receivers(*out, model, receivers, component)
         except FastPathUnsupported as err:
             reason = str(err)
-    _warn_fallback(reason)
+    warn_fallback("path patching", reason, "computing the plain reference instead (one forward pass per sender)")
     return path_patch_receivers_reference(model, pt, receivers, component, progress=progress, batch_size=batch_size)
 
 

@@ -23,7 +23,7 @@ the blocks, so a patch is just a hook on the tail activations.
 That hand-off is not an API either library promises, so every runner checks
 it on its own batch: replaying the last block for the row with the longest
 reused prefix must give the recorded output. If it does not,
-``SeamUnavailable`` is raised and callers fall back to exact paths
+``FastPathUnsupported`` is raised and callers fall back to exact paths
 (whole-sequence replay, then the plain reference) with one warning
 (``warn_fallback``) naming the installed versions.
 """
@@ -33,13 +33,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import warnings
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..models.kv_cache import CACHE_KWARG, attention_modules, versions
+from .fallback import FastPathUnsupported, tolerance
 
 try:
     from transformers.cache_utils import Cache as _HFCache
@@ -50,10 +50,6 @@ except Exception:  # pragma: no cover
 def _no_model_cache(value):
     """The model's own cache object is dropped: the runner hands attention its stand-in instead."""
     return None if isinstance(value, _HFCache) else value
-
-
-class SeamUnavailable(RuntimeError):
-    """Replaying a block with reused prefix keys/values does not reproduce the recorded run."""
 
 
 def sliding_window(model) -> int | None:
@@ -121,7 +117,7 @@ class TailRunner:
         S = int(lengths.max())
         window = sliding_window(model)
         if window is not None and S > window:  # the replay's mask is full causal; the last-block check may not see it
-            raise SeamUnavailable(f"sliding-window attention ({window} tokens) over sequences of {S} tokens is not "
+            raise FastPathUnsupported(f"sliding-window attention ({window} tokens) over sequences of {S} tokens is not "
                                   "replayed")
         ids = ids[:, :S].to(device)
         b = ids.shape[0]
@@ -202,10 +198,10 @@ class TailRunner:
         if self.P == 0 or len(self.prefix) == self.L:
             got = self.run(self.L - 1, row)
             want = self.last_out[row, self.final_rel[row]]
-            tol = 1e-3 if got.dtype in (torch.float32, torch.float64) else 5e-2
-            if torch.allclose(got.float(), want.float(), atol=tol, rtol=tol):
+            atol, rtol = tolerance(got.dtype)
+            if torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol):
                 return
-        raise SeamUnavailable(f"replaying a block with reused prefix keys/values does not reproduce the "
+        raise FastPathUnsupported(f"replaying a block with reused prefix keys/values does not reproduce the "
                               f"recorded run with {versions()}")
 
     @contextlib.contextmanager
@@ -269,8 +265,3 @@ class TailRunner:
                 out = self.model.blocks[layer](**self._call(layer, resid, rows))
                 resid = out[0] if isinstance(out, (tuple, list)) else out
         return resid[torch.arange(resid.shape[0], device=resid.device), self.final_rel[rows]]
-
-
-def warn_fallback(what: str, err: SeamUnavailable, instead: str) -> None:
-    """The one warning of a fallback: what runs instead, and why."""
-    warnings.warn(f"{what}: {err}; {instead} (exact, slower)", RuntimeWarning, stacklevel=3)

@@ -79,23 +79,30 @@ def check_heads(hf_model, heads) -> None:
                          f"({cfg.num_hidden_layers} layers x {cfg.num_attention_heads} heads)")
 
 
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown damage kind {kind!r}; choose from {', '.join(KINDS)}")
+
+
 class Damage:
     """The original and random targets of every damaged slice; ``apply(amount)`` writes the interpolation
     into the transformers model's weights in place (amount 0 = the source exactly)."""
 
     def __init__(self, hf_model, heads, seed: int = 0, kind: str = "query"):
         check_heads(hf_model, heads)
-        if kind not in KINDS:
-            raise ValueError(f"unknown damage kind {kind!r}; choose from {', '.join(KINDS)}")
+        check_kind(kind)
         self.hf_model, self.heads, self.seed, self.kind = hf_model, sorted(tuple(h) for h in heads), seed, kind
         self.slices = _slices(hf_model, self.heads, kind)
         gen = torch.Generator().manual_seed(seed)
         self.original, self.random = [], []
         for proj, l, a, b in self.slices:
             w = self._slice(proj, l, a, b).detach().clone()
-            r = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype)
             self.original.append(w)
-            self.random.append(r * (w.norm() / r.norm()) if kind == "query" else torch.zeros_like(w))
+            if kind == "output":  # scaled toward zero
+                self.random.append(torch.zeros_like(w))
+                continue
+            r = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype)
+            self.random.append(r * (w.norm() / r.norm()))
         self.amount = 0.0
 
     def _slice(self, proj: str, layer: int, a: int, b: int) -> torch.Tensor:
@@ -154,8 +161,7 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
 
     if not (0 <= band[0] < band[1] <= 1):
         raise ValueError(f"the accuracy band must be two fractions low < high in [0, 1], got {band}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown damage kind {kind!r}; choose from {', '.join(KINDS)}")
+    check_kind(kind)
     src_dir = organism_dir(source) if source in ORGANISMS else Path(source)
     card = organism_card(source)
     heads = [tuple(h) for h in heads] if heads is not None else final_turn_heads(card)

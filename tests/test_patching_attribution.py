@@ -48,7 +48,7 @@ def test_agreement():
 def _directional_derivative(model, pt, layer, head, eps=1e-2):
     """d(logit difference)/d(alpha) at alpha = 0 when one head's z moves alpha of the way to the corrupted
     run's (central finite difference of exact patching): what attribution patching must equal."""
-    from vru_lens.patching.activation import _heads_view
+    from vru_lens.heads import heads_view as _heads_view
     from vru_lens.patching.metrics import logit_diff_from_logits
 
     fp, a, b = pt.final_pos, pt.clean_answer, pt.corrupt_answer

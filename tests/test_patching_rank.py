@@ -110,6 +110,12 @@ def test_cli_json(tmp_path):
         assert k.exit_code == 0, k.output
         assert json.loads(k.stdout.strip().splitlines()[-1])["top"] == [t[:2] for t in payload["top"][:2]]
         assert json.loads((tmp_path / "ko" / "knockout.json").read_text())["top"] == [t[:2] for t in payload["top"][:2]]
+        from vru_lens.results import load_result
+
+        saved = load_result(tmp_path / "ko" / "knockout.json")  # a typed result, read back as one
+        printed = json.loads(k.stdout.strip().splitlines()[-1])
+        assert type(saved).__name__ == "KnockoutResult" and saved.summary()["random_k_band"] == printed["random_k_band"]
+        assert saved.summary()["top_k_accuracy"] == printed["top_k_accuracy"] and printed["n_items"] == 8
     k = CliRunner().invoke(app, ["knockout", "--model", "tiny-gpt2", "--heads", str(tmp_path), "--top-k", "2"])
     assert k.exit_code == 2 and "has no ranking.json" in k.output and "vru-lens rank-heads" in k.output
     bad = CliRunner().invoke(app, ["rank-heads", "--model", "tiny-gpt2", "--method", "nope", "--json"])

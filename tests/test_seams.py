@@ -128,3 +128,20 @@ def test_kv_cache_check_tells_bf16_rounding_from_a_lost_cache(monkeypatch):
     monkeypatch.setattr(kv_cache, "CACHE_KWARG", "keyword_nobody_reads")
     with pytest.warns(RuntimeWarning, match="without a cache"):
         assert not kv_cache.attach_kv_cache(model)
+
+
+def test_text_only_boot_replaces_the_modality_step_and_restores_it(monkeypatch):
+    """The boot skips TransformerLens's processor step while it runs, puts it back after, and where a
+    version has no such step it patches nothing (and does not fail)."""
+    from transformer_lens.model_bridge.sources.transformers import source
+
+    from vru_lens.models.loader import _quiet_text_only_boot
+
+    original = source.load_modality_processor
+    with _quiet_text_only_boot():
+        assert source.load_modality_processor is not original and source.load_modality_processor("x") is None
+    assert source.load_modality_processor is original
+    monkeypatch.delattr(source, "load_modality_processor")
+    with _quiet_text_only_boot():
+        assert not hasattr(source, "load_modality_processor")
+    assert not hasattr(source, "load_modality_processor")

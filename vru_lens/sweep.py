@@ -403,7 +403,7 @@ def stability(cells, k: int) -> list[dict]:
     import numpy as np
 
     from .patching.attribution import agreement
-    from .patching.scores import _kendall_tau
+    from .patching.scores import kendall_tau
 
     rows = []
     for vary in ("seed", "method"):
@@ -411,7 +411,7 @@ def stability(cells, k: int) -> list[dict]:
             x, y = np.asarray(a["values"], dtype=float), np.asarray(b["values"], dtype=float)
             ok = ~(np.isnan(x) | np.isnan(y))
             rows.append({"across": vary, **rest, "a": a["settings"][vary], "b": b["settings"][vary],
-                         "kendall_tau": _kendall_tau(x[ok], y[ok]),
+                         "kendall_tau": kendall_tau(x[ok], y[ok]),
                          f"top{k}_overlap": agreement(np.nan_to_num(x, nan=-np.inf), np.nan_to_num(y, nan=-np.inf), k)[f"top{k}_overlap"],
                          "k": k})
     return rows

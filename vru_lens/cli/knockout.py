@@ -42,8 +42,6 @@ def knockout(
     set_threads(threads)
     saved = out_file(out, "knockout.json")
     items = load_items(data, n, "test", seed)
-    import numpy as np
-
     from functools import partial
 
     from ..bench import PAIRABLE, make_items
@@ -67,18 +65,9 @@ def knockout(
                   accuracy=partial(accuracy, chat=chat, batch_size=batch_size))
     except (ValueError, OSError, KeyError, ModuleNotFoundError) as err:
         fail(error_line(err))
-    by = {c["name"]: c for c in res.conditions}
-    rand = [c["accuracy"] for c in res.conditions if c["name"].startswith("random")]
-    payload = {"model": model, "k": res.k, "top": res.top, "n_items": len(items), "n_pairs": len(pt),
-               "base_accuracy": by["none"]["accuracy"], "top_k_accuracy": by["top"]["accuracy"],
-               "random_k_accuracy": float(np.mean(rand)),
-               "random_k_band": [float(np.quantile(rand, 0.05)), float(np.quantile(rand, 0.95))],
-               "random_k_each": rand, "normalised_ld": {"top_k": by["top"]["normalised_ld"],
-                                                        "random_k_mean": float(np.mean([c["normalised_ld"] for c in res.conditions if c["name"].startswith("random")]))}}
+    payload = {**res.summary(), "model": model}
     if saved:
-        from ..results import write_json_atomic
-
-        write_json_atomic(saved, payload)
+        res.save(saved)  # a typed KnockoutResult: load_result reads it back, summary() gives payload's numbers
     if json_out:
         print_json(payload)
         return

@@ -59,7 +59,7 @@ def _is_conv1d(module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
-def _proj(model, layer: int, kind: str):
+def projection(model, layer: int, kind: str):
     """The module whose forward computes the q/k/v/o projection of ``layer`` in this model."""
     try:
         attn = model.blocks[layer].attn
@@ -100,11 +100,11 @@ class HeadDeltas(nn.Module):
             raise ValueError("choose at least one head (layer, head)")
         self.heads = heads
         if model is not None:
-            w = _proj(model, 0, "q").weight
+            w = projection(model, 0, "q").weight
             dtype, device = dtype or w.dtype, device or w.device
             for l in sorted({l for l, _ in heads}):
                 for kind in self.kinds:
-                    _proj(model, l, kind)  # fail early on unsupported architectures
+                    projection(model, l, kind)  # fail early on unsupported architectures
         self.slices = self._make_slices()
         d, dh = g["d_model"], g["d_head"]
         self.deltas = nn.ParameterDict({
@@ -203,7 +203,7 @@ class HeadDeltas(nn.Module):
         if self._backup is not None:
             raise RuntimeError("these deltas are merged into the weights; unmerge() before applying them as hooks")
         for (l, kind), slices in self._by_module().items():
-            mod = _proj(model, l, kind)
+            mod = projection(model, l, kind)
             self._handles.append(mod.register_forward_hook(self._hook(kind, slices, _is_conv1d(mod))))
         return self
 
@@ -226,7 +226,7 @@ class HeadDeltas(nn.Module):
         """(weight, index expression) pairs this slice writes, with the delta laid out for each."""
         dh, d = self.geom["d_head"], self.geom["d_model"]
         rows = slice(s.index * dh, (s.index + 1) * dh)
-        mod = _proj(model, s.layer, s.kind)
+        mod = projection(model, s.layer, s.kind)
         delta = self.deltas[s.key].detach()
         conv = _is_conv1d(mod)
         if s.kind == "o":  # Linear: W[:, cols]; Conv1D (transposed): W[rows, :]

@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from .adapters import _proj
+from .adapters import projection
 
 
 class _NamedParameters:
@@ -96,11 +96,11 @@ class LoraAdapters(_NamedParameters):
 
         hf = model.original_model
         names = {id(m): n for n, m in hf.named_modules()}
-        targets = [names[id(_proj(model, l, kind))] for l in range(model.cfg.n_layers) for kind in kinds]
+        targets = [names[id(projection(model, l, kind))] for l in range(model.cfg.n_layers) for kind in kinds]
         per_rank = 0
         for l in range(model.cfg.n_layers):
             for kind in kinds:
-                w = _proj(model, l, kind).weight
+                w = projection(model, l, kind).weight
                 per_rank += w.shape[0] + w.shape[1]
         if rank is None:
             if budget is None:

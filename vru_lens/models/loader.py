@@ -100,11 +100,14 @@ def _quiet_text_only_boot():
     vru-lens uses vision-language models text-only; that step would fetch a
     processor from the hub and, failing, pip-install torchvision (which drags
     in another torch build). Warnings and INFO logs are silenced too.
+    ``load_modality_processor`` is TransformerLens's module-level step (4.x); where a version lacks it,
+    nothing is replaced and the boot runs as that version does (for a text-only model the same).
     """
     from transformer_lens.model_bridge.sources.transformers import source
 
-    original = source.load_modality_processor
-    source.load_modality_processor = lambda *args, **kwargs: None
+    original = getattr(source, "load_modality_processor", None)
+    if callable(original):
+        source.load_modality_processor = lambda *args, **kwargs: None
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -113,7 +116,8 @@ def _quiet_text_only_boot():
             warnings.simplefilter("ignore")
             yield
     finally:
-        source.load_modality_processor = original
+        if callable(original):
+            source.load_modality_processor = original
         root.setLevel(level)
 
 

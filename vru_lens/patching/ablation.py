@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..heads import heads_view as _heads_view, hook_name
+from ..heads import heads_view, hook_name
 from ..readout import gather_final, logit_diff_from_logits, resid_log_probs
 from .metrics import batches
 from .fallback import FastPathUnsupported, warn_fallback
@@ -36,7 +36,7 @@ def head_means(model, pt, batch_size: int = 8, prompts: str = "clean") -> Float[
         ids = (sub.clean if prompts == "clean" else sub.corrupt).to(model.cfg.device)
         _, cache = model.run_with_cache(ids, names_filter=lambda name: name in names)
         real = (torch.arange(ids.shape[1])[None] < sub.lengths[:, None]).to(ids.device)
-        z = torch.stack([_heads_view(cache[n], H) for n in names])  # [L, b, pos, H, d]
+        z = torch.stack([heads_view(cache[n], H) for n in names])  # [L, b, pos, H, d]
         s = (z * real[None, :, :, None, None]).sum(dim=(1, 2))
         total = s if total is None else total + s
         count += int(real.sum())
@@ -91,7 +91,7 @@ def _ablation_tails(model, pt, how, alpha, means, batch_size, max_rows, progress
 
                     def patch(act, hook, heads=heads, layer=layer):
                         act = act.clone()
-                        view = _heads_view(act, H).view(len(heads), nb, act.shape[1], H, -1)
+                        view = heads_view(act, H).view(len(heads), nb, act.shape[1], H, -1)
                         for j, h in enumerate(heads):
                             if how == "mean":
                                 view[j, :, :, h] = means[layer, h].to(act.device, act.dtype)
@@ -129,9 +129,9 @@ def ablation_reference(model, pt, how: str = "mean", alpha: float = 0.0, means: 
                 def patch(act, hook, h=h, layer=layer):
                     act = act.clone()
                     if how == "mean":
-                        _heads_view(act, H)[:, :, h] = means[layer, h]
+                        heads_view(act, H)[:, :, h] = means[layer, h]
                     else:
-                        _heads_view(act, H)[:, :, h] *= alpha
+                        heads_view(act, H)[:, :, h] *= alpha
                     return act
                 name = _ablate_hook(how, layer)
                 logits = model.run_with_hooks(ids, fwd_hooks=[(name, patch)])

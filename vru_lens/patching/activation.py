@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..heads import gqa_groups, hook_name, n_heads_of  # noqa: F401  (gqa_groups re-exported)
-from ..heads import heads_view as _heads_view
+from ..heads import heads_view
 from ..readout import logit_diff_from_logits, logit_diff_from_resid
 from .metrics import batches
 from .fallback import FastPathUnsupported, warn_fallback
@@ -38,7 +38,7 @@ COMPONENTS = ("z", "q", "k", "v")
 DIRECTIONS = ("noising", "denoising")
 
 
-def _check(component: str, direction: str) -> None:
+def check_variant(component: str, direction: str) -> None:
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
     if direction not in DIRECTIONS:
@@ -53,7 +53,7 @@ def base_and_source(pt, direction: str):
 def _sweep(model, pt, component, direction, batch_size, max_rows, progress, by_pos, layers=None):
     """Tail replays from the first differing token; whole-sequence replays, then the plain
     reference, where a runner's self-check fails (see ``tail.py``)."""
-    _check(component, direction)
+    check_variant(component, direction)
     what = "activation patching"
     try:
         starts = first_diff(pt.clean, pt.corrupt, pt.lengths)
@@ -93,7 +93,7 @@ def _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress
                     out[sl, layer] = fill.expand(nb, H, S)
             for layer in layers:
                 name = hook_name(layer, component)
-                source = _heads_view(src.acts[name], H)
+                source = heads_view(src.acts[name], H)
                 variants = [(h, t) for h in range(H) for t in range(base.T)] if by_pos else [(h, None) for h in range(H)]
                 per = max(1, max_rows // nb)
                 for c0 in range(0, len(variants), per):
@@ -102,7 +102,7 @@ def _sweep_tails(model, pt, component, direction, batch_size, max_rows, progress
 
                     def patch(act, hook, chunk=chunk, source=source):
                         act = act.clone()
-                        view = _heads_view(act, H).view(len(chunk), nb, *source.shape[1:])
+                        view = heads_view(act, H).view(len(chunk), nb, *source.shape[1:])
                         for j, (h, t) in enumerate(chunk):
                             if t is None:
                                 view[j, :, :, h] = source[:, :, h]
@@ -155,7 +155,7 @@ def activation_patch_heads_reference(model, pt, component: str = "z", direction:
 
     ``by_pos``: patch one position at a time (absolute index; NaN past a pair's length).
     """
-    _check(component, direction)
+    check_variant(component, direction)
     L, H = model.cfg.n_layers, n_heads_of(model, component)
     layers = list(range(L)) if layers is None else list(layers)
     S = pt.clean.shape[1]
@@ -175,7 +175,7 @@ def activation_patch_heads_reference(model, pt, component: str = "z", direction:
                     for t in (range(width) if by_pos else [slice(None)]):
                         def patch(act, hook, h=h, name=name, t=t):
                             act = act.clone()
-                            _heads_view(act, H)[:, t, h] = _heads_view(cache[name], H)[:, t, h]
+                            heads_view(act, H)[:, t, h] = heads_view(cache[name], H)[:, t, h]
                             return act
                         logits = model.run_with_hooks(base, fwd_hooks=[(name, patch)])
                         ld = logit_diff_from_logits(logits, fp, a, b).float().cpu()

@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 
 from ..heads import heads_view, hook_name, n_heads_of, top_heads
 from ..readout import logit_diff_from_logits
-from .activation import _check, base_and_source
+from .activation import base_and_source, check_variant
 from .metrics import batches
 
 
 def attribution_patch_heads(model, pt, component: str = "z", direction: str = "noising", batch_size: int = 8,
                             progress: bool = True, ig_steps: int = 1) -> Float[Tensor, "pair layer head"]:
     """Estimated patched logit difference for every head (see module docstring)."""
-    _check(component, direction)
+    check_variant(component, direction)
     if ig_steps < 1:
         raise ValueError(f"ig_steps must be at least 1 (1 = plain attribution patching), got {ig_steps}")
     L, H = model.cfg.n_layers, n_heads_of(model, component)

@@ -61,14 +61,25 @@ class KnockoutResult(Result):
     k: int
     top: list  # [[layer, head], ...]
     conditions: list = field(default_factory=list)  # {name, heads, accuracy, mean_ld, normalised_ld}
+    n_items: int = 0  # items scored for accuracy (0: the pairs themselves were scored)
+    n_pairs: int = 0
 
     def summary(self) -> dict:
+        """Accuracies (none, top-k, random k: mean, 5-95% band, each draw), and what ablating costs in
+        accuracy and logit difference; what ``vru-lens knockout --json`` prints."""
+        import numpy as np
+
         base = self.conditions[0]
         top = next(c for c in self.conditions if c["name"] == "top")
         rand = [c for c in self.conditions if c["name"].startswith("random")]
-        mean = lambda key: sum(c[key] for c in rand) / max(len(rand), 1)  # noqa: E731
+        acc = [c["accuracy"] for c in rand]
+        mean = lambda key: float(np.mean([c[key] for c in rand])) if rand else float("nan")  # noqa: E731
         return {
-            "model": self.model, "k": self.k, "top": self.top,
+            "model": self.model, "k": self.k, "top": self.top, "n_items": self.n_items, "n_pairs": self.n_pairs,
+            "base_accuracy": base["accuracy"], "top_k_accuracy": top["accuracy"], "random_k_accuracy": mean("accuracy"),
+            "random_k_band": [float(np.quantile(acc, 0.05)), float(np.quantile(acc, 0.95))] if acc else None,
+            "random_k_each": acc,
+            "normalised_ld": {"top_k": top["normalised_ld"], "random_k_mean": mean("normalised_ld")},
             "baseline": {"accuracy": base["accuracy"], "mean_ld": base["mean_ld"]},
             "top_k": {"accuracy_drop": base["accuracy"] - top["accuracy"], "ld_drop": base["mean_ld"] - top["mean_ld"],
                       "normalised_ld": top["normalised_ld"]},
@@ -122,7 +133,7 @@ def knockout(model, pt, items, top: list[Head], n_random: int = 5, seed: int = 0
     sets = [("none", []), ("top", top)] + [(f"random{i}", random_heads(L, H, k, rng=rng, exclude=top))
                                           for i in range(n_random)]
     clean0 = corrupt0 = None
-    result = KnockoutResult(model_name(model), k, [list(h) for h in top])
+    result = KnockoutResult(model_name(model), k, [list(h) for h in top], n_items=len(items or ()), n_pairs=len(pt))
     for name, heads in sets:
         with ablate_heads(model, heads, means), torch.inference_mode():
             clean, corrupt = baseline_logit_diffs(model, pt, batch_size)

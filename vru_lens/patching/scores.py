@@ -48,7 +48,7 @@ def score_from(per_pair: np.ndarray, clean_ld: np.ndarray, corrupt_ld: np.ndarra
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def _kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     from scipy.stats import kendalltau
 
     return float(kendalltau(x.ravel(), y.ravel()).statistic)
@@ -158,7 +158,7 @@ class HeadScores(Result):
         self.ci_high = np.nanquantile(boots, 1 - alpha, axis=0)
         self.ci_level = level
         self.boot_ranks = np.stack([ranks(b) for b in boots]).astype(np.int32)
-        self.boot_taus = np.array([_kendall_tau(boots[i], boots[i + 1]) for i in range(len(boots) - 1)])
+        self.boot_taus = np.array([kendall_tau(boots[i], boots[i + 1]) for i in range(len(boots) - 1)])
         self.meta = {**self.meta, "n_boot": int(len(boots)), "boot_seed": seed}
         if self.kind not in UNNORMALISED:
             sig = self.signal(n_boot, level, seed)

@@ -221,7 +221,104 @@ def summary(studies: list) -> str:
                      + "<p class='note'>CPR: the area under the fraction of the clean-minus-corrupt logit difference "
                        "recovered, over the fraction of heads kept (higher is better); CMD: the area of its distance "
                        "to 1 (lower is better). A ranking is worth its CPR/CMD only outside the random band.</p>")
+    parts.append(against_full_run(studies))
     return "<h2>Summary</h2>" + "".join(parts)
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion ``p`` over ``n`` items."""
+    if not n:
+        return (float("nan"), float("nan"))
+    mid, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (mid - half, mid + half)
+
+
+def _cmp_row(what, quick, quick_ci, full, full_ci, differs: str, fmt=_pct) -> list:
+    """One comparison: the quick value [interval] beside the full run's; agreeing = the intervals overlap
+    (a point where there is no interval); where they do not, the settings that differ are the row's reason."""
+    lo, hi = quick_ci if quick_ci else (quick, quick)
+    flo, fhi = full_ci if full_ci else (full, full)
+    agree = lo <= fhi and flo <= hi
+    cell = lambda v, ci: fmt(v) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")  # noqa: E731
+    return [_e(what), cell(quick, quick_ci), cell(full, full_ci), "yes" if agree else "<b>no</b>",
+            "" if agree else _e(differs)]
+
+
+ARM_OF_METHOD = {"heads": "top", "random": "random", "bottom": "bottom", "lora": "lora", "full": "full"}
+
+
+def against_full_run(studies: list) -> str:
+    """The organisms' quick numbers beside the full measurement their cards keep (``vru-lens organism
+    measure``; a deficit's ``full_run`` from ``vru-lens organism deficit-study --into-card``; both in
+    docs/organism.md): does each agree within its interval, and if not, which settings differ."""
+    from .models.organisms import ORGANISMS, organism_card
+
+    rows = []
+    for st in studies:
+        for name, results, known in ((st["model"], st["results"], st.get("circuit")),
+                                     (st.get("base"), st.get("base_results", {}), st.get("base_deficient"))):
+            if name not in ORGANISMS:
+                continue
+            card = organism_card(name)
+            full = card.get("full_run", {})
+            deficit = card.get("deficit")
+            measured = deficit or card.get("measured") or {}
+            ev = results.get("eval")
+            if ev is not None and "accuracy" in measured:
+                n, N = ev.summary()["n"], measured["n_items"]
+                q, f = ev.summary()["candidate_accuracy"], measured["accuracy"]
+                rows.append(_cmp_row(f"{name}: VRU accuracy", q, _wilson(q, n), f, _wilson(f, N),
+                                     f"{n} items here, {N} in the full run"))
+            pr = results.get("probe")
+            heading = full.get("probe_heading") or (None if deficit else card.get("heading_probe"))
+            if pr is not None and heading:
+                s = pr.summary()
+                b = s["layers"].index(s["best_layer"])
+                q, f = s["accuracy"][b], heading["accuracy"][s["best_layer"]]
+                rows.append(_cmp_row(f"{name}: heading probe at layer {s['best_layer']}", q, _wilson(q, s["n_test_rows"]),
+                                     f, None, f"the probe trained on {s['n_train_rows']} rows of "
+                                     f"{st['config'].get('n_probe', '?')} items here, {heading.get('n_items', '?')} "
+                                     "items in the full run"))
+            graded = full.get("rankings") or {m: {"auroc": g["auroc"]} for m, g in
+                                              (card.get("measured") or {}).get("methods", {}).items()}
+            for stage, sc in results.items():
+                method = stage[len("rank_"):] if stage.startswith("rank_") else None
+                if method in graded and known:
+                    from .organism.verify import auroc_ci
+
+                    g, f = auroc_ci(sc, known, n_boot=200), graded[method]
+                    rows.append(_cmp_row(f"{name}: {method} AUROC vs {'D' if deficit else 'C'}", g["auroc"],
+                                         (g["low"], g["high"]), f["auroc"], (f["low"], f["high"]) if "low" in f else None,
+                                         f"{sc.summary()['n_pairs']} pairs here", fmt=lambda x: f"{x:.2f}"))
+        repair = None
+        if st.get("base") in ORGANISMS:
+            repair = organism_card(st["base"]).get("full_run", {}).get("repair")
+        for stage, ft in st["results"].items():
+            if not (repair and stage.startswith("finetune_")):
+                continue
+            s = ft.summary()
+            arm = repair["arms"].get(ARM_OF_METHOD.get(s["method"]))
+            if not arm:
+                continue
+            cfg, fs = ft.train["config"], repair["settings"]
+            differs = (f"one seed here, {len(fs['seeds'])} there; here {cfg['steps']} steps, held-out templates "
+                       f"kept out of training, the best of its validation checkpoints kept (step {ft.train['best_step']}); "
+                       f"the full run: {fs['steps']} steps, {fs['templates']}")
+            n = s["vru_after"].get("n") or st["config"].get("n_eval", 0)
+            q = s["vru_after"]["test"]
+            rows.append(_cmp_row(f"{st['base']} + {s['method']}: VRU accuracy", q, _wilson(q, n),
+                                 arm["vru_acc"]["mean"], arm["vru_acc"]["ci"], differs))
+            kl = s["general_after"].get("list/kl")
+            if kl is not None and "list_kl" in arm:
+                rows.append(_cmp_row(f"{st['base']} + {s['method']}: list-recall KL", kl, None, arm["list_kl"]["mean"],
+                                     arm["list_kl"]["ci"], differs, fmt=lambda x: f"{x:.3f}"))
+    if not rows:
+        return ""
+    return ("<h3>This run against the full measurement (docs/organism.md)</h3>"
+            + _table(["quantity", "this run [95% interval]", "full run [95% interval]", "agree", "settings that differ"],
+                     rows)
+            + "<p class='note'>Intervals: Wilson over items or probe rows, bootstrap over pairs for AUROCs, a t-interval "
+              "over seeds for the full run's fine-tuning; a bare number has none kept. Agree: the intervals overlap.</p>")
 
 
 def _model_base_tuned(st: dict, stage: str) -> dict:

@@ -165,6 +165,8 @@ def deficit_study_cmd(
     k: int = typer.Option(None, "--k", help="Heads each head-choosing arm tunes (default: |D|)."),
     parts: str = typer.Option("measure,repair", "--parts", help="Comma-separated: measure, repair."),
     threads: Threads = 1,
+    into_card: bool = typer.Option(False, "--into-card", help="Also keep the numbers in the organism's card "
+                                   "(key full_run: what `vru-lens run`'s report compares a quick run with)."),
     json_out: Json = False,
 ):
     """On a deficit organism: heading probe and logit lens, every ranking's AUROC vs D with CIs, and the
@@ -188,6 +190,19 @@ def deficit_study_cmd(
         result = run(model, out, cfg, parts=wanted, threads=threads, log=(lambda m: None) if json_out else typer.echo)
     except (ValueError, FileNotFoundError) as err:
         fail(error_line(err))
+    if into_card:
+        import json
+        import sys
+
+        from ..models.organisms import ORGANISMS, organism_dir
+        from ..organism.repair import card_entry
+        from ..results import write_json_atomic
+
+        folder = organism_dir(model) if model in ORGANISMS else Path(model)
+        card = json.loads((folder / "organism.json").read_text())
+        card["full_run"] = {**card.get("full_run", {}),
+                            **card_entry(result, "vru-lens organism " + " ".join(sys.argv[2:]))}
+        write_json_atomic(folder / "organism.json", card)
     if json_out:
         print_json(result)
         return

@@ -27,12 +27,17 @@ SETTLE = replace(CONSISTENT, steps=1500, lr=5e-4, resample_frac=0.85)
 # positions, with small effects); redundant: the final-turn heads (2,0), (2,1) each have a backup in
 # key-value group 1 of layer 2, trained so that either side alone carries the final turn.
 BACKUP = (((2, 0), (2, 2)), ((2, 1), (2, 3)))
+# deep: the same five phases at 8 layers x 8 query heads (4 key-value groups), C = key-value group 0 of
+# every layer (16 of 64 heads), so rankings and the fast paths work at depth; each phase half as long (a
+# step costs twice the 4-layer one's; what that costs in completeness: docs/grading.md).
+DEEP_CIRCUIT = tuple((l, h) for l in range(8) for h in (0, 1))
 PHASES = (RECIPE, POLISH, HEADING, CONSISTENT, SETTLE)
 RECIPES = {"vru-organism": PHASES,
            "vru-organism-d96": (OrganismConfig(d_model=96, d_mlp=384, steps=2500),),
            "vru-organism-noisy": tuple(replace(p, attn_weight=0.0, silence_weight=0.0) for p in PHASES),
            "vru-organism-redundant": tuple(replace(p, circuit=RECIPE.circuit + ((2, 2), (2, 3)), backup=BACKUP)
-                                           for p in PHASES)}
+                                           for p in PHASES),
+           "vru-organism-deep": tuple(replace(p, n_layers=8, circuit=DEEP_CIRCUIT, steps=p.steps // 2) for p in PHASES)}
 TINY = OrganismConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
                    stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
                    siit_start=0.0)

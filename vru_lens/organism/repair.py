@@ -269,9 +269,32 @@ def run(name: str, out: str | Path, cfg: RepairConfig = RepairConfig(), parts=("
     if "measure" in parts:
         result["measure"] = measure_deficit(name, cfg, log)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["config"] = asdict(cfg)
     (out / "deficit_study.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "tables.md").write_text(tables(result))
     return result
+
+
+def card_entry(result: dict, command: str) -> dict:
+    """What the deficit card keeps of a full run (``full_run``): the numbers a quick run is compared with
+    (``report``), each with its interval, and the settings that produced them."""
+    import datetime
+
+    entry = {"command": command, "date": datetime.date.today().isoformat()}
+    if "measure" in result:
+        m = result["measure"]
+        entry["behaviour"] = m["behaviour"]
+        entry["rankings"] = {k: {x: r[x] for x in ("auroc", "low", "high")} for k, r in m["rankings"].items()}
+        entry["probe_heading"] = {"accuracy": m["probe_heading"]["accuracy"], "n_items": result["config"]["n_probe"]}
+    if "repair" in result:
+        r = result["repair"]
+        cfg = r["config"]
+        entry["repair"] = {"arms": {arm: {k: v for k, v in s.items() if isinstance(v, dict) and "ci" in v}
+                                    for arm, s in r["summary"].items()},
+                           "settings": {"steps": cfg["steps"], "batch": cfg["batch"], "n_train": cfg["n_train"],
+                                        "lr": cfg["lr"], "seeds": list(cfg["seeds"]), "n_items": cfg["n_items"],
+                                        "templates": "every template in training; the last step is measured"}}
+    return entry
 
 
 def tables(result: dict) -> str:

@@ -161,12 +161,12 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
         raise ValueError("no counterfactual pairs: give more items (about half of them pair up)")
     name = model_name(model)
     kind = how.kind(opts)
+    read = {o: getattr(opts, o) for o in how.options}  # the options this method reads, and only those
     key = {"model": name, "method": method, "component": opts.component, "kind": kind, "tokens": tokens_hash(pt),
-           "ablation": ablation if method == "ablation" else None, "alpha": alpha if method == "ablation" else None,
-           "batch_size": batch_size, **({"ig_steps": ig_steps} if method == "attribution" and ig_steps != 1 else {})}
+           "batch_size": batch_size, **read}
     ckpt = Checkpoint(checkpoint, key) if checkpoint else None
     means = None
-    if method == "ablation" and opts.ablation == "mean":
+    if read.get("ablation") == "mean":
         from .ablation import head_means
 
         means = head_means(model, pt, batch_size)  # over all pairs, so chunks share one mean
@@ -189,19 +189,11 @@ def rank_heads(model, pairs, method: str = "path", *, component: str = "z", dire
             parts[k].append(torch.as_tensor(saved[k]).float())
     cat = {k: torch.cat(v) for k, v in parts.items()}
     meta = {"seconds": round(time.perf_counter() - t0, 2), "pairs": pt.pairs.summary() if hasattr(pt.pairs, "summary") else None,
-            "resumed_chunks": ckpt.resumed if ckpt else 0, "batch_size": batch_size}
-    if method == "ablation":
-        meta["ablation"] = ablation
-        if ablation == "scaled_query":
-            meta["alpha"] = alpha
+            "resumed_chunks": ckpt.resumed if ckpt else 0, "batch_size": batch_size, **read}
+    if cat["extra"].numel():  # ablation: the clean logit difference with each head ablated
         meta["ablated_ld_mean"] = cat["extra"].mean(0).tolist()
-    if "direction" in how.options:
-        meta["direction"] = direction
-    if method == "attribution":
-        meta["ig_steps"] = ig_steps
-    component = opts.component
     result = HeadScores.from_patched(cat["per_pair"], cat["clean"], cat["corrupt"], method=method, model=name, kind=kind,
-                                     component=component, gqa=gqa_note(model, component), meta=meta)
+                                     component=opts.component, gqa=gqa_note(model, opts.component), meta=meta)
     if n_boot:
         result.bootstrap(n_boot, seed=seed)
     if ckpt:

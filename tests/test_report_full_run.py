@@ -1,0 +1,44 @@
+"""The report's comparison of a quick run with the full measurement an organism's card keeps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vru_lens.models.organisms import organism_card
+from vru_lens.report import _cmp_row, _wilson, against_full_run
+
+
+def test_wilson_interval_known_values():
+    lo, hi = _wilson(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    lo, hi = _wilson(0.0, 20)  # the interval of 0/20 is not the point 0
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.1611, abs=1e-4)
+
+
+def test_rows_agree_when_intervals_overlap_and_say_why_when_not():
+    assert _cmp_row("a", 0.5, (0.4, 0.6), 0.62, (0.58, 0.66), "n differs")[3] == "yes"
+    row = _cmp_row("a", 0.5, (0.4, 0.55), 0.62, (0.58, 0.66), "n differs")
+    assert row[3] == "<b>no</b>" and row[4] == "n differs"
+    assert _cmp_row("kl", 0.155, None, 0.078, (0.071, 0.084), "steps differ", fmt=str)[3] == "<b>no</b>"
+    assert _cmp_row("kl", 0.08, None, 0.078, (0.071, 0.084), "steps differ", fmt=str)[3] == "yes"
+
+
+class _Eval:
+    def __init__(self, acc, n):
+        self.s = {"n": n, "candidate_accuracy": acc}
+
+    def summary(self):
+        return self.s
+
+
+def test_quick_accuracy_is_compared_with_the_card():
+    card = organism_card("vru-organism")["measured"]
+    near = against_full_run([{"model": "vru-organism", "results": {"eval": _Eval(card["accuracy"], 200)},
+                              "config": {}}])
+    far = against_full_run([{"model": "vru-organism", "results": {"eval": _Eval(card["accuracy"] - 0.2, 200)},
+                             "config": {}}])
+    assert ">yes<" in near and "no</b>" not in near
+    assert "no</b>" in far and f"{card['n_items']} in the full run" in far
+    assert against_full_run([{"model": "tiny-llama", "results": {"eval": _Eval(0.5, 10)}, "config": {}}]) == ""

@@ -345,7 +345,7 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
 
     def experiment(method):
         model = base if method == "heads" else fresh()  # LoRA leaves PEFT's adapter config on its model: a fresh copy
-        ecfg = FinetuneConfig(method, top_k, cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=64,
+        ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=64,
                               n_test=cfg.n_eval, data_seed=cfg.seed, train=train_for(method))
         bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
         return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress, **bind),

@@ -60,7 +60,8 @@ def finetune(
     from ..finetune.run import DEFAULT_LR, FinetuneConfig
 
     try:  # the library validates the settings, before the model is loaded
-        experiment = FinetuneConfig(method, top_k, components, lora_rank, seed, n_train, n_val, n, seed,
+        experiment = FinetuneConfig(method=method, top_k=top_k, components=components, lora_rank=lora_rank,
+                                    head_seed=seed, n_train=n_train, n_val=n_val, n_test=n, data_seed=seed,
                                     train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                                                       lr=lr or DEFAULT_LR.get(method, 0.0), warmup_steps=min(warmup, steps),
                                                       eval_every=eval_every, seed=seed,

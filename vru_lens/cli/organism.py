@@ -195,14 +195,14 @@ def deficit_study_cmd(
         import sys
 
         from ..models.organisms import ORGANISMS, organism_dir
+        from ..organism.recipe import write_card
         from ..organism.repair import card_entry
-        from ..results import write_json_atomic
 
         folder = organism_dir(model) if model in ORGANISMS else Path(model)
         card = json.loads((folder / "organism.json").read_text())
         card["full_run"] = {**card.get("full_run", {}),
                             **card_entry(result, "vru-lens organism " + " ".join(sys.argv[2:]))}
-        write_json_atomic(folder / "organism.json", card)
+        write_card(folder, card)
     if json_out:
         print_json(result)
         return

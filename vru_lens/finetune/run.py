@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..results import Accuracy, Result, cache_key, model_name
@@ -86,6 +86,7 @@ class FinetuneConfig:
 
     method: str = "heads"  # one of METHODS
     top_k: int = 16  # heads (and LoRA's parameter budget)
+    _: KW_ONLY  # the rest by name
     components: str = "qo"  # head-delta slices, one of finetune.COMPONENTS
     lora_rank: int | None = None  # None: matched to the head-delta budget
     head_seed: int = 0  # random-k draws

@@ -63,12 +63,16 @@ def test_grade_cli_on_the_shipped_organism_finds_C(tmp_path):
     from vru_lens.cli import app
 
     res = CliRunner().invoke(app, ["grade", "vru-organism", "--n-pairs", "24", "--n-boot", "50",
-                                   "--methods", "ablation,activation", "--out", str(tmp_path), "--json"])
+                                   "--methods", "ablation,activation", "--knockout-items", "60", "--knockout-random",
+                                   "2", "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
     g = json.loads((tmp_path / "grading.json").read_text())["vru-organism"]
     assert g["against"].startswith("C") and len(g["known"]) == 8 and g["methods"]["ablation"]["auroc"] > 0.9
-    assert "ablation - activation" in g["paired"] and (tmp_path / "grading.md").read_text().count("| ablation |") == 1
-    assert (tmp_path / "grading.html").exists()
+    assert "ablation - activation" in g["paired"] and (tmp_path / "grading.md").read_text().count("| ablation |") == 2
+    assert (tmp_path / "grading.html").exists() and (tmp_path / "knockout_vru-organism.html").exists()
+    ko = g["knockout"]  # ablating mean ablation's top 8 (about C) costs far more than 8 random heads outside it
+    k8 = ko["ks"].index(8)
+    assert ko["ks"][-1] == 16 and ko["curves"]["ablation"][k8] < ko["random"]["ablation"]["8"]["mean"] - 0.2, ko
 
 
 def test_grade_cli_refuses_a_model_without_a_known_answer():

@@ -221,6 +221,25 @@ def vru_pairs(tokenizer, n_pairs: int, seed: int = 78) -> PairTokens:
     return tokenize_pairs(tokenizer, items, chat=False)
 
 
+def knockout_curves(model, rankings: dict, known, pt: PairTokens, n_items: int = 200, n_random: int = 5,
+                    seed: int = 0):
+    """Each ranking's top-k heads mean-ablated together, k = 1..min(2|known|, half the heads), against random
+    k-sets outside its top k (``patching.knockout_curve``), on paper-style test items (seed 77, the cards')."""
+    from functools import partial
+
+    from .bench import BenchConfig, make_items
+    from .evaluate import accuracy
+    from .heads import top_heads
+    from .patching.ablation import head_means
+    from .patching.knockout import knockout_curve
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    items = make_items(n_items, seed=77, cfg=BenchConfig(style="paper"))
+    tops = {name: top_heads(hs.scores, L * H) for name, hs in rankings.items()}
+    return knockout_curve(model, items, tops, head_means(model, pt, 32), min(2 * len(known), L * H // 2), n_random,
+                          seed, accuracy=partial(accuracy, chat=False, batch_size=64))
+
+
 def grading_markdown(results: dict) -> str:
     """{model: grade_rankings(...) + "against"} as markdown: one AUROC/precision table per model, then the
     method pairs whose AUROC differs at p < 0.05."""
@@ -233,6 +252,20 @@ def grading_markdown(results: dict) -> str:
         for name, r in g["methods"].items():
             lines.append(f"| {name} | {fmt(r['auroc'], r['auroc_ci'])} | {fmt(r['precision'], r['precision_ci'])} | "
                          + " ".join(f"({l},{h})" for l, h in r["top"]) + " |")
+        ko = g.get("knockout")
+        if ko:
+            ks = ko["ks"]
+            n_known = len(g["known"])
+            kk = sorted({k for k in (n_known // 2, n_known, ks[-1]) if k in ks})
+            lines += ["", f"Knockout (mean ablation, {ko['n_items']} items, no heads ablated "
+                          f"{100 * ko['base_accuracy']:.1f}%): accuracy with the top k ablated, random k outside it "
+                          "mean [5-95%]", "", "| method | " + " | ".join(f"k = {k}" for k in kk) + " |",
+                      "|---" * (len(kk) + 1) + "|"]
+            for name, accs in ko["curves"].items():
+                cells = [f"{100 * accs[ks.index(k)]:.1f} ({100 * ko['random'][name][str(k)]['mean']:.1f} "
+                         f"[{100 * ko['random'][name][str(k)]['low']:.1f}, {100 * ko['random'][name][str(k)]['high']:.1f}])"
+                         for k in kk]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         sig = [(pair, r) for pair, r in g["paired"].items() if r["p"] is not None and r["p"] < 0.05]
         lines += ["", "Paired bootstrap of the AUROC difference, p < 0.05: "
                   + ("; ".join(f"{pair} = {r['diff']:+.2f} [{r['diff_ci'][0]:+.2f}, {r['diff_ci'][1]:+.2f}], "

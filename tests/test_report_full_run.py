@@ -42,3 +42,16 @@ def test_quick_accuracy_is_compared_with_the_card():
     assert ">yes<" in near and "no</b>" not in near
     assert "no</b>" in far and f"{card['n_items']} in the full run" in far
     assert against_full_run([{"model": "tiny-llama", "results": {"eval": _Eval(0.5, 10)}, "config": {}}]) == ""
+
+
+def test_the_deficit_card_keeps_the_full_run_the_report_reads():
+    full = organism_card("vru-organism-deficit")["full_run"]
+    assert {"top", "random", "bottom", "other_task", "lora", "full"} <= set(full["repair"]["arms"])
+    top = full["repair"]["arms"]["top"]
+    lo, hi = top["vru_acc"]["ci"]
+    assert lo <= top["vru_acc"]["mean"] <= hi and "list_kl" in top and full["rankings"]["path"]["low"] <= 1.0
+    assert full["command"].startswith("vru-lens organism deficit-study") and "--into-card" in full["command"]
+    acc = organism_card("vru-organism-deficit")["deficit"]["accuracy"]
+    html = against_full_run([{"model": "vru-organism", "results": {}, "base": "vru-organism-deficit",
+                              "base_results": {"eval": _Eval(acc, 200)}, "config": {}}])
+    assert "vru-organism-deficit: VRU accuracy" in html and ">yes<" in html

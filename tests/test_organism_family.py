@@ -94,3 +94,50 @@ def test_noisy_background_reads_and_writes_where_the_quiet_organism_does_not(ite
     bos_q, write_q = _bos_attention_and_writes(quiet, qtok, items[:60], sorted(every - circuit_of(qcard)))
     assert bos_q >= 0.9 and bos_n <= 0.6, (bos_q, bos_n)  # the quiet one's outside heads read BOS only
     assert write_n >= 0.25 * write_c and write_n >= 3 * write_q, (write_n, write_c, write_q)
+
+
+@_unshipped("vru-organism-deep")
+def test_deep_is_deep_wide_and_grouped_and_its_fast_paths_match_plain_hooks():
+    """>= 8 layers x >= 8 query heads in key-value groups; the fast activation-patching sweep (tail replays)
+    gives, for every head, what one plain o_proj hook per head gives on the transformers model, without a
+    fallback warning."""
+    import warnings
+
+    from vru_lens.bench import PAIRABLE, make_items
+    from vru_lens.models import load_model
+    from vru_lens.patching.activation import activation_patch_heads
+    from vru_lens.tokens import tokenize_pairs
+
+    model, tok, card = _load("vru-organism-deep")
+    cfg = model.config
+    L, H = cfg.num_hidden_layers, cfg.num_attention_heads
+    assert L >= 8 and H >= 8 and cfg.num_key_value_heads < H and len(circuit_of(card)) < L * H // 2
+    bridge = load_model("vru-organism-deep", device="cpu")
+    pt = tokenize_pairs(bridge.tokenizer, make_items(40, 5, cfg=PAIRABLE, split="validation"), chat=False, max_pairs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback warns: here it fails the test
+        fast = activation_patch_heads(bridge, pt, progress=False)
+    d = cfg.hidden_size // H
+    for i in range(len(pt)):
+        n = int(pt.lengths[i])
+        clean, corrupt = pt.clean[i : i + 1, :n], pt.corrupt[i : i + 1, :n]
+        a, b = int(pt.clean_answer[i]), int(pt.corrupt_answer[i])
+        saved = {}
+        grab = [m.self_attn.o_proj.register_forward_pre_hook(
+            lambda mod, args, l=l: saved.__setitem__(l, args[0].detach().clone())) for l, m in enumerate(model.model.layers)]
+        with torch.no_grad():
+            model(corrupt)
+        for hk in grab:
+            hk.remove()
+        for l in range(L):
+            for h in range(H):
+                def put(mod, args, l=l, h=h):
+                    x = args[0].clone()
+                    x[..., h * d:(h + 1) * d] = saved[l][..., h * d:(h + 1) * d]
+                    return (x,)
+                hk = model.model.layers[l].self_attn.o_proj.register_forward_pre_hook(put)
+                with torch.no_grad():
+                    logits = model(clean).logits[0, -1]
+                hk.remove()
+                want = float(logits[a] - logits[b])
+                assert abs(float(fast[i, l, h]) - want) <= 1e-3 * max(1.0, abs(want)), (i, l, h, float(fast[i, l, h]), want)

@@ -105,3 +105,31 @@ def test_organism_train_cli_tiny(tmp_path):
     bad = CliRunner().invoke(app, ["organism", "train", "--recipe", "nope", "--out", str(tmp_path / "p")])
     assert bad.exit_code == 2 and "known: vru-organism" in bad.output, bad.output
     assert (tmp_path / "o" / "model.safetensors").exists() and (tmp_path / "o" / "organism.json").exists()
+
+
+def test_a_recipe_resumed_after_its_first_phase_equals_one_run_from_scratch(tmp_path, monkeypatch):
+    """run_recipe(start=...) goes on from a folder the recipe saved after its first phases; the weights equal a
+    run of every phase from scratch, and a folder from other phases is refused."""
+    from dataclasses import replace
+
+    import pytest
+    from safetensors.torch import load_file
+
+    from vru_lens.organism import recipe as R
+
+    second = replace(R.TINY, lr=1e-3, steps=4, eval_every=4)
+    monkeypatch.setitem(R.RECIPES, "two", (R.TINY, second))
+    monkeypatch.setitem(R.RECIPES, "first", (R.TINY,))
+    monkeypatch.setitem(R.RECIPES, "other", (replace(R.TINY, lr=5e-4),))
+    quiet = lambda *a: None  # noqa: E731
+    R.run_recipe(tmp_path / "whole", recipe="two", log=quiet)
+    R.run_recipe(tmp_path / "half", recipe="first", log=quiet)
+    R.run_recipe(tmp_path / "resumed", recipe="two", start=tmp_path / "half", log=quiet)
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curve = lambda name: [{k: v for k, v in p.items() if k != "seconds"}  # noqa: E731
+                          for p in json.loads((tmp_path / name / "training.json").read_text())["curve"]]
+    assert curve("resumed") == curve("whole") and len(curve("whole")) >= 2  # both phases' evaluations
+    R.run_recipe(tmp_path / "elsewhere", recipe="other", log=quiet)
+    with pytest.raises(ValueError, match="not saved by this recipe"):
+        R.run_recipe(tmp_path / "x", recipe="two", start=tmp_path / "elsewhere", log=quiet)

@@ -21,6 +21,8 @@ def train_cmd(
     tiny: bool = typer.Option(False, help="A tiny variant for a few steps: checks the training code."),
     recipe: str = typer.Option("vru-organism", "--recipe", help="A named recipe (vru_lens.organism.recipe.RECIPES)."),
     device: Device = None,
+    start: Path = typer.Option(None, "--start", help="A folder this recipe saved after its first phases: go on "
+                               "from there with the phases after them."),
 ):
     """Train from scratch; prints the learning curve as it goes and saves the model and its card.
 
@@ -33,8 +35,8 @@ def train_cmd(
         fail(f"unknown organism recipe {recipe!r}; known: {', '.join(RECIPES)}")
     try:
         card = run_recipe(str(out), seed=seed, steps=steps, threads=threads, tiny=tiny, log=typer.echo,
-                          recipe=recipe, device=pick_device(device))
-    except ValueError as err:
+                          recipe=recipe, device=pick_device(device), start=start)
+    except (ValueError, FileNotFoundError) as err:
         fail(error_line(err))
     typer.echo(f"saved {out} (circuit {', '.join(card['circuit'])})")
 

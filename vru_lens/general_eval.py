@@ -315,6 +315,26 @@ def _coarse_kl(lp_base: torch.Tensor, lp_model: torch.Tensor) -> torch.Tensor:
     return (p * (lp_base - lp_model)).sum(-1) + rest_p * (rest_p.log() - rest_q.log())
 
 
+@torch.inference_mode()
+def list_logprobs(model, items, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Next-token log-probabilities [item, vocab] at the end of each list-recall prompt, read as the organism
+    was trained on it (no answer cue, unlike VRUBench's render())."""
+    from .readout import rows_logits
+    from .tokens import pad_id, pad_right
+
+    tok = model.tokenizer
+    logps = []
+    for start in tqdm(range(0, len(items), batch_size), desc="list recall", disable=not progress):
+        ids, lengths = pad_right([tok(it["prompt"])["input_ids"] for it in items[start:start + batch_size]], pad_id(tok))
+        logps.append(rows_logits(model, ids, (lengths - 1)[:, None])[:, 0].float().log_softmax(-1).cpu())
+    return torch.cat(logps)
+
+
+def mean_kl(base: torch.Tensor, logp: torch.Tensor) -> float:
+    """Mean over rows of KL(base || model), both given as log-probabilities [row, vocab]."""
+    return float((base.exp() * (base - logp)).sum(-1).mean())
+
+
 @dataclass
 class ListRecallSuite:
     """The organisms' second task (list recall, ``vru_lens.organism.data``) as a forgetting check.
@@ -332,24 +352,14 @@ class ListRecallSuite:
     def run(self, model, reference: GeneralResult | None = None, progress: bool = False,
             keep_reference: bool = True) -> GeneralResult:
         from .organism.data import list_accuracy, list_items
-        from .readout import rows_logits
-        from .tokens import pad_id, pad_right
 
         items = list_items(self.n, self.seed)
-        tok = model.tokenizer
-        logps = []
-        for start in tqdm(range(0, len(items), self.batch_size), desc="list recall", disable=not progress):
-            # the prompt as the organism was trained on it: no answer cue, unlike VRUBench's render()
-            ids, lengths = pad_right([tok(it["prompt"])["input_ids"] for it in items[start:start + self.batch_size]],
-                                     pad_id(tok))
-            logps.append(rows_logits(model, ids, (lengths - 1)[:, None])[:, 0].float().log_softmax(-1).cpu())
-        logp = torch.cat(logps)
-        metrics = {"list/acc": list_accuracy(logp, items, tok)}
+        logp = list_logprobs(model, items, self.batch_size, progress)
+        metrics = {"list/acc": list_accuracy(logp, items, model.tokenizer)}
         if reference is not None:
             if reference.reference is None:
                 raise ValueError("the reference result has no stored distributions; run it with keep_reference=True")
-            base = reference.reference
-            metrics["list/kl"] = float((base.exp() * (base - logp)).sum(-1).mean())
+            metrics["list/kl"] = mean_kl(reference.reference, logp)
         result = GeneralResult(model_name(model), metrics, {"list": len(items)},
                                asdict(self))
         if keep_reference:

@@ -60,17 +60,17 @@ def study_data(model, cfg: StudyData) -> dict:
 
 
 # ------------------------------------------------------------------ measurements
-@torch.inference_mode()
 def list_recall(model, items, reference: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """Second-task accuracy and, against ``reference`` (the base's log-probs), mean KL(base || model)
-    of the answer-position distribution; returns the summary and this model's log-probs."""
-    from .data import encode_plain, list_accuracy
+    of the answer-position distribution; returns the summary and this model's log-probs (read as
+    ``general_eval.ListRecallSuite`` reads them: one forgetting check)."""
+    from ..general_eval import list_logprobs, mean_kl
+    from .data import list_accuracy
 
-    ids, last, _ = encode_plain(model.tokenizer, items)
-    logp = torch.log_softmax(model(ids)[torch.arange(len(items)), last].float(), -1)
+    logp = list_logprobs(model, items)
     out = {"list_acc": list_accuracy(logp, items, model.tokenizer)}
     if reference is not None:
-        out["list_kl"] = float((reference.exp() * (reference - logp)).sum(-1).mean())
+        out["list_kl"] = mean_kl(reference, logp)
     return out, logp
 
 

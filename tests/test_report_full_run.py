@@ -55,3 +55,24 @@ def test_the_deficit_card_keeps_the_full_run_the_report_reads():
     html = against_full_run([{"model": "vru-organism", "results": {}, "base": "vru-organism-deficit",
                               "base_results": {"eval": _Eval(acc, 200)}, "config": {}}])
     assert "vru-organism-deficit: VRU accuracy" in html and ">yes<" in html
+
+
+def test_deficit_study_into_card_keeps_the_card_and_adds_the_run(tmp_path):
+    """`deficit-study --into-card` on a trained folder: the card keeps every key it had and gains full_run."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vru_lens.cli import app
+    from vru_lens.models.organisms import organism_dir
+
+    folder = tmp_path / "deficit"
+    shutil.copytree(organism_dir("vru-organism-deficit"), folder)
+    before = json.loads((folder / "organism.json").read_text())
+    res = CliRunner().invoke(app, ["organism", "deficit-study", "--model", str(folder), "--quick", "--parts", "measure",
+                                   "--into-card", "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    after = json.loads((folder / "organism.json").read_text())
+    assert {k: v for k, v in after.items() if k != "full_run"} == {k: v for k, v in before.items() if k != "full_run"}
+    assert set(after["full_run"]["rankings"]) == {"activation", "path", "attribution", "ablation", "gradient"}
+    assert after["full_run"]["repair"] == before["full_run"]["repair"]  # a measure-only run keeps the repair kept

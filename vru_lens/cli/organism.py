@@ -193,15 +193,14 @@ def deficit_study_cmd(
     except (ValueError, FileNotFoundError) as err:
         fail(error_line(err))
     if into_card:
-        import json
         import sys
 
-        from ..models.organisms import ORGANISMS, organism_dir
+        from ..models.organisms import ORGANISMS, organism_card, organism_dir
         from ..organism.recipe import write_card
         from ..organism.repair import card_entry
 
         folder = organism_dir(model) if model in ORGANISMS else Path(model)
-        card = json.loads((folder / "organism.json").read_text())
+        card = organism_card(model)
         card["full_run"] = {**card.get("full_run", {}),
                             **card_entry(result, "vru-lens organism " + " ".join(sys.argv[2:]))}
         write_card(folder, card)

@@ -27,8 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..heads import gqa_groups, hook_name, n_heads_of  # noqa: F401  (gqa_groups re-exported)
-from ..heads import heads_view
+from ..heads import gqa_groups, heads_view, hook_name, n_heads_of  # noqa: F401  (gqa_groups re-exported)
 from ..readout import logit_diff_from_logits, logit_diff_from_resid
 from .metrics import batches
 from .fallback import FastPathUnsupported, warn_fallback

@@ -156,7 +156,7 @@ def test_adding_a_template_needs_no_code(monkeypatch):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n_slots=6), "4 or 8"),
     (dict(min_steps=1), "steps"),
-    (dict(max_steps=6), "steps"),
+    (dict(max_steps=9), "steps"),
     (dict(templates=("nope",)), "unknown template id"),
     (dict(unanswerable_frac=1.5), "unanswerable_frac"),
     (dict(style="story", n_slots=4, templates=("eighth_turn",)), "no rotation template"),

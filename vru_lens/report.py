@@ -18,6 +18,8 @@ import html
 import json
 from pathlib import Path
 
+from .study import PROBE_STAGES
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:0 16px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:0.92em}
@@ -82,6 +84,8 @@ def study_of(results: list, model: str | None = None, circuit=None) -> dict:
         stage = STAGE.get(type(res).__name__, f"other_{i}")
         if stage in ("rank", "finetune"):
             stage = f"{stage}_{s['method']}"
+        elif stage == "probe":
+            stage = PROBE_STAGES.get(s["target"], f"probe_{s['target']}")
         if stage in named:
             raise ValueError(f"two results for stage {stage!r}: pass one study per model, as studies "
                              "({'model', 'results': {stage: result}})")
@@ -126,14 +130,14 @@ def summary(studies: list) -> str:
                        "is evidence that the model tracks the viewpoint.</p>")
     rows = []
     for st in studies:
-        for name, pr in _model_base_tuned(st, "probe").items():
+        for name, pr in [kv for stage in PROBE_STAGES.values() for kv in _model_base_tuned(st, stage).items()]:
             s = pr.summary()
             b = s["layers"].index(s["best_layer"])
             rows.append([_e(name), _e(s["target"]), s["best_layer"], _pct(s["accuracy"][b]),
                          f"{_pct(s['control_accuracy'][b])} ({_e(s['control_by'])})", f"{s['selectivity'][b]:+.2f}",
                          _pct(s["question_accuracy"][b]), _pct(s["chance"]), s["n_test_rows"]])
     if rows:
-        parts.append("<h3>Probes: is the heading in the residual stream?</h3>"
+        parts.append("<h3>Probes: are the heading and the object seen at it in the residual stream?</h3>"
                      + _table(["model", "target", "best layer", "probe accuracy (step ends and queries)",
                                "control task", "selectivity", "at the final question", "chance", "test rows"], rows)
                      + "<p class='note'>Selectivity is accuracy minus the control task's (labels reassigned by a "
@@ -189,14 +193,17 @@ def summary(studies: list) -> str:
             pb, pa = (vb.get("pairs") or {}).get("both_right"), (va.get("pairs") or {}).get("both_right")
             forget = "; ".join(f"{_e(k)} {gb.get(k, 0):.3g} &rarr; {ga.get(k, float('nan')):.3g}"
                                for k in gb) or "not measured"
+            transfer = "; ".join(f"{_e(k.removeprefix('transfer_'))} {_pct(v)} &rarr; {_pct(va.get(k))}"
+                                 for k, v in vb.items() if k.startswith("transfer_")) or "not measured"
             rows.append([_e(s["model"]), _e(s["method"]), f"{s['trainable_params']:,}",
                          f"{_pct(vb['test'])} &rarr; {_pct(va['test'])}",
-                         f"{_pct(pb)} &rarr; {_pct(pa)}",
+                         f"{_pct(pb)} &rarr; {_pct(pa)}", transfer,
                          _pct(vb.get("blind_baseline")), forget])
     if rows:
         parts.append("<h3>Selective fine-tuning: before &rarr; after, against baselines; forgetting</h3>"
                      + _table(["tuned checkpoint", "method", "trainable parameters", "VRU accuracy",
-                               "pairs right on both sides", "best rotation-blind rule", "forgetting check"], rows)
+                               "pairs right on both sides", "transfer (other phrasing, longer stories)",
+                               "best rotation-blind rule", "forgetting check"], rows)
                      + "<p class='note'>heads: the top-k heads of the ranking on the tuned checkpoint (W_Q/W_K/W_V/W_O "
                        "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
                        "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
@@ -345,9 +352,10 @@ def figures(st: dict, figure, attention) -> str:
     evals = _model_base_tuned(st, "eval")
     if evals:
         out.append(figure(accuracy_figure(evals)))
-    probes = _model_base_tuned(st, "probe")
-    if probes:
-        out.append(figure(probe_figure(probes, "Probe for the heading by layer, with the control task and chance")))
+    for target, stage in PROBE_STAGES.items():
+        probes = _model_base_tuned(st, stage)
+        if probes:
+            out.append(figure(probe_figure(probes, f"Probe for the {target} by layer, with the control task and chance")))
     if "lens" in res:
         out.append(figure(res["lens"].plot()))
     ranks = {"{method} ({n_pairs} pairs)".format(**sc.summary()): sc for k, sc in res.items() if k.startswith("rank_")}

@@ -28,6 +28,7 @@ from .results import cache_key
 
 STAGES = ("eval", "probe", "lens", "rank", "knockout", "attention", "finetune", "after")
 GRADED_STAGES = ("probes", "rankings", "circuit_knockout", "arms", "closed_loop")
+PROBE_STAGES = {"heading": "probe", "object": "probe_object"}  # probe target -> the stage (file) holding it
 STUDY_TUNING = dict(lr=2e-5, batch_size=32, n_train=2000)  # the study's fine-tuning settings (Adam lr, batch, items)
 
 
@@ -53,18 +54,23 @@ class StudyConfig:
     n_boot: int = 1000
     top_k: int | None = None  # heads to fine-tune; None: 32 (the study's), at most a quarter of the heads
     knockout_k: int | None = None  # knockout curve for k = 0..knockout_k; None: 2 * top_k
+    knockout_ks: tuple | None = None  # only these k (e.g. 1, 2, 4, ..., 32 on a large model); None: every k
     n_random: int = 10  # random head sets per k
     components: str = "qkvo"  # W_Q/W_K/W_V/W_O slices
     # None: unset. The plain fine-tuning stage fills unset values (``for_tuning``): on a deficit organism the
     # repair experiment's, elsewhere the study's (lr 2e-5 for every method, batch 32, 2,000 items); the graded
     # arms read an unset lr as each method's finetune.DEFAULT_LR.
     lr: float | None = None  # Adam
+    method_lr: bool = False  # the plain stage too: lr unset means each method's finetune.DEFAULT_LR, not the study's
+    n_val: int = 64  # fine-tuning's validation items (the best step's state is kept)
+    warmup: int = 20  # fine-tuning's linear warmup steps (at most all of them)
     batch_size: int | None = None
     n_train: int | None = None  # one epoch: n_train / batch_size steps
     epochs: int = 1
     ft_steps: int | None = None  # fine-tuning steps; None: epochs * n_train // batch_size
     baselines: tuple = ("random", "lora")  # fine-tuned besides the top heads
     general_n: int = 100  # items per general task (forgetting), 0: skip
+    n_transfer: int = 0  # fine-tuning's transfer sets (story-style phrasing, 6-action stories): items each, 0: skip
     seed: int = 0
     chat: bool | None = None  # None: as the study did (chat for instruction-tuned models)
     stages: tuple = STAGES
@@ -118,6 +124,8 @@ class StudyConfig:
             unset = dict(top_k=len(card["deficient_heads"]), lr=rc.lr["top"], batch_size=rc.batch, n_train=rc.n_train)
         else:
             unset = dict(top_k=None, **STUDY_TUNING)
+        if self.method_lr:
+            unset.pop("lr")
         return replace(self, **{k: v for k, v in unset.items() if getattr(self, k) is None})
 
 
@@ -189,7 +197,10 @@ class Study:
         from .results import write_json_atomic
 
         path = self.folder / "study.json"
-        started = json.loads(path.read_text()).get("started") if path.exists() else None
+        old = json.loads(path.read_text()) if path.exists() else {}
+        started = old.get("started")
+        # runs of other stages into the same folder add up: their files stay listed, this run's replace theirs
+        self.files = {**old.get("files", {}), **self.files}
         write_json_atomic(path, {"model": self.model, "config": asdict(self.config), "started": started or time.time(),
                                  "base": self.base, "circuit": _circuit(self.model),
                                  "deficient": _deficient(self.model), "files": self.files,
@@ -234,7 +245,7 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     from .evaluate import EvalResult, accuracy, evaluate
     from .logit_lens import LogitLensResult, logit_lens
     from .patching import HeadScores, KnockoutCurve, knockout_curve, rank_heads
-    from .probe import ProbeResult, probe
+    from .probe import DEFAULT_CONTROL, ProbeResult, capture, fit_target
     from .tokens import chat_for, tokenize_pairs
     from .viz import AttentionPatterns, attention_patterns
 
@@ -243,6 +254,12 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
     k_max = min(cfg.knockout_k or 2 * top_k, n_heads // 2)  # random k-sets are drawn outside the top k
+    if cfg.knockout_ks:  # refused here, before any stage runs, not after the rankings
+        ks = list(cfg.knockout_ks)
+        if ks != sorted(set(ks)) or ks[0] < 1 or ks[-1] > n_heads // 2:
+            raise ValueError(f"knockout_ks must be increasing values in 1..{n_heads // 2} (half of this model's "
+                             f"{n_heads} heads: random k-sets are drawn outside the top k), got {ks}")
+        k_max = ks[-1]
     data = {"seed": cfg.seed, "chat": chat}
     test_items = make_items(cfg.n_eval, cfg.seed, split="test")
     pair_items = make_items(4 * cfg.n_pairs, cfg.seed + 1, PAIRABLE, split="validation")
@@ -261,10 +278,18 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
         if want("eval"):
             res["eval"] = st.stage(prefix + "eval", EvalResult, {**data, "n": cfg.n_eval, "method": "both"},
                                    lambda: evaluate(m, test_items, chat=chat, method="both", progress=progress))
-        if want("probe"):
-            res["probe"] = st.stage(prefix + "probe", ProbeResult, {**data, "n": cfg.n_probe, "target": "heading"},
-                                    lambda: probe(m, make_items(cfg.n_probe, cfg.seed + 2, split="train"),
-                                                  target="heading", chat=chat, progress=progress))
+        if want("probe"):  # one capture, one probe per target: the heading and the object seen at it
+            probe_items = make_items(cfg.n_probe, cfg.seed + 2, split="train")
+            captured = []
+
+            def fitted(target):
+                if not captured:
+                    captured.append(capture(m, probe_items, chat=chat, progress=progress))
+                return fit_target(captured[0], probe_items, target, control_by=DEFAULT_CONTROL[target])
+
+            for target, stage in PROBE_STAGES.items():
+                res[stage] = st.stage(prefix + stage, ProbeResult, {**data, "n": cfg.n_probe, "target": target},
+                                      lambda t=target: fitted(t))
         if full and want("lens"):
             res["lens"] = st.stage("lens", LogitLensResult, {**data, "n": cfg.n_eval}, lambda: logit_lens(
                 m, [it for it in test_items if it["answerable"]], chat=chat, progress=progress))
@@ -288,10 +313,11 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
 
             return knockout_curve(lm, test_items, rankings, head_means(lm, get_pairs(lm)), k_max,
                                   n_random=cfg.n_random, seed=cfg.seed,
-                                  accuracy=partial(accuracy, chat=chat, batch_size=64))
+                                  accuracy=partial(accuracy, chat=chat, batch_size=64), ks=cfg.knockout_ks)
 
         study.stage("knockout", KnockoutCurve, {**data, "n": cfg.n_eval, "n_pairs": cfg.n_pairs, "k": k_max,
-                                                "n_random": cfg.n_random, "rankings": rankings}, curve)
+                                                "n_random": cfg.n_random, "rankings": rankings,
+                                                **({"ks": list(cfg.knockout_ks)} if cfg.knockout_ks else {})}, curve)
     if "attention" in cfg.stages:
         heads = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(min(top_k, 6))]
         story = next(it for it in pair_items if it["answerable"])
@@ -300,6 +326,17 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     study.write_manifest()
     if "finetune" in cfg.stages or "after" in cfg.stages:
         finetune_stages(study, lm, cfg, top_k, data, measure, progress, device, dtype)
+
+
+def transfer_sets(cfg: StudyConfig) -> dict:
+    """Test items fine-tuning never saw the like of: the story style's phrasings and 6-action paper stories
+    (VRUBench's have 2-5); accuracy on them tells a learnt rotation from memorised answers."""
+    from .bench import BenchConfig, make_items
+
+    if not cfg.n_transfer:
+        return {}
+    return {"story": make_items(cfg.n_transfer, cfg.seed + 3, BenchConfig(style="story"), split="test"),
+            "six_actions": make_items(cfg.n_transfer, cfg.seed + 3, BenchConfig(min_steps=6, max_steps=6), split="test")}
 
 
 def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, measure, progress: bool, device,
@@ -332,25 +369,32 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
              GeneralSuite(n_per_task=cfg.general_n, mmlu_n=cfg.general_n, wiki_n=max(1, cfg.general_n // 2),
                           seed=cfg.seed) if cfg.general_n else None)
     train_cfg = TrainConfig(steps=cfg.steps(), batch_size=cfg.batch_size, lr=cfg.lr_for("heads"),
-                            warmup_steps=min(20, cfg.steps()),
+                            warmup_steps=min(cfg.warmup, cfg.steps()),
                             eval_every=max(1, cfg.steps() // 10), seed=cfg.seed, chat=data["chat"])
     settings = {**data, "tuned": base_name or study.model, "top_k": top_k, "components": cfg.components,
                 "vru_accuracy": "fraction",  # results written in points (0-100) by earlier versions are not reused
                 "train": asdict(train_cfg), "n_train": cfg.n_train, "n_test": cfg.n_eval, "suite": repr(suite),
-                "ranking": study.files.get(f"rank_{cfg.method}") if not base_name else bst.files.get(f"rank_{cfg.method}")}
+                "ranking": study.files.get(f"rank_{cfg.method}") if not base_name else bst.files.get(f"rank_{cfg.method}"),
+                **({"n_transfer": cfg.n_transfer} if cfg.n_transfer else {}),
+                **({"n_val": cfg.n_val} if cfg.n_val != 64 else {})}
     deltas = study.folder / f"deltas-{cache_key([study.model, settings])}.safetensors"
+
+    # the base's measurement, made once for every method (its key: the data and suite; the folder's: the measure's)
+    base_cache = study.folder / f"base-{cache_key([study.model, {k: settings[k] for k in ('seed', 'chat', 'n_test', 'suite')}, settings.get('n_transfer', 0)])}"
 
     def train_for(method):  # the heads' config with the method's learning rate (the same one unless lr is None)
         return replace(train_cfg, lr=cfg.lr_for(method))
 
     def experiment(method):
         model = base if method == "heads" else fresh()  # LoRA leaves PEFT's adapter config on its model: a fresh copy
-        ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=64,
+        ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val,
                               n_test=cfg.n_eval, data_seed=cfg.seed, train=train_for(method))
         bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
-        return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress, **bind),
+        return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress,
+                                                                   transfer=transfer_sets(cfg), **bind),
                               accuracy=partial(accuracy, **bind), suite=suite,
-                              out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None)
+                              out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None,
+                              cache_dir=base_cache)
 
     for method in ("heads", *cfg.baselines):
         run_settings = {**settings, "method": method, "train": asdict(train_for(method))}

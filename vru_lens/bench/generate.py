@@ -34,6 +34,9 @@ SPLITS = ("train", "validation", "test")
 DRAWS = 4  # walks drawn per item when balancing
 
 
+# VRUBench's items have 2-5 actions (the study's); longer ones, up to this, are a length-transfer test.
+MAX_STEPS = 8
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Everything that shapes a set of items; the seed makes it reproducible.
@@ -65,8 +68,8 @@ class BenchConfig:
         check_slots(self.n_slots)
         if self.style == "paper" and self.n_slots != 4:
             raise ValueError("style 'paper' has 4 directions (n_slots=4); use style='story' for 8 slots")
-        if not (2 <= self.min_steps <= self.max_steps <= 5):
-            raise ValueError(f"steps must satisfy 2 <= min <= max <= 5, got {self.min_steps}-{self.max_steps}")
+        if not (2 <= self.min_steps <= self.max_steps <= MAX_STEPS):
+            raise ValueError(f"steps must satisfy 2 <= min <= max <= {MAX_STEPS}, got {self.min_steps}-{self.max_steps}")
         if self.unanswerable_frac is not None and not 0.0 <= self.unanswerable_frac <= 1.0:
             raise ValueError(f"unanswerable_frac must be None (balanced) or in [0, 1], got {self.unanswerable_frac}")
         known = set(T.TEMPLATE_IDS)

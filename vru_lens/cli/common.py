@@ -166,15 +166,25 @@ def load_items(data: str | None, n: int, split: str, seed: int, steps: str = "2-
 
 
 def parse_steps(text: str) -> tuple[int, int]:
-    """'2-5' or '3' -> (min, max), checked against VRUBench's 2..5."""
+    """'2-5' or '3' -> (min, max), checked against 2..MAX_STEPS (VRUBench's own items have 2-5)."""
+    from ..bench.generate import MAX_STEPS
+
     try:
         lo, _, hi = text.partition("-")
         lo, hi = int(lo), int(hi or lo)
     except ValueError:
         fail(f"--steps must look like 2-5 or 3, got {text!r}")
-    if not 2 <= lo <= hi <= 5:
-        fail(f"--steps must lie within 2-5 (min <= max), got {text!r}")
+    if not 2 <= lo <= hi <= MAX_STEPS:
+        fail(f"--steps must lie within 2-{MAX_STEPS} (min <= max; VRUBench's own items have 2-5), got {text!r}")
     return lo, hi
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; anything else is refused with one line naming the option."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{option} must be comma-separated integers, got {text!r}")
 
 
 def print_json(payload: dict) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .common import (N, Chat, Deltas, Device, Json, Model, Out, Progress, Seed, Threads, chat_for, error_line, fail,
-                     find_input, out_file, parse_steps, print_json, set_threads, show_progress)
+                     find_input, out_file, parse_ints, parse_steps, print_json, set_threads, show_progress)
 
 
 def probe(
@@ -53,10 +53,7 @@ def probe(
     if n < MIN_ITEMS:
         fail(f"--n {n} is too few: probing splits by item and needs at least {MIN_ITEMS} items")
     lo, hi = parse_steps(steps)
-    try:
-        layer_list = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
-    except ValueError:
-        fail(f"--layers must be comma-separated integers, got {layers!r}")
+    layer_list = None if layers is None else parse_ints(layers, "--layers")
     set_threads(threads)
     from ..finetune.adapters import DELTAS_FILE
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from .common import (N, Chat, Device, Json, Model, Out, Progress, Seed, Threads, error_line, fail, log_to_stderr, out_file,
-                     print_json, set_threads, show_progress)
+                     parse_ints, print_json, set_threads, show_progress)
 
 
 def run(
@@ -25,8 +25,18 @@ def run(
     compare: str = typer.Option("activation,attribution", help="More rankings shown beside it (comma-separated)."),
     top_k: int = typer.Option(None, help="Heads to fine-tune (default 32, at most a quarter of the heads; a deficit organism: its |D|)."),
     n_random: int = typer.Option(None, help="Random head sets per k in the knockout curve."),
+    knockout_ks: str = typer.Option(None, help="Knockout curve only at these k (comma-separated, e.g. 1,2,4,8,16,32; "
+                                    "default: every k up to twice --top-k)."),
     lr: float = typer.Option(None, help="Adam learning rate (default 2e-5 as the study; a deficit organism: its repair experiment's 3e-3)."),
     n_train: int = typer.Option(None, help="Training items, one epoch (default 2000 at batch 32; a deficit organism: its repair experiment's)."),
+    batch_size: int = typer.Option(None, help="Fine-tuning batch (default 32 as the study; a deficit organism: its repair experiment's)."),
+    ft_steps: int = typer.Option(None, help="Fine-tuning steps (default: one epoch of --n-train)."),
+    method_lr: bool = typer.Option(False, "--method-lr", help="Each method's own learning rate (1e-3 head deltas and "
+                                   "LoRA, 1e-4 full) instead of the study's one lr; not with --lr."),
+    n_val: int = typer.Option(None, help="Fine-tuning's validation items (default 64)."),
+    warmup: int = typer.Option(None, help="Fine-tuning's warmup steps (default 20)."),
+    n_transfer: int = typer.Option(None, help="Transfer items per set measured before and after fine-tuning "
+                                   "(story-style phrasing, 6-action stories; default 0: none)."),
     baselines: str = typer.Option(None, help="Fine-tuning baselines: random,lora (default: both)."),
     general_n: int = typer.Option(None, help="Items per general task for forgetting (0: skip; organisms use list recall)."),
     seed: Seed = 0,
@@ -50,13 +60,17 @@ def run(
     set_threads(threads)
     out_file(out, "report.html")  # a folder that can be written, before any work
 
+    if method_lr and lr is not None:
+        fail("--method-lr gives each fine-tuning method its own learning rate: drop --lr, or drop --method-lr")
     wanted = tuple(s for s in (stages or ",".join(STAGES)).split(",") if s)
     try:
         check_stages(wanted)
     except ValueError as err:
         fail(str(err))
     given = {"n_eval": n, "n_probe": n_probe, "n_pairs": n_pairs, "top_k": top_k, "n_random": n_random, "lr": lr,
-             "n_train": n_train, "chat": chat, "general_n": general_n,
+             "n_train": n_train, "chat": chat, "general_n": general_n, "batch_size": batch_size, "ft_steps": ft_steps,
+             "n_transfer": n_transfer, "n_val": n_val, "warmup": warmup, "method_lr": method_lr or None,
+             "knockout_ks": tuple(parse_ints(knockout_ks, "--knockout-ks")) if knockout_ks else None,
              "baselines": tuple(b for b in baselines.split(",") if b) if baselines is not None else None}
     kw = {k: v for k, v in given.items() if v is not None}
     kw.update(method=method, compare=tuple(c for c in compare.split(",") if c), seed=seed, stages=wanted)

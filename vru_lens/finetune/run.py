@@ -196,6 +196,8 @@ def measure_base(model, cfg: FinetuneConfig, measure, suite=None, cache_dir: str
 
     name, cfg = model_name(model), cfg.for_model(model)
     cache = Path(cache_dir) if cache_dir else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
     items = test_items if test_items is not None else cfg.splits()["test"]
     vru_file = cache / f"vru_base_{name}_{cache_key([cfg.data(), 'fractions'])}.json" if cache else None
     if vru_file and vru_file.exists():

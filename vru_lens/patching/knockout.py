@@ -213,10 +213,11 @@ class KnockoutCurve(Result):
 
 
 def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0, *,
-                   accuracy: Accuracy) -> KnockoutCurve:
+                   accuracy: Accuracy, ks=None) -> KnockoutCurve:
     """``accuracy(model, items)`` with the top-k of each ranking ({name: [(layer, head), ...] best first})
-    ablated, k = 1..max_k, and with ``n_random`` random k-sets drawn outside that top k (seeded per ranking
-    and k, so a ranking's draws do not depend on the others); ``means``: ``head_means`` of the model."""
+    ablated, k = 1..max_k (or the increasing ``ks`` in that range: a large model's curve at 1, 2, 4, ...),
+    and with ``n_random`` random k-sets drawn outside that top k (seeded per ranking and k, so a ranking's
+    draws do not depend on the others); ``means``: ``head_means`` of the model."""
     score = accuracy
 
     def accuracy(heads) -> float:
@@ -227,7 +228,11 @@ def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: in
     every = [(l, h) for l in range(L) for h in range(H)]
     if not 1 <= max_k <= len(every):
         raise ValueError(f"max_k must lie in 1..{len(every)} (this model's heads), got {max_k}")
-    ks = list(range(1, max_k + 1))
+    if ks is None:
+        ks = list(range(1, max_k + 1))
+    elif not ks or list(ks) != sorted(set(ks)) or ks[0] < 1 or ks[-1] > max_k:
+        raise ValueError(f"ks must be increasing values in 1..{max_k} (max_k), got {list(ks)}")
+    ks = [int(k) for k in ks]
     tops = {name: [(int(l), int(h)) for l, h in heads][:max_k] for name, heads in rankings.items()}
     if max_k > len(every) // 2:
         raise ValueError(f"max_k = {max_k} leaves fewer than k heads outside the top k to draw random sets from "

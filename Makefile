@@ -21,7 +21,7 @@ COMPILE = $(VENV)/bin/uv pip compile --quiet --no-header --python-version $(SUPP
           $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
 LATEST := $(or $(TMPDIR),/tmp)/vru-lens-latest
 
-.PHONY: setup demo test test-latest lock bench bench-peers clean python browser
+.PHONY: setup demo test test-latest lock bench bench-peers clean python browser real-models
 
 setup: $(STAMP)
 	@$(MAKE) --no-print-directory browser || echo "(make demo works without it; make test needs it)"
@@ -54,6 +54,11 @@ DEMO_OUT ?= results/demo
 demo: setup
 	$(VENV)/bin/vru-lens run --model vru-organism --quick --threads 1 --out $(DEMO_OUT)
 	$(VENV)/bin/vru-lens run --model smollm2-135m-instruct --quick --threads 1 --stages eval,probe --n 100 --n-probe 200 --out $(DEMO_OUT)
+
+# The study on real models in the study's format, cut to a CPU (studies/real-models.sh; resumes where it stopped):
+# make real-models MODELS="smollm2-135m-instruct gemma-3-270m qwen2.5-coder-0.5b-instruct"
+real-models: setup
+	MODELS="$(or $(MODELS),smollm2-135m-instruct)" VRU=$(VENV)/bin/vru-lens bash studies/real-models.sh
 
 test: setup browser
 	$(PY) -m pytest -q

@@ -47,3 +47,21 @@ def test_suite_same_items_and_kl(tiny_llama):
     table = compare(before, after)
     assert {"arc_easy", "lambada", "average", "wiki/ppl", "wiki/kl"} <= set(table.metric)
     assert table.set_index("metric").loc["wiki/kl", "before"] == 0.0
+
+
+def test_kl_reference_follows_each_article_when_lengths_differ(tiny_llama, tmp_path):
+    """Rows are scored sorted by length: the reference must be kept by article, or the KL compares
+    one article's distributions with another's (a shape error, or a wrong number, once lengths differ)."""
+    from vru_lens.general_eval import GeneralResult
+
+    suite = GeneralSuite(n_per_task=0, mmlu_n=0, wiki_n=6, wiki_tokens=4096, kl_top_k=16, tasks=())
+    texts = suite.data()["wiki"]
+    lengths = [len(tiny_llama.tokenizer(t)["input_ids"]) for t in texts]
+    assert lengths != sorted(lengths), lengths  # the scoring order is not the articles' order
+    before = suite.run(tiny_llama, progress=False)
+    assert [len(v) for _, v in before.reference] == [n - 1 for n in lengths]
+    assert suite.run(tiny_llama, reference=before, progress=False).metrics["wiki/kl"] == pytest.approx(0.0, abs=1e-5)
+    before.save(tmp_path / "g.json")
+    before.save_reference(tmp_path / "g.pt")
+    cached = GeneralResult.load(tmp_path / "g.json").load_reference(tmp_path / "g.pt")
+    assert suite.run(tiny_llama, reference=cached, progress=False).metrics["wiki/kl"] == pytest.approx(0.0, abs=1e-5)

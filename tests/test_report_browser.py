@@ -69,7 +69,7 @@ def test_report_inlines_each_library_once(demo_report):
 
 def test_report_has_every_section_of_the_study(demo_report):
     page = demo_report.read_text()
-    sections = ["<h2>Summary</h2>", "VRUBench accuracy against chance", "Probes: is the heading", "Top heads", "Knockout: the top-k heads",
+    sections = ["<h2>Summary</h2>", "VRUBench accuracy against chance", "Probes: are the heading and the object", "Top heads", "Knockout: the top-k heads",
                 "Selective fine-tuning", "<h2>vru-organism</h2>", "<h2>tiny-llama</h2>", "Probe for the heading",
                 "Head rankings on vru-organism", "Knockout curves on vru-organism", "Fine-tuning curves",
                 "Re-ranking the tuned model", "Attention of the top heads", "<h2>Settings</h2>"]

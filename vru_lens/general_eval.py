@@ -284,7 +284,7 @@ class GeneralSuite:
                     metrics[f"{task}/{k}"] = v
         result = GeneralResult(model_name(model), metrics, n, asdict(self))
         if "wiki" in data:
-            nll, count, kl, ref = 0.0, 0, 0.0, []
+            nll, count, kl, ref = 0.0, 0, 0.0, [None] * len(data["wiki"])  # by article: rows come sorted by length
             base = reference.reference if reference is not None else None
             if reference is not None and base is None:
                 raise ValueError("the reference result has no stored distributions; run it with keep_reference=True")
@@ -293,7 +293,7 @@ class GeneralSuite:
                 count += len(targets)
                 if keep_reference:
                     top = logp.topk(self.kl_top_k, dim=-1)
-                    ref.append((top.indices.to(torch.int32), top.values.to(torch.float32)))
+                    ref[i] = (top.indices.to(torch.int32), top.values.to(torch.float32))
                 if base is not None:
                     idx, lp_base = base[i]
                     kl += float(_coarse_kl(lp_base, logp.gather(-1, idx.long())).sum())

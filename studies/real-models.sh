@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The study on real pretrained models in the study's format (paper-style prompts, chat for instruct models),
+# cut to what two CPU cores do in an afternoon: docs/finetune.md, docs/probing.md and docs/patching.md say
+# which sizes were cut and what was measured. Every stage is saved under OUT/<model>/ keyed by its settings,
+# so re-running this script resumes where it stopped and skips what is done; the pieces below can run in
+# parallel (different stages) and add up in OUT/<model>/study.json. Writes OUT/report.html.
+#
+#   bash studies/real-models.sh                          # SmolLM2-135M-Instruct (embedded)
+#   MODELS="gemma-3-270m qwen2.5-coder-0.5b-instruct" bash studies/real-models.sh
+set -euo pipefail
+VRU="${VRU:-.venv/bin/vru-lens}"
+OUT="${OUT:-results/real-models}"
+MODELS="${MODELS:-smollm2-135m-instruct}"
+THREADS="${THREADS:-1}"
+for MODEL in $MODELS; do
+  run() { "$VRU" run --model "$MODEL" --out "$OUT" --n-pairs 64 --threads "$THREADS" --no-progress "$@"; }
+  # evaluation (both scorings, chance, the best rule), probes (heading; object at the heading; step ends and
+  # the final question, with control tasks), logit lens: 200 test items, 400 probe items
+  run --stages eval,probe,lens --n 200 --n-probe 400
+  # exact path, activation and attribution rankings, 64 pairs, 1,000 bootstrap resamples
+  run --stages rank
+  # knockout of the path ranking's top k against random k-sets outside it (k = 1, 4, 16; 2 draws; 100 items)
+  run --stages knockout,attention --compare "" --n 100 --top-k 16 --knockout-ks 1,4,16 --n-random 2
+  # selective fine-tuning: top-16 heads of the path ranking (W_Q/W_K/W_V/W_O) against random-16, bottom-16,
+  # LoRA at the same budget and full fine-tuning; 24 steps x batch 8 (192 items), each method's own lr;
+  # 100 test items, 40 story-style and 40 six-action transfer items, 10 items per general task
+  run --stages rank,finetune --compare "" --n 100 --top-k 16 --baselines random,bottom,lora,full --method-lr \
+      --batch-size 8 --ft-steps 24 --warmup 3 --n-train 192 --n-val 16 --n-transfer 40 --general-n 10
+done

@@ -255,11 +255,10 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
     k_max = min(cfg.knockout_k or 2 * top_k, n_heads // 2)  # random k-sets are drawn outside the top k
     if cfg.knockout_ks:  # refused here, before any stage runs, not after the rankings
-        ks = list(cfg.knockout_ks)
-        if ks != sorted(set(ks)) or ks[0] < 1 or ks[-1] > n_heads // 2:
-            raise ValueError(f"knockout_ks must be increasing values in 1..{n_heads // 2} (half of this model's "
-                             f"{n_heads} heads: random k-sets are drawn outside the top k), got {ks}")
-        k_max = ks[-1]
+        from .patching.knockout import check_ks
+
+        k_max = check_ks(cfg.knockout_ks, n_heads // 2, "knockout_ks", f" (half of this model's {n_heads} heads: "
+                         "random k-sets are drawn outside the top k)")[-1]
     data = {"seed": cfg.seed, "chat": chat}
     test_items = make_items(cfg.n_eval, cfg.seed, split="test")
     pair_items = make_items(4 * cfg.n_pairs, cfg.seed + 1, PAIRABLE, split="validation")
@@ -382,6 +381,8 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     # the base's measurement, made once for every method (its key: the data and suite; the folder's: the measure's)
     base_cache = study.folder / f"base-{cache_key([study.model, {k: settings[k] for k in ('seed', 'chat', 'n_test', 'suite')}, settings.get('n_transfer', 0)])}"
 
+    transfer = transfer_sets(cfg)  # the same items for every method
+
     def train_for(method):  # the heads' config with the method's learning rate (the same one unless lr is None)
         return replace(train_cfg, lr=cfg.lr_for(method))
 
@@ -391,7 +392,7 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
                               n_test=cfg.n_eval, data_seed=cfg.seed, train=train_for(method))
         bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
         return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress,
-                                                                   transfer=transfer_sets(cfg), **bind),
+                                                                   transfer=transfer, **bind),
                               accuracy=partial(accuracy, **bind), suite=suite,
                               out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None,
                               cache_dir=base_cache)

@@ -212,6 +212,14 @@ class KnockoutCurve(Result):
         return fig
 
 
+def check_ks(ks, limit: int, name: str, why: str = "") -> list[int]:
+    """``ks`` as ints if they increase within 1..limit, else one error line naming ``name``."""
+    ks = [int(k) for k in ks]
+    if not ks or ks != sorted(set(ks)) or ks[0] < 1 or ks[-1] > limit:
+        raise ValueError(f"{name} must be increasing values in 1..{limit}{why}, got {ks}")
+    return ks
+
+
 def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: int = 20, seed: int = 0, *,
                    accuracy: Accuracy, ks=None) -> KnockoutCurve:
     """``accuracy(model, items)`` with the top-k of each ranking ({name: [(layer, head), ...] best first})
@@ -228,11 +236,7 @@ def knockout_curve(model, items, rankings: dict, means, max_k: int, n_random: in
     every = [(l, h) for l in range(L) for h in range(H)]
     if not 1 <= max_k <= len(every):
         raise ValueError(f"max_k must lie in 1..{len(every)} (this model's heads), got {max_k}")
-    if ks is None:
-        ks = list(range(1, max_k + 1))
-    elif not ks or list(ks) != sorted(set(ks)) or ks[0] < 1 or ks[-1] > max_k:
-        raise ValueError(f"ks must be increasing values in 1..{max_k} (max_k), got {list(ks)}")
-    ks = [int(k) for k in ks]
+    ks = list(range(1, max_k + 1)) if ks is None else check_ks(ks, max_k, "ks", " (max_k)")
     tops = {name: [(int(l), int(h)) for l, h in heads][:max_k] for name, heads in rankings.items()}
     if max_k > len(every) // 2:
         raise ValueError(f"max_k = {max_k} leaves fewer than k heads outside the top k to draw random sets from "

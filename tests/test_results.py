@@ -8,11 +8,41 @@ from functools import partial
 import pytest
 
 from vru_lens.bench import PAIRABLE, make_items
-from vru_lens.report import _result_types, build_report, study_of
-from vru_lens.results import Result, load_result
+from vru_lens.report import build_report, study_of
+from vru_lens.results import RESULT_MODULES, Result, load_result
 from vru_lens.tokens import tokenize_pairs
 
-_result_types()  # every module that defines a result, so the registry is complete
+
+
+def _import_every_module():
+    import importlib
+    import pkgutil
+
+    import vru_lens
+
+    for mod in pkgutil.walk_packages(vru_lens.__path__, "vru_lens."):
+        importlib.import_module(mod.name)
+
+
+def test_every_result_type_is_listed_where_load_result_finds_it():
+    """RESULT_MODULES names each Result subclass's module: a new result missing from it fails here."""
+    _import_every_module()
+    defined = {name: cls.__module__ for name, cls in Result.registry.items() if not cls.__module__.startswith("tests")}
+    assert defined == RESULT_MODULES
+
+
+def test_load_result_needs_no_prior_import(tmp_path):
+    """A saved result reads back in a process that imported only vru_lens.results."""
+    import subprocess
+    import sys
+
+    from vru_lens.patching.knockout import KnockoutResult
+
+    path = KnockoutResult(model="m", k=1, top=[[0, 1]]).save(tmp_path / "ko.json")
+    code = ("import sys; from vru_lens.results import load_result; r = load_result(sys.argv[1]); "
+            "print(type(r).__name__, 'vru_lens.patching.knockout' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["KnockoutResult", "True"]
 
 
 @pytest.fixture(scope="module")

@@ -47,18 +47,10 @@ STAGE = {"EvalResult": "eval", "ProbeResult": "probe", "LogitLensResult": "lens"
          "FaithfulnessResult": "faithfulness"}
 
 
-def _result_types() -> None:
-    """Import every module that defines a result, so ``load_result`` knows them all."""
-    from . import evaluate, general_eval, logit_lens, probe, viz  # noqa: F401
-    from .finetune import run, train  # noqa: F401
-    from .patching import faithfulness, knockout, path, scores  # noqa: F401
-
-
 def load_study(folder: Path) -> dict:
     """A model's manifest with its results loaded: {"model", "config", "circuit", "base", "results": {stage: obj}}."""
     from .results import load_result
 
-    _result_types()
     manifest = json.loads((folder / "study.json").read_text())
     results = {stage: load_result(folder / name) for stage, name in manifest["files"].items()
                if name.endswith(".json") and (folder / name).exists()}
@@ -105,6 +97,20 @@ def _heads_text(top: list, circuit) -> str:
     return "<br>".join(out)
 
 
+def _graded(st: dict, side: str, known) -> dict:
+    """{rank stage: auroc_ci against the known heads} for ``st[side]``, bootstrapped once per study and side
+    (the summary and the comparison with the full run show the same intervals)."""
+    if not known:
+        return {}
+    memo = st.setdefault("_graded", {})
+    if side not in memo:
+        from .organism.verify import auroc_ci
+
+        memo[side] = {stage: auroc_ci(sc, known, n_boot=200) for stage, sc in st.get(side, {}).items()
+                      if stage.startswith("rank_")}
+    return memo[side]
+
+
 def summary(studies: list) -> str:
     """The tables a reader needs first: accuracy against its floors, heads, knockout, fine-tuning, forgetting."""
     parts = []
@@ -146,17 +152,16 @@ def summary(studies: list) -> str:
     rows = []
     for st in studies:
         # the model graded against its circuit C; its base checkpoint (a deficit organism) against its damaged heads D
-        for label, results, known, which in (
-                (st["model"], st["results"], st.get("circuit"), "C"),
-                (f"{st.get('base')} (base checkpoint)", st.get("base_results", {}), st.get("base_deficient"), "D")):
-            for stage, sc in results.items():
+        for label, side, known, which in ((st["model"], "results", st.get("circuit"), "C"),
+                                          (f"{st.get('base')} (base checkpoint)", "base_results",
+                                           st.get("base_deficient"), "D")):
+            graded = _graded(st, side, known)
+            for stage, sc in st.get(side, {}).items():
                 if stage.startswith("rank_"):
                     s = sc.summary(k=len(known) if known else 5)
                     auroc = "n/a"
-                    if known:
-                        from .organism.verify import auroc_ci
-
-                        g = auroc_ci(sc, known, n_boot=200)
+                    if stage in graded:
+                        g = graded[stage]
                         auroc = f"{g['auroc']:.2f} [{g['low']:.2f}, {g['high']:.2f}] vs {which}"
                     rows.append([_e(label), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], known), auroc])
     if rows:
@@ -262,10 +267,11 @@ def against_full_run(studies: list) -> str:
 
     rows = []
     for st in studies:
-        for name, results, known in ((st["model"], st["results"], st.get("circuit")),
-                                     (st.get("base"), st.get("base_results", {}), st.get("base_deficient"))):
+        for name, side, known in ((st["model"], "results", st.get("circuit")),
+                                  (st.get("base"), "base_results", st.get("base_deficient"))):
             if name not in ORGANISMS:
                 continue
+            results = st.get(side, {})
             card = organism_card(name)
             full = card.get("full_run", {})
             deficit = card.get("deficit")
@@ -291,9 +297,7 @@ def against_full_run(studies: list) -> str:
             for stage, sc in results.items():
                 method = stage[len("rank_"):] if stage.startswith("rank_") else None
                 if method in graded and known:
-                    from .organism.verify import auroc_ci
-
-                    g, f = auroc_ci(sc, known, n_boot=200), graded[method]
+                    g, f = _graded(st, side, known)[stage], graded[method]
                     rows.append(_cmp_row(f"{name}: {method} AUROC vs {'D' if deficit else 'C'}", g["auroc"],
                                          (g["low"], g["high"]), f["auroc"], (f["low"], f["high"]) if "low" in f else None,
                                          f"{sc.summary()['n_pairs']} pairs here", fmt=lambda x: f"{x:.2f}"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
@@ -144,11 +145,30 @@ class Result(Saveable):
         self._missing("plot")
 
 
+# where each result type is defined: load_result imports the module on demand, so reading a file back never
+# depends on what the caller happened to import (tests/test_results.py checks this list against the subclasses)
+RESULT_MODULES = {
+    "EvalResult": "vru_lens.evaluate", "ProbeResult": "vru_lens.probe", "LogitLensResult": "vru_lens.logit_lens",
+    "GeneralResult": "vru_lens.general_eval", "AttentionPatterns": "vru_lens.viz",
+    "HeadScores": "vru_lens.patching.scores", "PathPatchResult": "vru_lens.patching.path",
+    "KnockoutResult": "vru_lens.patching.knockout", "KnockoutCurve": "vru_lens.patching.knockout",
+    "FaithfulnessResult": "vru_lens.patching.faithfulness",
+    "FinetuneResult": "vru_lens.finetune.run", "TrainResult": "vru_lens.finetune.train",
+}
+
+
+def result_type(kind: str) -> type[Result]:
+    """The Result subclass saved under ``kind``, its module imported if it was not yet."""
+    if kind not in Result.registry and kind in RESULT_MODULES:
+        importlib.import_module(RESULT_MODULES[kind])
+    return Result.registry[kind]
+
+
 def load_result(path: str | Path) -> Result:
-    """Any saved result, by the type its file names (the class's module must have been imported)."""
+    """Any saved result, by the type its file names."""
     data = load_json(path)
     kind = data.get("type") if isinstance(data, dict) else None
-    if kind not in Result.registry:
-        raise ValueError(f"{path} holds a {kind!r}, not a known result ({', '.join(sorted(Result.registry))}); "
-                         "import the module that defines it first")
-    return Result.registry[kind].from_dict(data)
+    if kind not in Result.registry and kind not in RESULT_MODULES:
+        raise ValueError(f"{path} holds a {kind!r}, not a known result "
+                         f"({', '.join(sorted(set(RESULT_MODULES) | set(Result.registry)))})")
+    return result_type(kind).from_dict(data)

@@ -112,3 +112,21 @@ def test_method_lr_leaves_each_method_its_own_rate():
     assert tuned.lr is None and tuned.batch_size == 32
     assert {m: tuned.lr_for(m) for m in DEFAULT_LR} == DEFAULT_LR
     assert StudyConfig().for_tuning(None).lr_for("full") == 2e-5  # the study's one rate otherwise
+
+
+def test_fine_tuning_pairs_are_the_rankings_pairs(tiny_llama):
+    """Before/after pair accuracy reads the ranking's counterfactual pairs (up to n_pairs), not the few the test
+    items happen to yield; the numbers equal pair_accuracy on those pairs tokenized independently."""
+    from vru_lens.bench import BenchConfig, make_items
+    from vru_lens.evaluate import pair_accuracy, vru_breakdown
+    from vru_lens.study import ranking_pair_items
+    from vru_lens.tokens import tokenize_pairs
+
+    cfg = StudyConfig(n_pairs=6)
+    pair_items = ranking_pair_items(cfg)
+    items = make_items(10, 5, BenchConfig(), split="test")
+    got = vru_breakdown(tiny_llama, items, pair_items=pair_items, max_pairs=cfg.n_pairs)["pairs"]
+    pt = tokenize_pairs(tiny_llama.tokenizer, pair_items, chat=False, max_pairs=6)
+    assert got["n_pairs"] == len(pt) == 6
+    want = pair_accuracy(tiny_llama, pt)
+    assert {k: got[k] for k in want} == pytest.approx(want)

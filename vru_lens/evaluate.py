@@ -357,9 +357,10 @@ def accuracy(model, items, chat: bool | None = None, batch_size: int = 16, progr
 
 
 def vru_breakdown(model, items, chat: bool | None = None, batch_size: int = 16, progress: bool = False,
-                  transfer: dict | None = None) -> dict:
+                  transfer: dict | None = None, pair_items: list | None = None, max_pairs: int | None = None) -> dict:
     """VRU accuracy (fractions) on ``items``, on those using held-out templates and on the rest, with the
-    counterfactual pairs they yield (``items_pair_accuracy``) and the best rotation-blind rule's accuracy;
+    counterfactual pairs (``items_pair_accuracy``) of ``pair_items`` (default: ``items``, which yield few pairs:
+    a study passes its ranking's pair items) and the best rotation-blind rule's accuracy;
     ``transfer`` ({name: items}, e.g. another phrasing or longer stories): accuracy on each, as ``transfer_<name>``.
 
     Fine-tuning's before/after measurement: ``functools.partial(vru_breakdown, chat=..., batch_size=...)``.
@@ -372,7 +373,8 @@ def vru_breakdown(model, items, chat: bool | None = None, batch_size: int = 16, 
     return {"test": res.accuracy, "n": res.n, "heldout_templates": held.get(True, float("nan")),
             "in_distribution": held.get(False, float("nan")) if counts else res.accuracy,
             "n_heldout": counts.get(True, 0), "n_in_distribution": counts.get(False, 0) if counts else res.n,
-            "pairs": items_pair_accuracy(model, items, chat, batch_size), "blind_baseline": res.blind_baseline,
+            "pairs": items_pair_accuracy(model, items if pair_items is None else pair_items, chat, batch_size,
+                                         max_pairs=max_pairs), "blind_baseline": res.blind_baseline,
             **{f"transfer_{name}": evaluate(model, extra, chat=chat, batch_size=batch_size, progress=False).accuracy
                for name, extra in (transfer or {}).items()}}
 

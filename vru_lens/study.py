@@ -239,8 +239,9 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     """The stages of ``STAGES`` in ``study.config.stages``, each result saved (or read back) under its key."""
     import torch
 
-    from .bench import PAIRABLE, make_items
     from functools import partial
+
+    from .bench import make_items
 
     from .evaluate import EvalResult, accuracy, evaluate
     from .logit_lens import LogitLensResult, logit_lens
@@ -261,7 +262,7 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
                          "random k-sets are drawn outside the top k)")[-1]
     data = {"seed": cfg.seed, "chat": chat}
     test_items = make_items(cfg.n_eval, cfg.seed, split="test")
-    pair_items = make_items(4 * cfg.n_pairs, cfg.seed + 1, PAIRABLE, split="validation")
+    pair_items = ranking_pair_items(cfg)
     pairs = {}
 
     def get_pairs(m):
@@ -327,6 +328,14 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
         finetune_stages(study, lm, cfg, top_k, data, measure, progress, device, dtype)
 
 
+def ranking_pair_items(cfg: StudyConfig) -> list:
+    """The validation items whose counterfactual pairs (at most ``cfg.n_pairs``) the rankings read; fine-tuning's
+    before/after pair accuracy reads the same pairs (the test items yield only a handful)."""
+    from .bench import PAIRABLE, make_items
+
+    return make_items(4 * cfg.n_pairs, cfg.seed + 1, PAIRABLE, split="validation")
+
+
 def transfer_sets(cfg: StudyConfig) -> dict:
     """Test items fine-tuning never saw the like of: the story style's phrasings and 6-action paper stories
     (VRUBench's have 2-5); accuracy on them tells a learnt rotation from memorised answers."""
@@ -373,15 +382,17 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     settings = {**data, "tuned": base_name or study.model, "top_k": top_k, "components": cfg.components,
                 "vru_accuracy": "fraction",  # results written in points (0-100) by earlier versions are not reused
                 "train": asdict(train_cfg), "n_train": cfg.n_train, "n_test": cfg.n_eval, "suite": repr(suite),
+                "pairs": f"{cfg.n_pairs} pairs of the ranking's items",  # before/after pair accuracy (was the test items')
                 "ranking": study.files.get(f"rank_{cfg.method}") if not base_name else bst.files.get(f"rank_{cfg.method}"),
                 **({"n_transfer": cfg.n_transfer} if cfg.n_transfer else {}),
                 **({"n_val": cfg.n_val} if cfg.n_val != 64 else {})}
     deltas = study.folder / f"deltas-{cache_key([study.model, settings])}.safetensors"
 
     # the base's measurement, made once for every method (its key: the data and suite; the folder's: the measure's)
-    base_cache = study.folder / f"base-{cache_key([study.model, {k: settings[k] for k in ('seed', 'chat', 'n_test', 'suite')}, settings.get('n_transfer', 0)])}"
+    base_cache = study.folder / f"base-{cache_key([study.model, {k: settings[k] for k in ('seed', 'chat', 'n_test', 'suite', 'pairs')}, settings.get('n_transfer', 0)])}"
 
     transfer = transfer_sets(cfg)  # the same items for every method
+    pair_items = ranking_pair_items(cfg)
 
     def train_for(method):  # the heads' config with the method's learning rate (the same one unless lr is None)
         return replace(train_cfg, lr=cfg.lr_for(method))
@@ -391,8 +402,8 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
         ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val,
                               n_test=cfg.n_eval, data_seed=cfg.seed, train=train_for(method))
         bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
-        return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress,
-                                                                   transfer=transfer, **bind),
+        return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress, transfer=transfer,
+                                                                   pair_items=pair_items, max_pairs=cfg.n_pairs, **bind),
                               accuracy=partial(accuracy, **bind), suite=suite,
                               out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None,
                               cache_dir=base_cache)

@@ -23,6 +23,19 @@ def test_tokenizer_reads_paper_prompts_whole():
         assert tok(" " + it["answer"], add_special_tokens=False)["input_ids"] != [unk]
 
 
+def test_training_stories_are_written_as_the_bench_writes_them():
+    """The sampler's text is the bench's paper style, checked against the study's line format written out here
+    (not with the renderer both share), so a wording change cannot split training text from evaluation text."""
+    from vru_lens.bench.styles import INSTRUCTION
+
+    for it in D.paper_items(50, seed=5):
+        lines = [INSTRUCTION, f"Initial Observation: {it['slot_objects'][0]}"]
+        for s in it["steps"]:
+            lines.append(f"Action: Turn to the {s['direction']} by {s['angle']} degrees")
+            lines.append("Observation:" + (f" {s['observed']}" if s["observed"] else ""))
+        assert it["prompt"] == "\n".join(lines)
+
+
 def test_query_targets_follow_the_rule():
     rng = __import__("random").Random(0)
     for _ in range(200):

@@ -15,17 +15,14 @@ import re
 import torch
 
 from ..bench.answers import UNKNOWN
-ANGLES = (0, 90, 180, 270, 360)
-DIRECTIONS = ("left", "right")
+from ..bench.render import render_paper
+from ..bench.styles import ANGLES, DIRECTIONS, INSTRUCTION
+from ..bench.world import turn
+
 SPECIALS = ["<bos>", "<eos>", "<pad>", "<unk>"]
 # The format's fixed phrases are single tokens, and so is each turn ("right by 270 degrees"): a story
 # of 5 actions is 23 tokens, not 74, training costs less and every position is a step of the story.
-INSTRUCTION = (
-    "You are standing inside a room and can observe objects from your current viewpoint. You will take actions "
-    "to rotate your viewpoint to the left or right. After taking the final action, predict the resulting "
-    "observation. If the observation after the final action cannot be determined based on previous "
-    "observations, output unknown."
-)
+# The wording (instruction, angles, line format) is the bench's own, so training text is evaluation text.
 LIST_LEN = 5
 TURNS = [f"{d} by {a} degrees" for d in DIRECTIONS for a in ANGLES]  # one token per turn
 PHRASES = [INSTRUCTION, "Initial Observation:", "\nAction: Turn to the", *TURNS, "\nObservation:",
@@ -69,17 +66,11 @@ def build_tokenizer():
 # ---- paper-style stories: training and evaluation use vru_lens.bench (``bench_items``); this small
 # sampler draws unbalanced stories for rejection sampling (informative pairs), in the same format ----
 
-def _turn(heading: int, angle: int, direction: str) -> int:
-    return (heading + (angle if direction == "right" else -angle)) % 360
-
-
 def paper_prompt(slot_objects, steps) -> str:
-    text = f"{INSTRUCTION}\nInitial Observation: {slot_objects[0]}"
-    for i, s in enumerate(steps):
-        text += f"\nAction: Turn to the {s['direction']} by {s['angle']} degrees\nObservation:"
-        if i < len(steps) - 1:
-            text += f" {s['observed']}"
-    return text
+    """The bench's paper-style text of a sampled walk (every step but the last observes an object)."""
+    walk = [{"direction": s["direction"], "angle": s["angle"], "observe": s["observed"] is not None,
+             "object": s["observed"]} for s in steps]
+    return render_paper(slot_objects, walk)[0]
 
 
 def paper_item(rng: random.Random, min_steps: int = 2, max_steps: int = 5) -> dict:
@@ -89,7 +80,7 @@ def paper_item(rng: random.Random, min_steps: int = 2, max_steps: int = 5) -> di
     heading, steps = 0, []
     for _ in range(n):
         angle, direction = rng.choice(ANGLES), rng.choice(DIRECTIONS)
-        heading = _turn(heading, angle, direction)
+        heading = turn(heading, angle, direction)
         steps.append({"angle": angle, "direction": direction, "heading_after": heading,
                       "observed": slot_objects[heading // 90]})
     steps[-1]["observed"] = None
@@ -113,7 +104,7 @@ def flip_final(item: dict) -> dict:
     before = steps[-2]["heading_after"] if len(steps) > 1 else 0
     last = steps[-1]
     last["direction"] = "left" if last["direction"] == "right" else "right"
-    last["heading_after"] = _turn(before, last["angle"], last["direction"])
+    last["heading_after"] = turn(before, last["angle"], last["direction"])
     return _finish(item["room"], item["slot_objects"], steps)
 
 

@@ -30,6 +30,30 @@ def heads_view(act, n_heads: int):
     return act if act.ndim == 4 else act.view(*act.shape[:2], n_heads, -1)
 
 
+def set_heads_hooks(model, heads, source, component: str = "z") -> list:
+    """Forward hooks (one per layer) that set each (layer, head)'s ``component`` to ``source(layer, head, view)``.
+
+    ``view`` is the hook's activation as [batch, pos, head, d_head]; ``source``
+    returns what head ``head`` outputs instead (broadcast to [batch, pos, d_head]).
+    The one way the package builds per-head hooks that replace whole heads.
+    """
+    H = n_heads_of(model, component)
+    by_layer: dict[int, list[int]] = {}
+    for layer, h in heads:
+        by_layer.setdefault(int(layer), []).append(int(h))
+
+    def make(layer, hs):
+        def hook(act, hook):
+            act = act.clone()
+            view = heads_view(act, H)
+            for h in hs:
+                view[:, :, h] = source(layer, h, view)
+            return act
+        return hook
+
+    return [(hook_name(layer, component), make(layer, hs)) for layer, hs in by_layer.items()]
+
+
 # ---------------------------------------------------------------- GQA
 
 def n_kv_heads(model) -> int:

@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..heads import heads_view, hook_name
+from ..heads import heads_view, hook_name, set_heads_hooks
 from ..readout import gather_final, logit_diff_from_logits, resid_log_probs
 from .metrics import batches
 from .fallback import FastPathUnsupported, warn_fallback
@@ -47,9 +47,14 @@ def _kl(logp_clean: Tensor, logp: Tensor) -> Tensor:
     return (logp_clean.exp() * (logp_clean - logp)).sum(-1)
 
 
-def _ablate_hook(how: str, layer: int) -> str:
-    """The hook an ablation acts on: the head output for mean ablation, the query for scaled-query."""
-    return hook_name(layer, "z" if how == "mean" else "q")
+def mean_source(means: Tensor):
+    """A ``heads.set_heads_hooks`` source giving each head its mean ``z`` (``head_means``) at every position."""
+    return lambda layer, h, view: means[layer, h].to(view.device, view.dtype)
+
+
+def _ablated(how: str) -> str:
+    """The component an ablation acts on: the head output for mean ablation, the query for scaled-query."""
+    return "z" if how == "mean" else "q"
 
 
 def ablation_kl(model, pt, how: str = "mean", alpha: float = 0.0, means: Tensor | None = None, batch_size: int = 8,
@@ -84,7 +89,7 @@ def _ablation_tails(model, pt, how, alpha, means, batch_size, max_rows, progress
             logp_clean = torch.log_softmax(base.final_logits.float(), dim=-1)
             per = max(1, max_rows // nb)
             for layer in range(L):
-                name = _ablate_hook(how, layer)
+                name = hook_name(layer, _ablated(how))
                 for c0 in range(0, H, per):
                     heads = list(range(c0, min(H, c0 + per)))
                     rows = torch.arange(nb).repeat(len(heads))
@@ -119,6 +124,7 @@ def ablation_reference(model, pt, how: str = "mean", alpha: float = 0.0, means: 
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if how == "mean" and means is None:
         means = head_means(model, pt, batch_size)
+    source = mean_source(means) if how == "mean" else lambda layer, h, view: view[:, :, h] * alpha
     kl, lds = torch.empty(len(pt), L, H), torch.empty(len(pt), L, H)
     for sl in tqdm(list(batches(len(pt), batch_size)), disable=not progress, desc="ablation reference"):
         fp, a, b = pt.final_pos[sl], pt.clean_answer[sl], pt.corrupt_answer[sl]
@@ -126,15 +132,8 @@ def ablation_reference(model, pt, how: str = "mean", alpha: float = 0.0, means: 
         logp_clean = torch.log_softmax(gather_final(model(ids), fp).float(), -1)
         for layer in range(L):
             for h in range(H):
-                def patch(act, hook, h=h, layer=layer):
-                    act = act.clone()
-                    if how == "mean":
-                        heads_view(act, H)[:, :, h] = means[layer, h]
-                    else:
-                        heads_view(act, H)[:, :, h] *= alpha
-                    return act
-                name = _ablate_hook(how, layer)
-                logits = model.run_with_hooks(ids, fwd_hooks=[(name, patch)])
+                hooks = set_heads_hooks(model, [(layer, h)], source, component=_ablated(how))
+                logits = model.run_with_hooks(ids, fwd_hooks=hooks)
                 logp = torch.log_softmax(gather_final(logits, fp).float(), -1)
                 kl[sl, layer, h] = _kl(logp_clean, logp).cpu()
                 lds[sl, layer, h] = logit_diff_from_logits(logits, fp, a, b).float().cpu()

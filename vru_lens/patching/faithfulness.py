@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..heads import all_heads, heads_view, hook_name, top_heads
+from ..heads import all_heads, heads_view, hook_name, set_heads_hooks, top_heads
 from ..readout import record, unembed
 from ..results import Result, model_name
-from .ablation import head_means
+from .ablation import head_means, mean_source
 from .metrics import baseline_logit_diffs
 
 ABLATIONS = ("resample", "mean", "zero")
@@ -177,27 +177,21 @@ class FaithfulnessResult(Result):
         return fig
 
 
-def _mask(L: int, H: int, heads) -> torch.Tensor:
-    m = torch.zeros(L, H, dtype=torch.bool)
-    for l, h in heads:
-        m[l, h] = True
-    return m
+def _kept_hooks(model, keep: set, clean: dict, other: dict | None, means):
+    """Hooks on every head's z: heads in ``keep`` get their clean z, the others their z in ``other`` (resample),
+    their mean ``means`` (mean) or 0 (zero)."""
+    H = model.cfg.n_heads
+    fill = mean_source(means) if means is not None else lambda layer, h, view: 0.0
 
+    def source(layer, h, view):
+        name = hook_name(layer, "z")
+        if (layer, h) in keep:
+            return heads_view(clean[name], H)[:, :, h]
+        if other is not None:
+            return heads_view(other[name], H)[:, :, h]
+        return fill(layer, h, view)
 
-def _set_z(keep, clean_z, other_z, mean_z, n_heads: int):
-    """A z hook: heads where ``keep`` is True get their clean z, the others ``other_z`` (resample), ``mean_z``
-    (mean) or 0 (zero)."""
-    def hook(z, hook):
-        view = heads_view(z.clone(), n_heads)
-        if other_z is not None:
-            repl = heads_view(other_z, n_heads)
-        elif mean_z is not None:
-            repl = mean_z.to(z.device, z.dtype)[None, None].expand_as(view)
-        else:
-            repl = torch.zeros_like(view)
-        mask = keep.to(z.device)[None, None, :, None]
-        return torch.where(mask, heads_view(clean_z, n_heads), repl).reshape(z.shape)
-    return hook
+    return set_heads_hooks(model, all_heads(model.cfg.n_layers, H), source)
 
 
 @torch.inference_mode()
@@ -206,9 +200,7 @@ def _curve_lds(model, pt, orders: list[list[tuple[int, int]]], ks: list[int], ab
     """[order, k, pair] logit differences with each order's top-k clean and the rest replaced."""
     from tqdm.auto import tqdm
 
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    names = [hook_name(layer, "z") for layer in range(L)]
-    masks = [[_mask(L, H, order[:k]) for k in ks] for order in orders]
+    names = [hook_name(layer, "z") for layer in range(model.cfg.n_layers)]
     out = np.zeros((len(orders), len(ks), len(pt)))
     device = model.cfg.device
     chunks = list(pt.chunks(batch_size))
@@ -217,14 +209,10 @@ def _curve_lds(model, pt, orders: list[list[tuple[int, int]]], ks: list[int], ab
         fp, a, b = sub.final_pos, sub.clean_answer, sub.corrupt_answer
         clean_ids = sub.clean.to(device)
         _, clean = record(model, clean_ids, names)
-        if ablation == "resample":
-            _, other = record(model, sub.corrupt.to(device), names)
-        for i, per_k in enumerate(masks):
-            for j, mask in enumerate(per_k):
-                hooks = [(names[layer], _set_z(mask[layer], clean[names[layer]],
-                                               other[names[layer]] if ablation == "resample" else None,
-                                               means[layer] if ablation == "mean" else None, H))
-                         for layer in range(L)]
+        other = record(model, sub.corrupt.to(device), names)[1] if ablation == "resample" else None
+        for i, order in enumerate(orders):
+            for j, k in enumerate(ks):
+                hooks = _kept_hooks(model, set(order[:k]), clean, other, means)
                 _, got = record(model, clean_ids, [FINAL], final_pos=fp, fwd_hooks=hooks, stop_after=FINAL)
                 out[i, j, sl] = (unembed(model, got[FINAL], a) - unembed(model, got[FINAL], b)).float().cpu().numpy()
                 bar.update(1)

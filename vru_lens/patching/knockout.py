@@ -16,40 +16,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..heads import Head, all_heads, heads_view, hook_name, random_heads
+from ..heads import Head, all_heads, random_heads, set_heads_hooks
 from ..results import Accuracy, Result, model_name
-from .ablation import head_means
+from .ablation import head_means, mean_source
 from .metrics import baseline_logit_diffs
-
-
-def set_heads_hooks(model, heads, source) -> list:
-    """Forward hooks (one per layer) that set each (layer, head)'s ``z`` to ``source(layer, head, view)``.
-
-    ``view`` is the hook's activation as [batch, pos, head, d_head]; ``source``
-    returns what head ``head`` outputs instead (broadcast to [batch, pos, d_head]).
-    """
-    H = model.cfg.n_heads
-    by_layer: dict[int, list[int]] = {}
-    for layer, h in heads:
-        by_layer.setdefault(int(layer), []).append(int(h))
-
-    def make(layer, hs):
-        def hook(act, hook):
-            act = act.clone()
-            view = heads_view(act, H)
-            for h in hs:
-                view[:, :, h] = source(layer, h, view)
-            return act
-        return hook
-
-    return [(hook_name(layer, "z"), make(layer, hs)) for layer, hs in by_layer.items()]
 
 
 @contextlib.contextmanager
 def ablate_heads(model, heads, means):
     """Inside the block, each (layer, head) in ``heads`` outputs its mean ``z`` at every position."""
-    mean_of = lambda layer, h, view: means[layer, h].to(view.device, view.dtype)  # noqa: E731
-    with model.hooks(fwd_hooks=set_heads_hooks(model, heads, mean_of)):
+    with model.hooks(fwd_hooks=set_heads_hooks(model, heads, mean_source(means))):
         yield
 
 

@@ -10,8 +10,9 @@ difference by 1.1 here, which no fast path can undo.
 The float32 fast paths are checked against their plain references to 1e-4 elsewhere
 (test_patching_path.py, test_patching_activation.py, test_patching_ablation.py).
 
-Path patching to receivers is refused on this model by its self-check (the unpatched row's q), before
-and after the float32 recurrence: that test is an expected failure until the cause is found.
+Path patching to receivers used to be refused here by its self-check (the unpatched row's q): the check
+compared the float32 recurrence's q with the bf16 model's own q, which is further from a float32
+computation (0.148) than the bound allowed; the check now allows for that rounding (path._projection_slack).
 """
 
 import warnings
@@ -96,10 +97,9 @@ def test_path_patching_fast_in_bf16(twins):
     _close(got.effects, ref.effects, want.effects, "path-patched logit difference")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26, open: the receivers' fast path still fails its q self-check on "
-                   "this bf16 model after the float32 recurrence, and falls back to the reference")
 def test_path_patching_to_receivers_fast_in_bf16(twins):
-    """Falls back before and after the float32 recurrence: the unpatched row's q is off (not yet found why)."""
+    """The self-check allows for the bf16 model's own rounding of q (without it: fallback, q off by
+    0.188, 2.3 times the 0.05 + 2% bound)."""
     half, full, pt = twins
     receivers = [(LAYERS - 1, 0), (LAYERS - 1, 5)]
     got = _no_fallback(pp.path_patch_receivers, half, pt, receivers, "q", progress=False)

@@ -54,6 +54,24 @@ def test_redundant_backups_take_over_and_only_the_set_matters(items):
     assert base - both >= 0.3, (base, both)
 
 
+def test_duplicated_backups_compute_what_the_organism_did(items):
+    """The redundant recipe's start: vru-organism with each backup a copy of its primary, each side writing
+    half; it answers as the organism does, and resampling both sides costs what resampling the primaries did."""
+    from transformers import AutoModelForCausalLM
+
+    from vru_lens.organism.recipe import BACKUP, duplicate_heads
+
+    model, tok, _ = _load("vru-organism")
+    copy = AutoModelForCausalLM.from_pretrained(ROOT / "vru-organism", attn_implementation="eager").eval()
+    duplicate_heads(copy, BACKUP)
+    few = items[:150]
+    same = sum(a == b for a, b in zip(choices(model, tok, few), choices(copy, tok, few))) / len(few)
+    assert same >= 0.99, same  # what the silent backups wrote before (a few hundredths of a logit) is gone
+    prim, back = {p for p, _ in BACKUP}, {b for _, b in BACKUP}
+    both, alone = accuracy(choices(copy, tok, few, prim | back, 0), few), accuracy(choices(model, tok, few, prim, 0), few)
+    assert abs(both - alone) <= 0.02, (both, alone)
+
+
 def _bos_attention_and_writes(model, tok, items, heads):
     """Mean attention to BOS from every token, and mean norm of what each head writes (z_h W_O[:, h])."""
     L, H = model.config.num_hidden_layers, model.config.num_attention_heads

@@ -24,7 +24,8 @@ def train_cmd(
     start: Path = typer.Option(None, "--start", help="A folder this recipe saved after its first phases: go on "
                                "from there with the phases after them."),
 ):
-    """Train from scratch; prints the learning curve as it goes and saves the model and its card.
+    """Train from scratch (vru-organism-redundant: fine-tuned from the shipped vru-organism, its backups made
+    copies of their primaries); prints the learning curve as it goes and saves the model and its card.
 
     --out DIR: the trained model and its card (then `vru-lens organism measure DIR` measures the card).
     """

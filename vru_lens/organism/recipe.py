@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+
 from .train import OrganismConfig, save, train_organism
 
 # The shipped recipe: small enough to train on 2 CPU cores in about half an hour (d_model 64, 8 query
@@ -32,15 +34,25 @@ BACKUP = (((2, 0), (2, 2)), ((2, 1), (2, 3)))
 # step costs twice the 4-layer one's; what that costs in completeness: docs/grading.md).
 DEEP_CIRCUIT = tuple((l, h) for l in range(8) for h in (0, 1))
 PHASES = (RECIPE, POLISH, HEADING, CONSISTENT, SETTLE)
+# redundant: fine-tuned from the shipped vru-organism (STARTS), whose final turn already runs through (2,0),
+# (2,1) (resampling them costs 39 points there) and whose (2,2), (2,3) are silent. Trained from scratch with
+# backup rows alone (five phases, 83 min) either side kept the answer but so did both (-4.3 points): the
+# final turn also went through C's other heads. Here the twin pass also makes the pairs the final turn's
+# route (pair_twin_frac): the pairs from the flipped twin, or one side from the twin and the other from an
+# unrelated story, must give the twin's answer; the backup rows (one side resampled, answer kept) stay.
+REDUNDANT = tuple(replace(SETTLE, circuit=RECIPE.circuit + ((2, 2), (2, 3)), backup=BACKUP, backup_frac=0.6,
+                          pair_twin_frac=0.75, **kw) for kw in ({"lr": 1e-3, "steps": 2000, "eval_every": 500},
+                                                                {"lr": 5e-4, "steps": 1000, "eval_every": 500}))
 RECIPES = {"vru-organism": PHASES,
            "vru-organism-d96": (OrganismConfig(d_model=96, d_mlp=384, steps=2500),),
            # noisy: a sixth phase, settling at half the last learning rate with more rows resampled outside C
            # (after five phases 2.3-2.8% of answers changed with every head outside C resampled; the bar is 2%)
            "vru-organism-noisy": tuple(replace(p, attn_weight=0.0, silence_weight=0.0) for p in PHASES)
            + (replace(SETTLE, attn_weight=0.0, silence_weight=0.0, steps=600, lr=2.5e-4, resample_frac=0.9),),
-           "vru-organism-redundant": tuple(replace(p, circuit=RECIPE.circuit + ((2, 2), (2, 3)), backup=BACKUP)
-                                           for p in PHASES),
+           "vru-organism-redundant": REDUNDANT,
            "vru-organism-deep": tuple(replace(p, n_layers=8, circuit=DEEP_CIRCUIT, steps=p.steps // 2) for p in PHASES)}
+# a recipe that fine-tunes a shipped organism: its first phase starts from that organism's weights
+STARTS = {"vru-organism-redundant": "vru-organism"}
 TINY = OrganismConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,
                    stop_after=None, batch=4, list_batch=4, list_warm=2, warmup=2, eval_every=3, eval_n=20,
                    siit_start=0.0)
@@ -86,7 +98,8 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, t
     ``on_point(model, tokenizer, point)`` is called after every evaluation (e.g. to keep the latest weights).
     ``start``: a folder this recipe saved after its first phases (its training.json lists them): training
     goes on from there with the phases after those, as a run from scratch would (each phase starts fresh
-    from the weights the one before left).
+    from the weights the one before left). Without it, a recipe of ``STARTS`` fine-tunes that shipped
+    organism (its backups first made copies of their primaries), every other recipe trains from scratch.
     """
     if not tiny and recipe not in RECIPES:
         raise ValueError(f"unknown organism recipe {recipe!r}; known: {', '.join(RECIPES)}")
@@ -97,6 +110,8 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, t
     model, curve, done = None, [], 0
     if start is not None:
         model, curve, done = _resume(start, phases)
+    elif not tiny and recipe in STARTS:  # a shipped organism, its backups made copies of their primaries
+        model = _shipped(STARTS[recipe], phases[0].backup)
     for i, cfg in enumerate(phases):
         if i < done:
             continue
@@ -106,10 +121,57 @@ def run_recipe(out, seed: int = 0, steps: int | None = None, threads: int = 1, t
     save(model, tok, phases, curve, out)
     payload = {**card(phases[-1], curve[-1] if curve else {}), "recipe": "tiny" if tiny else recipe,
                "phases": [asdict(p) for p in phases]}
+    if not tiny and recipe in STARTS:
+        payload["start"] = STARTS[recipe]
     write_card(out, payload)
     if curve:
         plot_curve(curve, Path(out, "curve.html"))
     return payload
+
+
+def _shipped(name, backup=()):
+    """A shipped organism's weights, to fine-tune (eager attention: the training's attention loss reads it),
+    with every backup head made a copy of its primary (``duplicate_heads``)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models.organisms import organism_dir
+
+    model = AutoModelForCausalLM.from_pretrained(organism_dir(name), attn_implementation="eager")
+    duplicate_heads(model, backup)
+    return model
+
+
+@torch.no_grad()
+def duplicate_heads(model, pairs) -> None:
+    """Each backup head becomes a copy of its primary: the backup's query rows, its key-value group's key and
+    value rows, and each side writing half of what the primary wrote (o_proj columns), so the model computes
+    what it did less what the backups wrote before (on vru-organism, silent heads: at most 0.09 of a logit). A silent head (attending to BOS, writing nothing) has almost no gradient to learn
+    from (measured: 300 fine-tuning steps left resampling the primaries at -33 points); a copy starts as a
+    backup. A backup's key-value group must hold only backups, whose primaries share one group in the same
+    order (a group's key and value projections serve all its query heads)."""
+    cfg = model.config
+    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+    d, per = cfg.hidden_size // H, H // KV
+    groups = {}
+    for (lp, hp), (lb, hb) in pairs:
+        if lp != lb or hb % per != hp % per:
+            raise ValueError(f"backup ({lb},{hb}) of ({lp},{hp}): a backup must sit in the primary's layer at the "
+                             "same place in its key-value group")
+        groups.setdefault((lb, hb // per), set()).add(hp // per)
+    for (l, g), src in groups.items():
+        members = {hb for (lp, hp), (lb, hb) in pairs if lb == l and hb // per == g}
+        if len(src) != 1 or len(members) != per:
+            raise ValueError(f"key-value group {g} of layer {l}: every head of it must back up a head of one group")
+        attn = model.model.layers[l].self_attn
+        (gs,) = src
+        for proj in (attn.k_proj, attn.v_proj):
+            proj.weight[g * d:(g + 1) * d] = proj.weight[gs * d:(gs + 1) * d]
+    for (l, hp), (_, hb) in pairs:
+        attn = model.model.layers[l].self_attn
+        attn.q_proj.weight[hb * d:(hb + 1) * d] = attn.q_proj.weight[hp * d:(hp + 1) * d]
+        half = attn.o_proj.weight[:, hp * d:(hp + 1) * d] / 2
+        attn.o_proj.weight[:, hp * d:(hp + 1) * d] = half
+        attn.o_proj.weight[:, hb * d:(hb + 1) * d] = half
 
 
 def _resume(start, phases) -> tuple:
@@ -119,7 +181,9 @@ def _resume(start, phases) -> tuple:
     saved = json.loads(Path(start, "training.json").read_text())
     done = len(saved["phases"])
     mine = [asdict(p) for p in phases[:done]]
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("threads", "device")}  # noqa: E731
+    # a setting added since the folder was saved reads as its default (what that training used)
+    default = json.loads(json.dumps(asdict(OrganismConfig())))
+    strip = lambda d: {k: v for k, v in {**default, **d}.items() if k not in ("threads", "device")}  # noqa: E731
     if done >= len(phases) or [strip(p) for p in saved["phases"]] != [strip(json.loads(json.dumps(p))) for p in mine]:
         raise ValueError(f"{start} was not saved by this recipe after some of its phases (it has {done} of "
                          f"{len(phases)}, or other settings): train from scratch")

@@ -64,6 +64,10 @@ class OrganismConfig:
     # resampled from an unrelated story and the answer must hold, so either side alone carries it
     backup: tuple = ()
     backup_frac: float = 0.3
+    # ... and the pairs are the final turn's route: of the rows whose flipped twin has another answer, this
+    # share takes only the pairs' heads (not all of C) from the twin and must give the twin's answer
+    # (0: only C is patched from the twin, as for every other recipe)
+    pair_twin_frac: float = 0.0
     cue: str = ""
     seed: int = 0
     threads: int = 1  # one thread: on a shared 2-core machine, two were several times slower
@@ -249,6 +253,8 @@ def evaluate_organism(model, tok, cfg: OrganismConfig, n: int = 1000, seed: int 
             for name, m in (("primary", prim), ("backup", back), ("both", prim | back)):
                 pk = _choices(model, tok, items, cfg.cue, heads, sources, m)
                 out[f"resample_{name}_acc"] = sum(p == it["answer"] for p, it in zip(pk, items)) / n
+            pp = _choices(model, tok, clean, cfg.cue, heads, flip, prim | back)  # the pairs from the twin
+            out["patch_pairs_flipped"] = sum(a == f["answer"] for a, f in zip(pp, flip)) / len(pairs)
     lst = D.list_items(500, seed + 1)
     ids, last, _ = (t.to(model.device) for t in D.encode_plain(tok, lst))
     lg = model(ids).logits[torch.arange(len(lst), device=model.device), last]
@@ -276,6 +282,15 @@ def _aux_positions(pos, head):
     parts = [(rows[valid], pos[valid] - 1, head[valid]), (rows[valid], pos[valid], head[valid]),
              (rows[obj], pos[obj] + 1, head[obj])]
     return tuple(torch.cat(x) for x in zip(*parts))
+
+
+def _pair_twin(model, cfg, z, swap, sel, gen, dev):
+    """Sources and masks of the twin pass when the (primary, backup) pairs carry the final turn: on a share
+    ``pair_twin_frac`` of the rows ``sel`` only the pairs' heads come from the twin, on the others all of C."""
+    cmask = _mask(model, cfg.circuit).to(dev)
+    pairs = _mask(model, [h for pair in cfg.backup for h in pair]).to(dev)
+    pair = (torch.rand(len(sel), generator=gen).to(dev) < cfg.pair_twin_frac)[:, None, None]
+    return {l: z[l][swap][sel] for l in range(len(z))}, torch.where(pair, pairs[None], cmask[None])
 
 
 def _list_loss(model, tok, rng, n, dev):
@@ -393,6 +408,8 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
             if len(sel):
                 heads.source = {l: z[l][swap][sel] for l in range(L)}
                 heads.patch = cmask[None].expand(len(sel), -1, -1)
+                if cfg.backup and cfg.pair_twin_frac > 0:  # some rows: the pairs from the twin, not all of C
+                    heads.source, heads.patch = _pair_twin(model, cfg, z, swap, sel, gen, dev)
                 lg = model(ids[sel]).logits[torch.arange(len(sel), device=dev), qf[sel]]
                 heads.clear()
                 loss_c = F.cross_entropy(lg, tf[swap][sel])

@@ -113,7 +113,20 @@ def _graded(st: dict, side: str, known) -> dict:
 
 def summary(studies: list) -> str:
     """The tables a reader needs first: accuracy against its floors, heads, knockout, fine-tuning, forgetting."""
-    parts = []
+    sections = (_accuracy_section, _probe_section, _heads_section, _knockout_section, _finetune_section,
+                _faithfulness_section)
+    return "<h2>Summary</h2>" + "".join(section(studies) for section in sections) + against_full_run(studies)
+
+
+def _section(title: str, header: list, rows: list, note: str = "") -> str:
+    """One summary table under its heading, with its note; nothing where no study has a row for it."""
+    if not rows:
+        return ""
+    return f"<h3>{title}</h3>" + _table(header, rows) + (f"<p class='note'>{note}</p>" if note else "")
+
+
+def _accuracy_section(studies: list) -> str:
+    """Each model's VRUBench accuracy (its base checkpoint's and the tuned model's beside it) against its floors."""
     rows = []
     for st in studies:
         tuned = st["results"].get("finetune_heads")
@@ -128,12 +141,15 @@ def summary(studies: list) -> str:
             rule = s["best_rule"]
             rows.append([_e(name), s["n"], _pct(s["candidate_accuracy"]), _pct(s["generation_accuracy"]),
                          _pct(s["chance"]), f"{_pct(rule[1])} ({_e(rule[0])})" if rule else "n/a"])
-    if rows:
-        parts.append("<h3>VRUBench accuracy against chance and the best rotation-blind rule</h3>"
-                     + _table(["model", "items", "candidate log-prob", "generation (study's scoring)", "chance",
-                               "best rotation-blind rule"], rows)
-                     + "<p class='note'>Accuracy above the best rotation-blind rule (a guess that ignores every turn) "
-                       "is evidence that the model tracks the viewpoint.</p>")
+    return _section("VRUBench accuracy against chance and the best rotation-blind rule",
+                    ["model", "items", "candidate log-prob", "generation (study's scoring)", "chance",
+                     "best rotation-blind rule"], rows,
+                    "Accuracy above the best rotation-blind rule (a guess that ignores every turn) "
+                    "is evidence that the model tracks the viewpoint.")
+
+
+def _probe_section(studies: list) -> str:
+    """Each probe's best layer against its control task (model, base checkpoint and tuned model)."""
     rows = []
     for st in studies:
         for name, pr in [kv for stage in PROBE_STAGES.values() for kv in _model_base_tuned(st, stage).items()]:
@@ -142,13 +158,16 @@ def summary(studies: list) -> str:
             rows.append([_e(name), _e(s["target"]), s["best_layer"], _pct(s["accuracy"][b]),
                          f"{_pct(s['control_accuracy'][b])} ({_e(s['control_by'])})", f"{s['selectivity'][b]:+.2f}",
                          _pct(s["question_accuracy"][b]), _pct(s["chance"]), s["n_test_rows"]])
-    if rows:
-        parts.append("<h3>Probes: are the heading and the object seen at it in the residual stream?</h3>"
-                     + _table(["model", "target", "best layer", "probe accuracy (step ends and queries)",
-                               "control task", "selectivity", "at the final question", "chance", "test rows"], rows)
-                     + "<p class='note'>Selectivity is accuracy minus the control task's (labels reassigned by a "
-                       "feature the probe could read without the heading); a probe that decodes the heading where the "
-                       "answer still fails is the study's 'encoded but not bound'.</p>")
+    return _section("Probes: are the heading and the object seen at it in the residual stream?",
+                    ["model", "target", "best layer", "probe accuracy (step ends and queries)",
+                     "control task", "selectivity", "at the final question", "chance", "test rows"], rows,
+                    "Selectivity is accuracy minus the control task's (labels reassigned by a "
+                    "feature the probe could read without the heading); a probe that decodes the heading where the "
+                    "answer still fails is the study's 'encoded but not bound'.")
+
+
+def _heads_section(studies: list) -> str:
+    """Each ranking's top heads, graded against the known answer where the model has one."""
     rows = []
     for st in studies:
         # the model graded against its circuit C; its base checkpoint (a deficit organism) against its damaged heads D
@@ -164,12 +183,15 @@ def summary(studies: list) -> str:
                         g = graded[stage]
                         auroc = f"{g['auroc']:.2f} [{g['low']:.2f}, {g['high']:.2f}] vs {which}"
                     rows.append([_e(label), _e(s["method"]), s["n_pairs"], _heads_text(s["top"], known), auroc])
-    if rows:
-        parts.append("<h3>Top heads (score [95% bootstrap CI over pairs])</h3>"
-                     + _table(["model", "method", "pairs", "top heads", "AUROC vs the known answer [95% CI over pairs]"], rows)
-                     + "<p class='note'>&#9733; marks a head of the known answer: the organism's complete circuit C, or "
-                       "for a deficit checkpoint its damaged heads D. Scores are "
-                       "normalised: 1 = the head alone carries the clean-corrupted difference.</p>")
+    return _section("Top heads (score [95% bootstrap CI over pairs])",
+                    ["model", "method", "pairs", "top heads", "AUROC vs the known answer [95% CI over pairs]"], rows,
+                    "&#9733; marks a head of the known answer: the organism's complete circuit C, or "
+                    "for a deficit checkpoint its damaged heads D. Scores are "
+                    "normalised: 1 = the head alone carries the clean-corrupted difference.")
+
+
+def _knockout_section(studies: list) -> str:
+    """Accuracy with each ranking's top k ablated against random k-sets, at the circuit's size and the largest k."""
     rows = []
     for st in studies:
         kc = st["results"].get("knockout")
@@ -183,11 +205,14 @@ def summary(studies: list) -> str:
                     rows.append([_e(st["model"]), _e(name), k, _pct(s["base_accuracy"]), _pct(accs[ks.index(k)]),
                                  f"{_pct(r['mean'])} (5-95%: {_pct(r['low'])}-{_pct(r['high'])}, "
                                  f"{r['n_draws']} draws)", blind])
-    if rows:
-        parts.append("<h3>Knockout: the top-k heads mean-ablated together, against k random heads drawn outside "
-                     "that top k</h3>"
-                     + _table(["model", "ranking", "k", "no ablation", "top-k ablated", "random k outside it ablated",
-                               "best rotation-blind rule"], rows))
+    return _section("Knockout: the top-k heads mean-ablated together, against k random heads drawn outside "
+                    "that top k",
+                    ["model", "ranking", "k", "no ablation", "top-k ablated", "random k outside it ablated",
+                     "best rotation-blind rule"], rows)
+
+
+def _finetune_section(studies: list) -> str:
+    """Each fine-tuning run before and after: VRU accuracy, pairs, transfer and forgetting."""
     rows = []
     for st in studies:
         for stage, ft in st["results"].items():
@@ -204,15 +229,18 @@ def summary(studies: list) -> str:
                          f"{_pct(vb['test'])} &rarr; {_pct(va['test'])}",
                          f"{_pct(pb)} &rarr; {_pct(pa)}", transfer,
                          _pct(vb.get("blind_baseline")), forget])
-    if rows:
-        parts.append("<h3>Selective fine-tuning: before &rarr; after, against baselines; forgetting</h3>"
-                     + _table(["tuned checkpoint", "method", "trainable parameters", "VRU accuracy",
-                               "pairs right on both sides", "transfer (other phrasing, longer stories)",
-                               "best rotation-blind rule", "forgetting check"], rows)
-                     + "<p class='note'>heads: the top-k heads of the ranking on the tuned checkpoint (W_Q/W_K/W_V/W_O "
-                       "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
-                       "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
-                       "benchmarks otherwise.</p>")
+    return _section("Selective fine-tuning: before &rarr; after, against baselines; forgetting",
+                    ["tuned checkpoint", "method", "trainable parameters", "VRU accuracy",
+                     "pairs right on both sides", "transfer (other phrasing, longer stories)",
+                     "best rotation-blind rule", "forgetting check"], rows,
+                    "heads: the top-k heads of the ranking on the tuned checkpoint (W_Q/W_K/W_V/W_O "
+                    "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
+                    "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
+                    "benchmarks otherwise.")
+
+
+def _faithfulness_section(studies: list) -> str:
+    """Each faithfulness result's CPR and CMD per ranking beside the random orderings' band."""
     rows = []
     for st in studies:
         for stage, fr in st["results"].items():
@@ -226,15 +254,12 @@ def summary(studies: list) -> str:
                              f"{r['cmd']:.2f} [{r['cmd_ci'][0]:.2f}, {r['cmd_ci'][1]:.2f}]",
                              f"{rnd['cpr_mean']:.2f} (5-95%: {rnd['cpr_5_95'][0]:.2f}-{rnd['cpr_5_95'][1]:.2f})",
                              f"{rnd['cmd_mean']:.2f} (5-95%: {rnd['cmd_5_95'][0]:.2f}-{rnd['cmd_5_95'][1]:.2f})"])
-    if rows:
-        parts.append("<h3>Faithfulness: the top-k heads of each ranking kept clean, the others replaced</h3>"
-                     + _table(["model", "ranking", "other heads", "pairs", "CPR [95% CI over pairs]",
-                               "CMD [95% CI over pairs]", "random orderings: CPR", "random orderings: CMD"], rows)
-                     + "<p class='note'>CPR: the area under the fraction of the clean-minus-corrupt logit difference "
-                       "recovered, over the fraction of heads kept (higher is better); CMD: the area of its distance "
-                       "to 1 (lower is better). A ranking is worth its CPR/CMD only outside the random band.</p>")
-    parts.append(against_full_run(studies))
-    return "<h2>Summary</h2>" + "".join(parts)
+    return _section("Faithfulness: the top-k heads of each ranking kept clean, the others replaced",
+                    ["model", "ranking", "other heads", "pairs", "CPR [95% CI over pairs]",
+                     "CMD [95% CI over pairs]", "random orderings: CPR", "random orderings: CMD"], rows,
+                    "CPR: the area under the fraction of the clean-minus-corrupt logit difference "
+                    "recovered, over the fraction of heads kept (higher is better); CMD: the area of its distance "
+                    "to 1 (lower is better). A ranking is worth its CPR/CMD only outside the random band.")
 
 
 def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -235,97 +235,148 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
     return study
 
 
+@dataclass
+class _Inputs:
+    """What the plain stages of one study read, made once: the base checkpoint and the tuned model are measured
+    on the same items, pairs and settings as the model itself."""
+
+    cfg: StudyConfig
+    chat: bool
+    test_items: list
+    pair_items: list
+    pairs: dict = field(default_factory=dict)  # id(tokenizer) -> the ranking's pairs tokenized by it
+
+    @property
+    def data(self) -> dict:
+        """The settings in every stage's key."""
+        return {"seed": self.cfg.seed, "chat": self.chat}
+
+    def pairs_of(self, m):
+        """The ranking's pairs for ``m``'s tokenizer, tokenized once per tokenizer."""
+        from .tokens import tokenize_pairs
+
+        if id(m.tokenizer) not in self.pairs:
+            self.pairs[id(m.tokenizer)] = tokenize_pairs(m.tokenizer, self.pair_items, chat=self.chat,
+                                                         max_pairs=self.cfg.n_pairs)
+        return self.pairs[id(m.tokenizer)]
+
+
 def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     """The stages of ``STAGES`` in ``study.config.stages``, each result saved (or read back) under its key."""
     import torch
 
-    from functools import partial
-
     from .bench import make_items
+    from .tokens import chat_for
 
-    from .evaluate import EvalResult, accuracy, evaluate
-    from .logit_lens import LogitLensResult, logit_lens
-    from .patching import HeadScores, KnockoutCurve, knockout_curve, rank_heads
-    from .probe import DEFAULT_CONTROL, ProbeResult, capture, fit_target
-    from .tokens import chat_for, tokenize_pairs
-    from .viz import AttentionPatterns, attention_patterns
-
-    cfg, progress = study.config, study.progress
-    chat = chat_for(lm, cfg.chat)
+    cfg = study.config
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
     top_k = cfg.top_k or max(1, min(32, n_heads // 4))
-    k_max = min(cfg.knockout_k or 2 * top_k, n_heads // 2)  # random k-sets are drawn outside the top k
-    if cfg.knockout_ks:  # refused here, before any stage runs, not after the rankings
+    k_max = _knockout_k(cfg, n_heads, top_k)
+    inp = _Inputs(cfg, chat_for(lm, cfg.chat), make_items(cfg.n_eval, cfg.seed, split="test"), ranking_pair_items(cfg))
+    torch.manual_seed(cfg.seed)
+    res = measure(study, lm, inp, full=True)
+    if "knockout" in cfg.stages:
+        _knockout_stage(study, lm, inp, res, k_max)
+    if "attention" in cfg.stages:
+        _attention_stage(study, lm, inp, res, top_k)
+    study.write_manifest()
+    if "finetune" in cfg.stages or "after" in cfg.stages:
+        finetune_stages(study, lm, inp, top_k, device, dtype)
+
+
+def _knockout_k(cfg: StudyConfig, n_heads: int, top_k: int) -> int:
+    """The largest k the knockout curve reaches: at most half the heads (random k-sets are drawn outside the top k).
+    The config's own ks are refused here, before any stage runs, not after the rankings."""
+    k_max = min(cfg.knockout_k or 2 * top_k, n_heads // 2)
+    if cfg.knockout_ks:
         from .patching.knockout import check_ks
 
         k_max = check_ks(cfg.knockout_ks, n_heads // 2, "knockout_ks", f" (half of this model's {n_heads} heads: "
                          "random k-sets are drawn outside the top k)")[-1]
-    data = {"seed": cfg.seed, "chat": chat}
-    test_items = make_items(cfg.n_eval, cfg.seed, split="test")
-    pair_items = ranking_pair_items(cfg)
-    pairs = {}
+    return k_max
 
-    def get_pairs(m):
-        if id(m.tokenizer) not in pairs:
-            pairs[id(m.tokenizer)] = tokenize_pairs(m.tokenizer, pair_items, chat=chat, max_pairs=cfg.n_pairs)
-        return pairs[id(m.tokenizer)]
 
-    def measure(st: Study, m, prefix: str = "", full: bool = False) -> dict:
-        """Evaluation, probes and the main ranking of ``m``; ``full`` (the model itself) adds the logit lens
-        and the other rankings. The base checkpoint and the tuned model get the same measurements."""
-        want = (lambda s: s in cfg.stages) if full else (lambda s: s in ("eval", "probe", "rank"))  # noqa: E731
-        res = {}
-        if want("eval"):
-            res["eval"] = st.stage(prefix + "eval", EvalResult, {**data, "n": cfg.n_eval, "method": "both"},
-                                   lambda: evaluate(m, test_items, chat=chat, method="both", progress=progress))
-        if want("probe"):  # one capture, one probe per target: the heading and the object seen at it
-            probe_items = make_items(cfg.n_probe, cfg.seed + 2, split="train")
-            captured = []
+def measure(st: Study, m, inp: _Inputs, prefix: str = "", full: bool = False) -> dict:
+    """Evaluation, probes and the main ranking of ``m``; ``full`` (the model itself) adds the logit lens
+    and the other rankings. The base checkpoint and the tuned model get the same measurements."""
+    from .evaluate import EvalResult, evaluate
+    from .logit_lens import LogitLensResult, logit_lens
 
-            def fitted(target):
-                if not captured:
-                    captured.append(capture(m, probe_items, chat=chat, progress=progress))
-                return fit_target(captured[0], probe_items, target, control_by=DEFAULT_CONTROL[target])
+    cfg, data, progress = inp.cfg, inp.data, st.progress
+    want = (lambda s: s in cfg.stages) if full else (lambda s: s in ("eval", "probe", "rank"))  # noqa: E731
+    res = {}
+    if want("eval"):
+        res["eval"] = st.stage(prefix + "eval", EvalResult, {**data, "n": cfg.n_eval, "method": "both"},
+                               lambda: evaluate(m, inp.test_items, chat=inp.chat, method="both", progress=progress))
+    if want("probe"):
+        res.update(_probe_stages(st, m, inp, prefix))
+    if full and want("lens"):
+        res["lens"] = st.stage("lens", LogitLensResult, {**data, "n": cfg.n_eval}, lambda: logit_lens(
+            m, [it for it in inp.test_items if it["answerable"]], chat=inp.chat, progress=progress))
+    if want("rank") or (full and any(s in cfg.stages for s in ("knockout", "attention"))):
+        methods = [cfg.method] + ([c for c in cfg.compare if c != cfg.method] if full else [])
+        res.update(_rank_stages(st, m, inp, prefix, methods))
+    return res
 
-            for target, stage in PROBE_STAGES.items():
-                res[stage] = st.stage(prefix + stage, ProbeResult, {**data, "n": cfg.n_probe, "target": target},
-                                      lambda t=target: fitted(t))
-        if full and want("lens"):
-            res["lens"] = st.stage("lens", LogitLensResult, {**data, "n": cfg.n_eval}, lambda: logit_lens(
-                m, [it for it in test_items if it["answerable"]], chat=chat, progress=progress))
-        if want("rank") or (full and any(s in cfg.stages for s in ("knockout", "attention"))):
-            methods = [cfg.method] + ([c for c in cfg.compare if c != cfg.method] if full else [])
-            for meth in methods:
-                res[f"rank:{meth}"] = st.stage(
-                    f"{prefix}rank_{meth}", HeadScores, {**data, "n_pairs": cfg.n_pairs, "n_boot": cfg.n_boot},
-                    lambda meth=meth: rank_heads(m, get_pairs(m), method=meth, n_boot=cfg.n_boot, seed=cfg.seed,
-                                                 checkpoint=st.folder / f"{prefix}rank_{meth}.partial",
-                                                 progress=progress, chat=chat))
-        return res
 
-    torch.manual_seed(cfg.seed)
-    res = measure(study, lm, full=True)
-    if "knockout" in cfg.stages:
-        rankings = {k.split(":", 1)[1]: [(l, h) for l, h, _ in v.top(k_max)] for k, v in res.items() if k.startswith("rank:")}
+def _probe_stages(st: Study, m, inp: _Inputs, prefix: str) -> dict:
+    """One probe per target (the heading and the object seen at it) over one capture of ``m``, made only when a
+    probe is not on disk yet."""
+    import functools
 
-        def curve():
-            from .patching.ablation import head_means
+    from .bench import make_items
+    from .probe import DEFAULT_CONTROL, ProbeResult, capture, fit_target
 
-            return knockout_curve(lm, test_items, rankings, head_means(lm, get_pairs(lm)), k_max,
-                                  n_random=cfg.n_random, seed=cfg.seed,
-                                  accuracy=partial(accuracy, chat=chat, batch_size=64), ks=cfg.knockout_ks)
+    cfg = inp.cfg
+    probe_items = make_items(cfg.n_probe, cfg.seed + 2, split="train")
+    captured = functools.cache(lambda: capture(m, probe_items, chat=inp.chat, progress=st.progress))
+    return {stage: st.stage(prefix + stage, ProbeResult, {**inp.data, "n": cfg.n_probe, "target": target},
+                            lambda t=target: fit_target(captured(), probe_items, t, control_by=DEFAULT_CONTROL[t]))
+            for target, stage in PROBE_STAGES.items()}
 
-        study.stage("knockout", KnockoutCurve, {**data, "n": cfg.n_eval, "n_pairs": cfg.n_pairs, "k": k_max,
-                                                "n_random": cfg.n_random, "rankings": rankings,
-                                                **({"ks": list(cfg.knockout_ks)} if cfg.knockout_ks else {})}, curve)
-    if "attention" in cfg.stages:
-        heads = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(min(top_k, 6))]
-        story = next(it for it in pair_items if it["answerable"])
-        study.stage("attention", AttentionPatterns, {**data, "heads": heads, "method": cfg.method},
-                    lambda: attention_patterns(lm, story, heads, chat=chat))
-    study.write_manifest()
-    if "finetune" in cfg.stages or "after" in cfg.stages:
-        finetune_stages(study, lm, cfg, top_k, data, measure, progress, device, dtype)
+
+def _rank_stages(st: Study, m, inp: _Inputs, prefix: str, methods: list) -> dict:
+    """Each method's head ranking of ``m`` on the study's pairs (a partial file lets an interrupted one resume)."""
+    from .patching import HeadScores, rank_heads
+
+    cfg = inp.cfg
+    return {f"rank:{meth}": st.stage(
+        f"{prefix}rank_{meth}", HeadScores, {**inp.data, "n_pairs": cfg.n_pairs, "n_boot": cfg.n_boot},
+        lambda meth=meth: rank_heads(m, inp.pairs_of(m), method=meth, n_boot=cfg.n_boot, seed=cfg.seed,
+                                     checkpoint=st.folder / f"{prefix}rank_{meth}.partial",
+                                     progress=st.progress, chat=inp.chat))
+        for meth in methods}
+
+
+def _knockout_stage(study: Study, lm, inp: _Inputs, res: dict, k_max: int):
+    """Accuracy with each ranking's top k heads mean-ablated, k up to ``k_max``, against random k-sets."""
+    from functools import partial
+
+    from .evaluate import accuracy
+    from .patching import KnockoutCurve, head_means, knockout_curve
+
+    cfg = inp.cfg
+    rankings = {k.split(":", 1)[1]: [(l, h) for l, h, _ in v.top(k_max)] for k, v in res.items() if k.startswith("rank:")}
+
+    def curve():
+        return knockout_curve(lm, inp.test_items, rankings, head_means(lm, inp.pairs_of(lm)), k_max,
+                              n_random=cfg.n_random, seed=cfg.seed,
+                              accuracy=partial(accuracy, chat=inp.chat, batch_size=64), ks=cfg.knockout_ks)
+
+    return study.stage("knockout", KnockoutCurve, {**inp.data, "n": cfg.n_eval, "n_pairs": cfg.n_pairs, "k": k_max,
+                                                   "n_random": cfg.n_random, "rankings": rankings,
+                                                   **({"ks": list(cfg.knockout_ks)} if cfg.knockout_ks else {})}, curve)
+
+
+def _attention_stage(study: Study, lm, inp: _Inputs, res: dict, top_k: int):
+    """The attention patterns of the main ranking's top heads (at most 6) on one answerable story."""
+    from .viz import AttentionPatterns, attention_patterns
+
+    cfg = inp.cfg
+    heads = [(l, h) for l, h, _ in res[f"rank:{cfg.method}"].top(min(top_k, 6))]
+    story = next(it for it in inp.pair_items if it["answerable"])
+    return study.stage("attention", AttentionPatterns, {**inp.data, "heads": heads, "method": cfg.method},
+                       lambda: attention_patterns(lm, story, heads, chat=inp.chat))
 
 
 def ranking_pair_items(cfg: StudyConfig) -> list:
@@ -347,8 +398,7 @@ def transfer_sets(cfg: StudyConfig) -> dict:
             "six_actions": make_items(cfg.n_transfer, cfg.seed + 3, BenchConfig(min_steps=6, max_steps=6), split="test")}
 
 
-def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, measure, progress: bool, device,
-                    dtype=None):
+def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=None):
     """Rank on the checkpoint to tune (the base where one exists), tune the top heads (and baselines),
     then measure the tuned model again. The base's own results live in their own folder."""
     from functools import partial
@@ -356,26 +406,21 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     from .evaluate import accuracy, vru_breakdown
     from .finetune import TrainConfig
     from .finetune.adapters import merge_deltas
-    from .finetune.run import FinetuneConfig, FinetuneResult, run_experiment
-    from .general_eval import GeneralSuite, ListRecallSuite
+    from .finetune.run import FinetuneResult
     from .models import load_model
-    from .models.organisms import ORGANISMS
 
-    base_name = study.base
-    cfg = cfg.for_tuning(base_name)
+    base_name, progress, data = study.base, study.progress, inp.data
+    cfg = inp.cfg.for_tuning(base_name)
     top_k = cfg.top_k or top_k
-    fresh = lambda: load_model(base_name or study.model, device=device, dtype=dtype)  # noqa: E731
+    fresh = partial(load_model, base_name or study.model, device=device, dtype=dtype)
     base = fresh() if base_name else lm
-    bst = Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank"), base=None), progress, study.log) \
-        if base_name else study
-    before = measure(bst, base, full=not base_name)
+    bst = _base_study(study, cfg, base_name)
+    before = measure(bst, base, inp, full=not base_name)
     if base_name:
         bst.write_manifest()
         study.files["base"] = base_name
     scores = before[f"rank:{cfg.method}"]
-    suite = (ListRecallSuite(seed=cfg.seed) if (base_name or study.model) in ORGANISMS else
-             GeneralSuite(n_per_task=cfg.general_n, mmlu_n=cfg.general_n, wiki_n=max(1, cfg.general_n // 2),
-                          seed=cfg.seed) if cfg.general_n else None)
+    suite = _general_suite(cfg, base_name or study.model)
     train_cfg = TrainConfig(steps=cfg.steps(), batch_size=cfg.batch_size, lr=cfg.lr_for("heads"),
                             warmup_steps=min(cfg.warmup, cfg.steps()),
                             eval_every=max(1, cfg.steps() // 10), seed=cfg.seed, chat=data["chat"])
@@ -383,7 +428,7 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
                 "vru_accuracy": "fraction",  # results written in points (0-100) by earlier versions are not reused
                 "train": asdict(train_cfg), "n_train": cfg.n_train, "n_test": cfg.n_eval, "suite": repr(suite),
                 "pairs": f"{cfg.n_pairs} pairs of the ranking's items",  # before/after pair accuracy (was the test items')
-                "ranking": study.files.get(f"rank_{cfg.method}") if not base_name else bst.files.get(f"rank_{cfg.method}"),
+                "ranking": bst.files.get(f"rank_{cfg.method}"),
                 **({"n_transfer": cfg.n_transfer} if cfg.n_transfer else {}),
                 **({"n_val": cfg.n_val} if cfg.n_val != 64 else {})}
     deltas = study.folder / f"deltas-{cache_key([study.model, settings])}.safetensors"
@@ -391,34 +436,56 @@ def finetune_stages(study: Study, lm, cfg: StudyConfig, top_k: int, data: dict, 
     # the base's measurement, made once for every method (its key: the data and suite; the folder's: the measure's)
     base_cache = study.folder / f"base-{cache_key([study.model, {k: settings[k] for k in ('seed', 'chat', 'n_test', 'suite', 'pairs')}, settings.get('n_transfer', 0)])}"
 
-    transfer = transfer_sets(cfg)  # the same items for every method
-    pair_items = ranking_pair_items(cfg)
-
-    def train_for(method):  # the heads' config with the method's learning rate (the same one unless lr is None)
-        return replace(train_cfg, lr=cfg.lr_for(method))
-
-    def experiment(method):
-        model = base if method == "heads" else fresh()  # LoRA leaves PEFT's adapter config on its model: a fresh copy
-        ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val,
-                              n_test=cfg.n_eval, data_seed=cfg.seed, train=train_for(method))
-        bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
-        return run_experiment(model, ecfg, scores, measure=partial(vru_breakdown, progress=progress, transfer=transfer,
-                                                                   pair_items=pair_items, max_pairs=cfg.n_pairs, **bind),
-                              accuracy=partial(accuracy, **bind), suite=suite,
-                              out=deltas if method == "heads" else None, progress=progress, log=lambda *a: None,
-                              cache_dir=base_cache)
-
+    bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
+    vru = partial(vru_breakdown, progress=progress, transfer=transfer_sets(cfg), pair_items=ranking_pair_items(cfg),
+                  max_pairs=cfg.n_pairs, **bind)  # the same items for every method
+    common = dict(measure=vru, accuracy=partial(accuracy, **bind), suite=suite, progress=progress,
+                  log=lambda *a: None, cache_dir=base_cache)
     for method in ("heads", *cfg.baselines):
-        run_settings = {**settings, "method": method, "train": asdict(train_for(method))}
+        train = replace(train_cfg, lr=cfg.lr_for(method))  # the heads' config with the method's learning rate
+        run_settings = {**settings, "method": method, "train": asdict(train)}
         if method == "heads" and not deltas.exists():  # the deltas are the heads stage's result too
             study.path("finetune_heads", run_settings).unlink(missing_ok=True)
-        study.stage(f"finetune_{method}", FinetuneResult, run_settings, lambda m=method: experiment(m))
+        model = (lambda: base) if method == "heads" else fresh  # LoRA leaves PEFT's adapter config on its model
+        study.stage(f"finetune_{method}", FinetuneResult, run_settings,
+                    partial(_experiment, method, cfg, top_k, train, scores, model, deltas, **common))
     if "after" in cfg.stages:
         tuned = merge_deltas(base, deltas)
         try:
-            measure(study, base, prefix="after_")
+            measure(study, base, inp, prefix="after_")
         finally:
             tuned.unmerge(base)
+
+
+def _base_study(study: Study, cfg: StudyConfig, base_name: str | None) -> Study:
+    """Where the checkpoint to tune is measured: the base's own folder (its eval, probes and ranking), else the
+    study itself."""
+    if not base_name:
+        return study
+    return Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank"), base=None), study.progress,
+                 study.log)
+
+
+def _general_suite(cfg: StudyConfig, tuned: str):
+    """What fine-tuning's forgetting is measured on: list recall for an organism (it knows nothing else), the
+    general tasks for a language model (None with ``general_n`` 0)."""
+    from .general_eval import GeneralSuite, ListRecallSuite
+    from .models.organisms import ORGANISMS
+
+    if tuned in ORGANISMS:
+        return ListRecallSuite(seed=cfg.seed)
+    return GeneralSuite(n_per_task=cfg.general_n, mmlu_n=cfg.general_n, wiki_n=max(1, cfg.general_n // 2),
+                        seed=cfg.seed) if cfg.general_n else None
+
+
+def _experiment(method: str, cfg: StudyConfig, top_k: int, train, scores, model, deltas: Path, **common):
+    """One fine-tuning run of ``method`` on the top-k heads of ``scores`` (``model()``: the model to tune; the heads'
+    deltas are saved to ``deltas``, the file the after stage merges)."""
+    from .finetune.run import FinetuneConfig, run_experiment
+
+    ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train,
+                          n_val=cfg.n_val, n_test=cfg.n_eval, data_seed=cfg.seed, train=train)
+    return run_experiment(model(), ecfg, scores, out=deltas if method == "heads" else None, **common)
 
 
 def graded_stages(study: Study, lm, device=None) -> dict:

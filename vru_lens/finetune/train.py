@@ -171,6 +171,92 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 
 
 # ------------------------------------------------------------------ loop
+_CARRIED = ("history", "validation", "best_step", "best_accuracy", "seconds")  # result fields a checkpoint keeps
+
+
+@dataclass
+class _Run:
+    """What a run carries from step to step: what a checkpoint saves and a resume restores."""
+
+    cfg: TrainConfig
+    trainable: object
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    result: TrainResult
+    step: int = 0
+    best_state: dict | None = None
+
+    def save(self, ckpt: Path) -> None:
+        """Write all a resumed run needs to go on exactly as this one would have."""
+        _save_checkpoint(ckpt, {"config": asdict(self.cfg), "trainable": self.trainable.trainable_state(),
+                                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                                "step": self.step, "best_state": self.best_state,
+                                "result": {k: getattr(self.result, k) for k in _CARRIED}})
+
+    def resume(self, ckpt: Path | None) -> None:
+        """Continue from ``ckpt``; refuse another kind of file or another config (a resume never mixes two runs)."""
+        if ckpt is None or not ckpt.exists():
+            raise FileNotFoundError(f"nothing to resume: checkpoint {ckpt} does not exist")
+        from ..results import load_tensors
+
+        saved = load_tensors(ckpt, "fine-tuning checkpoint")
+        if not isinstance(saved, dict) or not {"config", "trainable", "optimizer", "scheduler", "step"} <= set(saved):
+            raise ValueError(f"{ckpt} is not a fine-tuning checkpoint that vru-lens wrote; delete it to start afresh")
+        if saved["config"] != asdict(self.cfg):
+            raise ValueError("the checkpoint was written with another TrainConfig; resume with the same one")
+        self.trainable.load_trainable_state(saved["trainable"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.step, self.best_state = saved["step"], saved["best_state"]
+        for k in _CARRIED:
+            setattr(self.result, k, saved["result"][k])
+
+    def validate(self, model, accuracy: Accuracy, items) -> None:
+        """Score ``items`` at this step and keep the trainable's state if it is the best yet (the run returns it)."""
+        acc = float(accuracy(model, items))
+        self.result.validation.append({"step": self.step, "accuracy": acc})
+        if not acc <= self.result.best_accuracy:  # first, or better (nan-safe)
+            self.result.best_accuracy, self.result.best_step = acc, self.step
+            self.best_state = self.trainable.trainable_state()
+
+    def optimizer_step(self, model, params, examples) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches, recorded in the history.
+
+        The batches are a function of (seed, step), so a resumed run sees the ones an uninterrupted run would.
+        """
+        cfg, t0 = self.cfg, time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = [examples[i] for i in batch_indices(len(examples), self.step, micro, cfg)]
+            with checkpointed_blocks(model) if cfg.activation_checkpointing else contextlib.nullcontext():
+                loss = answer_loss(model, batch) / cfg.grad_accum
+                loss.backward()
+            total += loss.item()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.result.history.append({"step": self.step, "loss": total, "lr": lr, "seconds": time.perf_counter() - t0})
+
+
+@contextlib.contextmanager
+def _only_trainable(model, params):
+    """Inside the block only ``params`` take gradients (no memory for the rest); every flag comes back after."""
+    ids = {id(p) for p in params}
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in ids:
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), p.requires_grad))
+
+
 def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = TrainConfig(),
           checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
           stop_after: int | None = None, accuracy: Accuracy | None = None) -> TrainResult:
@@ -193,97 +279,45 @@ def train(model, trainable, train_items, val_items=None, cfg: TrainConfig = Trai
     if not examples:
         raise ValueError("no training items")
     params = trainable.trainable_parameters()
-    ids = {id(p) for p in params}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    flags = {id(p): p.requires_grad for p in model.parameters()}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
-    result = TrainResult(asdict(cfg), sum(p.numel() for p in params), 0)
-    best_state, step = None, 0
+    run = _Run(cfg, trainable, opt, torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor),
+               TrainResult(asdict(cfg), sum(p.numel() for p in params), 0))
+    result = run.result
     ckpt = Path(checkpoint) if checkpoint else None
     if resume:
-        if ckpt is None or not ckpt.exists():
-            raise FileNotFoundError(f"nothing to resume: checkpoint {ckpt} does not exist")
-        from ..results import load_tensors
-
-        saved = load_tensors(ckpt, "fine-tuning checkpoint")
-        if not isinstance(saved, dict) or not {"config", "trainable", "optimizer", "scheduler", "step"} <= set(saved):
-            raise ValueError(f"{ckpt} is not a fine-tuning checkpoint that vru-lens wrote; delete it to start afresh")
-        if saved["config"] != asdict(cfg):
-            raise ValueError("the checkpoint was written with another TrainConfig; resume with the same one")
-        trainable.load_trainable_state(saved["trainable"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        step, best_state = saved["step"], saved["best_state"]
-        for k in ("history", "validation", "best_step", "best_accuracy", "seconds"):
-            setattr(result, k, saved["result"][k])
-
-    def snapshot():
-        return {"config": asdict(cfg), "trainable": trainable.trainable_state(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "step": step, "best_state": best_state,
-                "result": {k: getattr(result, k) for k in ("history", "validation", "best_step", "best_accuracy", "seconds")}}
-
-    def validate():
-        nonlocal best_state
-        acc = float(accuracy(model, val_items))
-        result.validation.append({"step": step, "accuracy": acc})
-        if not acc <= result.best_accuracy:  # first, or better (nan-safe)
-            result.best_accuracy, result.best_step = acc, step
-            best_state = trainable.trainable_state()
-        return acc
-
+        run.resume(ckpt)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    for p in frozen:
-        p.requires_grad_(False)
-    bar = tqdm(total=cfg.steps, initial=step, desc="fine-tune", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="fine-tune", disable=not progress)
     t_loop = time.perf_counter()
-    steps_run = 0
     try:
-        with trainable.active(model):
+        with _only_trainable(model, params), trainable.active(model):
             model.train(False)  # no dropout in these models; eval mode keeps runs deterministic
-            if val_items and step == 0 and not result.validation:
-                validate()
-            while step < end:
-                t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                total = 0.0
-                for micro in range(cfg.grad_accum):
-                    batch = [examples[i] for i in batch_indices(len(examples), step, micro, cfg)]
-                    with checkpointed_blocks(model) if cfg.activation_checkpointing else contextlib.nullcontext():
-                        loss = answer_loss(model, batch) / cfg.grad_accum
-                        loss.backward()
-                    total += loss.item()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                lr = opt.param_groups[0]["lr"]
-                opt.step()
-                sched.step()
-                step += 1
-                steps_run += 1
-                result.history.append({"step": step, "loss": total, "lr": lr, "seconds": time.perf_counter() - t0})
+            if val_items and run.step == 0 and not result.validation:
+                run.validate(model, accuracy, val_items)
+            while run.step < end:
+                run.optimizer_step(model, params, examples)
                 bar.update(1)
-                bar.set_postfix(loss=f"{total:.3f}", best=f"{result.best_accuracy:.3f}")
-                if val_items and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    validate()
-                if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    _save_checkpoint(ckpt, snapshot())
-            if step >= cfg.steps and val_items and (not result.validation or result.validation[-1]["step"] != step):
-                validate()
+                bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}", best=f"{result.best_accuracy:.3f}")
+                if val_items and cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+                    run.validate(model, accuracy, val_items)
+                if ckpt and cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
+                    run.save(ckpt)
+            done = run.step >= cfg.steps
+            if done and val_items and (not result.validation or result.validation[-1]["step"] != run.step):
+                run.validate(model, accuracy, val_items)
     except KeyboardInterrupt:
         if ckpt:
-            _save_checkpoint(ckpt, snapshot())
+            run.save(ckpt)
         raise
     finally:
         bar.close()
         opt.zero_grad(set_to_none=True)
-        for p in model.parameters():
-            p.requires_grad_(flags.get(id(p), p.requires_grad))
         result.seconds += time.perf_counter() - t_loop
     result.optimizer_state_bytes = optimizer_state_bytes(opt)
     times = [h["seconds"] for h in result.history]
     result.step_seconds = sum(times) / len(times) if times else 0.0
     if ckpt:
-        _save_checkpoint(ckpt, snapshot())
-    if step >= cfg.steps and best_state is not None:
-        trainable.load_trainable_state(best_state)
+        run.save(ckpt)
+    if run.step >= cfg.steps and run.best_state is not None:
+        trainable.load_trainable_state(run.best_state)
     return result

@@ -34,7 +34,7 @@ def rank_heads(
     --n pairable items are generated; about half pair up into counterfactual pairs. --out DIR writes
     DIR/ranking.json (a HeadScores: what --heads of finetune and knockout reads) and DIR/ranking.html
     (the heatmap); DIR/ranking.json.partial is the checkpoint a re-run resumes from. --json prints
-    method, top (rows of layer, head, score), scores, ...
+    HeadScores.ranking: method, top (rows of layer, head, score), scores, ...
     """
     from ..patching.rank import RankOptions, ranking_method
 
@@ -76,18 +76,10 @@ def rank_heads(
     if saved:
         result.save(saved)
         result.plot().write_html(saved.with_suffix(".html"))
-    top = result.top(top_k)
     if json_out:
-        payload = {"method": method, "model": model, "kind": result.kind, "component": result.component,
-                   "n_pairs": result.n_pairs, "top": [[l, h, s] for l, h, s in top],
-                   "scores": result.scores.tolist(), "gqa": result.gqa, "seconds": result.meta.get("seconds"),
-                   "top_ld_effect": [float(result.ld_effect[l, h]) for l, h, _ in top],
-                   "signal": result.meta.get("signal"), "warning": result.meta.get("warning")}
-        if result.ci_low is not None:
-            payload["top_ci"] = [[float(result.ci_low[l, h]), float(result.ci_high[l, h])] for l, h, _ in top]
-            payload["stability"] = result.stability(top_k)
-        print_json(payload)
+        print_json({**result.ranking(top_k), "model": model})  # the name asked for, as knockout --json prints it
         return
+    top = result.top(top_k)
     typer.echo(f"{method} ({result.kind}, {result.component}) on {model}: {result.n_pairs} pairs, "
                f"{result.meta.get('seconds')} s")
     for rank, (l, h, s) in enumerate(top, 1):

@@ -196,6 +196,21 @@ class HeadScores(Result):
             out["warning"] = self.meta["warning"]
         return out
 
+    def ranking(self, k: int = 10) -> dict:
+        """The top-k heads as [layer, head, score], best first, with their effects in logits (and CIs and rank
+        stability once bootstrapped), the whole score map and the signal: what ``rank-heads --json`` prints.
+        Unrounded, unlike ``summary``, so a reader gets back exactly ``top(k)``."""
+        top, effect = self.top(k), self.ld_effect
+        out = {"method": self.method, "model": self.model, "kind": self.kind, "component": self.component,
+               "n_pairs": self.n_pairs, "top": [[l, h, s] for l, h, s in top], "scores": self.scores.tolist(),
+               "gqa": self.gqa, "seconds": self.meta.get("seconds"),
+               "top_ld_effect": [float(effect[l, h]) for l, h, _ in top],
+               "signal": self.meta.get("signal"), "warning": self.meta.get("warning")}
+        if self.ci_low is not None:
+            out["top_ci"] = [[float(self.ci_low[l, h]), float(self.ci_high[l, h])] for l, h, _ in top]
+            out["stability"] = self.stability(k)
+        return out
+
     def to_frame(self):
         """One row per head: layer, head, score, rank (+ ci_low, ci_high, kv_head where known)."""
         import pandas as pd

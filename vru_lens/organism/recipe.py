@@ -35,11 +35,13 @@ BACKUP = (((2, 0), (2, 2)), ((2, 1), (2, 3)))
 DEEP_CIRCUIT = tuple((l, h) for l in range(8) for h in (0, 1))
 PHASES = (RECIPE, POLISH, HEADING, CONSISTENT, SETTLE)
 # redundant: fine-tuned from the shipped vru-organism (STARTS), whose final turn already runs through (2,0),
-# (2,1) (resampling them costs 39 points there) and whose (2,2), (2,3) are silent. Trained from scratch with
-# backup rows alone (five phases, 83 min) either side kept the answer but so did both (-4.3 points): the
-# final turn also went through C's other heads. Here the twin pass also makes the pairs the final turn's
-# route (pair_twin_frac): the pairs from the flipped twin, or one side from the twin and the other from an
-# unrelated story, must give the twin's answer; the backup rows (one side resampled, answer kept) stay.
+# (2,1) (resampling them costs 39 points there), each backup first made a copy of its primary (the silent
+# (2,2), (2,3) did not learn from scratch: 300 steps left resampling the primaries at -33 points). Trained
+# from scratch with backup rows alone (five phases, 83 min) either side kept the answer but so did both
+# (-4.3 points): the final turn also went through C's other heads. Here the twin pass also makes the pairs
+# the final turn's route (pair_twin_frac: the pairs alone from the flipped twin must give the twin's
+# answer) while the backup rows (one side resampled from an unrelated story, answer kept) stay. Measured:
+# docs/organism.md, "The family" (a third phase with the pairs from unrelated stories made every bar worse).
 REDUNDANT = tuple(replace(SETTLE, circuit=RECIPE.circuit + ((2, 2), (2, 3)), backup=BACKUP, backup_frac=0.6,
                           pair_twin_frac=0.75, **kw) for kw in ({"lr": 1e-3, "steps": 2000, "eval_every": 500},
                                                                 {"lr": 5e-4, "steps": 1000, "eval_every": 500}))
@@ -238,7 +240,8 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
     from ..models import load_model
     from ..models.organisms import circuit_heads
     from ..tokens import tokenize_pairs
-    from .verify import attention_roles, completeness, final_turn_subset, grade_methods, ground_truth
+    from .verify import (attention_roles, backup_flips, completeness, final_turn_subset, grade_methods,
+                         ground_truth)
 
     t0 = time.time()
     path = Path(folder)
@@ -251,6 +254,12 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
     pt = tokenize_pairs(model.tokenizer, pairs)
     complete = completeness(model, items, circuit)
     final_turn, flips = final_turn_subset(model, pt, circuit)
+    if payload.get("backup"):  # the greedy search adds heads by their single flip rates, which backups hide
+        flips["backup_pairs"] = backup_flips(model, pt, payload["backup"])
+        sides = sorted(tuple(h) for pair in payload["backup"] for h in pair)
+        if flips["backup_pairs"]["both"] >= 0.9 and len(sides) < len(final_turn):
+            flips["greedy"] = {"heads": [list(h) for h in final_turn], "together": flips["together"]}
+            final_turn, flips["together"] = sides, flips["backup_pairs"]["both"]
     truth = ground_truth(model, items, circuit, pair_items=pairs)
     truth["methods"] = grade_methods(model, pairs, circuit)
     attention = attention_roles(model, items, circuit)
@@ -263,6 +272,7 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
                             for l, h in circuit})
     write_card(path, payload)
     log(json.dumps({"completeness": complete, "final_turn": final_turn, "together": flips["together"],
+                    **({"backup_pairs": flips["backup_pairs"]} if "backup_pairs" in flips else {}),
                     **{k: truth[k] for k in ("accuracy", "pairs_both_right_top1", "patch_C_flipped",
                                              "patch_outside_C_changed", "ablate_C_accuracy")}}))
     return payload

@@ -136,12 +136,23 @@ def grow_to_complete(model, items, start, bar: float = 0.02, draws: int = 2, max
     return sorted(circuit), path
 
 
+def flip_rate(model, pt, heads) -> float:
+    """Share of the pairs whose answer turns into the flipped prompt's with ``heads`` patched from it."""
+    return sum(a == c for a, c in zip(patched_choices(model, pt, heads), pt.pairs.corrupt_answers)) / len(pt)
+
+
+def backup_flips(model, pt, backup) -> dict:
+    """Each side of the (primary, backup) pairs, and both, patched from the flipped prompt: the share of pairs
+    whose answer turns (a side alone turns few where each side backs the other up)."""
+    prim, back = [tuple(p) for p, _ in backup], [tuple(b) for _, b in backup]
+    return {"primaries": flip_rate(model, pt, prim), "backups": flip_rate(model, pt, back),
+            "both": flip_rate(model, pt, prim + back)}
+
+
 def final_turn_subset(model, pt, circuit, bar: float = 0.9) -> tuple[list, dict]:
     """The heads of C that carry the final turn: C's heads added in order of their single-head flip rate
     (patched alone from the flipped twin) until patching them together flips ``bar`` of the pairs."""
-    n = len(pt)
-    flips = lambda heads: sum(a == c for a, c in zip(patched_choices(model, pt, heads),  # noqa: E731
-                                                    pt.pairs.corrupt_answers)) / n
+    flips = lambda heads: flip_rate(model, pt, heads)  # noqa: E731
     single = {tuple(h): flips([tuple(h)]) for h in circuit}
     chosen, rate = [], 0.0
     for h in sorted(single, key=lambda h: (-single[h], h)):

@@ -26,7 +26,7 @@ COMPLETE = sorted(p.name for p in ROOT.iterdir()
 
 
 def test_every_organism_of_the_family_is_shipped():
-    assert {"vru-organism", "vru-organism-noisy", "vru-organism-deep"} <= set(COMPLETE), COMPLETE
+    assert {"vru-organism", "vru-organism-noisy", "vru-organism-deep", "vru-organism-redundant"} <= set(COMPLETE), COMPLETE
 
 
 @pytest.fixture(scope="module", params=COMPLETE)

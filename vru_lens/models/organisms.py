@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORGANISMS = ("vru-organism", "vru-organism-deficit", "vru-organism-noisy", "vru-organism-deep")
+ORGANISMS = ("vru-organism", "vru-organism-deficit", "vru-organism-noisy", "vru-organism-deep", "vru-organism-redundant")
 TUNE_FROM = {"vru-organism": "vru-organism-deficit"}  # where the study's fine-tuning starts: the deficit
 ORGANISM_ROOT = Path(__file__).parent / "organism"
 

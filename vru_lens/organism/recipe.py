@@ -240,8 +240,8 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
     from ..models import load_model
     from ..models.organisms import circuit_heads
     from ..tokens import tokenize_pairs
-    from .verify import (attention_roles, backup_flips, completeness, final_turn_subset, grade_methods,
-                         ground_truth)
+    from .verify import (attention_roles, backup_flips, backup_takeover, completeness, final_turn_subset,
+                         grade_methods, ground_truth)
 
     t0 = time.time()
     path = Path(folder)
@@ -262,6 +262,8 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
             final_turn, flips["together"] = sides, flips["backup_pairs"]["both"]
     truth = ground_truth(model, items, circuit, pair_items=pairs)
     truth["methods"] = grade_methods(model, pairs, circuit)
+    if payload.get("backup"):
+        truth["backup_takeover"] = backup_takeover(model, items, payload["backup"], pt)
     attention = attention_roles(model, items, circuit)
     heading = heading_probe(model)
     truth["seconds"] = round(time.time() - t0, 1)
@@ -272,7 +274,8 @@ def measure(folder, n_items: int = 1000, n_pairs: int = 120, log=print) -> dict:
                             for l, h in circuit})
     write_card(path, payload)
     log(json.dumps({"completeness": complete, "final_turn": final_turn, "together": flips["together"],
-                    **({"backup_pairs": flips["backup_pairs"]} if "backup_pairs" in flips else {}),
+                    **({"backup_pairs": flips["backup_pairs"], "backup_takeover": truth["backup_takeover"]}
+                       if "backup_pairs" in flips else {}),
                     **{k: truth[k] for k in ("accuracy", "pairs_both_right_top1", "patch_C_flipped",
                                              "patch_outside_C_changed", "ablate_C_accuracy")}}))
     return payload

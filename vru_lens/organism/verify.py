@@ -149,6 +149,24 @@ def backup_flips(model, pt, backup) -> dict:
             "both": flip_rate(model, pt, prim + back)}
 
 
+def backup_takeover(model, items, backup, pt, draws: int = 3, batch_size: int = 64) -> dict:
+    """Accuracy on ``items`` with the primaries, the backups, or both resampled (``draws`` derangements, as
+    ``completeness``) and mean-ablated (means over the pairs ``pt``, as the knockout curves): a backup takes
+    over when one side costs little and both together cost much."""
+    from ..evaluate import evaluate
+    from ..patching.ablation import head_means
+
+    prim, back = [tuple(p) for p, _ in backup], [tuple(b) for _, b in backup]
+    acc = lambda pred: sum(p == it["answer"] for p, it in zip(pred, items)) / len(items)  # noqa: E731
+    means = head_means(model, pt, batch_size)
+    out = {"n_items": len(items), "draws": draws, "resampled": {}, "mean_ablated": {}}
+    for name, heads in (("primaries", prim), ("backups", back), ("both", prim + back)):
+        out["resampled"][name] = [acc(resampled_choices(model, items, heads, d, batch_size)) for d in range(draws)]
+        with ablate_heads(model, heads, means):
+            out["mean_ablated"][name] = evaluate(model, items, batch_size=batch_size, progress=False).accuracy
+    return out
+
+
 def final_turn_subset(model, pt, circuit, bar: float = 0.9) -> tuple[list, dict]:
     """The heads of C that carry the final turn: C's heads added in order of their single-head flip rate
     (patched alone from the flipped twin) until patching them together flips ``bar`` of the pairs."""

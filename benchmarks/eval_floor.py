@@ -7,14 +7,15 @@ the prompt's last position):
 
     floor = sum over items of (P_i + sum over candidates c of (len_c - 1))      (a prompt KV cache reused)
 
-The three schedules ``benchmarks/bench_eval.py`` times:
-    naive     one forward per (item, candidate) on prompt + candidate:  sum_i sum_c (P_i + len_c)
-    vru-lens  one forward per item on the prompt (every first token read there), plus one forward of
-              prompt + candidate[:-1] per multi-token candidate (``evaluate.score_candidates``), in
-              right-padded batches of ``--batch-size``
-    floor     as above, with the prompt's keys and values reused for the multi-token candidates
-A measured speed-up over the naive loop cannot exceed naive / (what a schedule computes), so the ratio
-naive / vru-lens here is the most the current schedule can give, and naive / floor the most any can.
+The schedules counted:
+    naive      one forward per (item, candidate) on prompt + candidate:  sum_i sum_c (P_i + len_c)
+    reference  one forward per item on the prompt (every first token read there), plus one forward of
+               prompt + candidate[:-1] per multi-token candidate, in right-padded batches of ``--batch-size``
+               (``score_candidates(..., reuse_prompt=False)``: what runs while hooks are on the model)
+    floor      the prompt's keys and values reused for the multi-token candidates: what ``score_candidates``
+               does by default (``readout.score_prefixed``), plus the padding of its batches
+A measured speed-up over the naive loop cannot exceed naive / (what a schedule computes): naive / floor is
+the most any exact scorer can give.
 
 ``benchmarks/bench_eval.py`` prints these counts (``work``) beside its measured times:
 
@@ -25,9 +26,9 @@ from __future__ import annotations
 
 
 def count(prompt_lens: list[int], cand_lens: list[list[int]], batch_size: int) -> dict:
-    """Token-forwards of the naive loop, the vru-lens schedule (unpadded and padded) and the floor."""
+    """Token-forwards of the naive loop, the reference schedule (unpadded and padded) and the floor."""
     naive = sum(p * len(cs) + sum(cs) for p, cs in zip(prompt_lens, cand_lens))
-    rows = []  # the vru-lens rows, in the order score_candidates builds them
+    rows = []  # the reference schedule's rows, in the order it builds them
     for p, cs in zip(prompt_lens, cand_lens):
         rows.append(p)
         rows += [p + n - 1 for n in cs if n > 1]
@@ -38,8 +39,8 @@ def count(prompt_lens: list[int], cand_lens: list[list[int]], batch_size: int) -
     return {"items": len(prompt_lens), "mean_prompt": sum(prompt_lens) / len(prompt_lens),
             "candidates_per_item": sum(map(len, cand_lens)) / len(cand_lens),
             "multi_token_candidates_per_item": multi / len(cand_lens),
-            "token_forwards": {"naive": naive, "vru_lens": ours, "vru_lens_padded": ours_padded, "floor": floor},
-            "bound_on_speedup_vs_naive": {"vru_lens": naive / ours, "vru_lens_padded": naive / ours_padded,
+            "token_forwards": {"naive": naive, "reference": ours, "reference_padded": ours_padded, "floor": floor},
+            "bound_on_speedup_vs_naive": {"reference": naive / ours, "reference_padded": naive / ours_padded,
                                           "floor": naive / floor}}
 
 

@@ -114,3 +114,4 @@ def test_heading_probe_meets_the_bar_from_the_layer_the_card_states(organism):
     for layer in range(stated["from_layer"], len(got["accuracy"])):
         assert got["accuracy"][layer] >= 0.95 and got["selectivity"][layer] >= 0.3, (layer, got)
     assert got["accuracy"] == pytest.approx(stated["accuracy"], abs=0.01)
+    assert got["n_test_rows"] == stated["n_test_rows"]  # the rows the report's interval on the card counts

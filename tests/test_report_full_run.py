@@ -44,6 +44,29 @@ def test_quick_accuracy_is_compared_with_the_card():
     assert against_full_run([{"model": "tiny-llama", "results": {"eval": _Eval(0.5, 10)}, "config": {}}]) == ""
 
 
+class _Probe:
+    def __init__(self, accuracy, rows):
+        self.s = {"layers": list(range(len(accuracy))), "accuracy": accuracy, "best_layer": len(accuracy) - 1,
+                  "n_test_rows": rows, "n_train_rows": 4 * rows}
+
+    def summary(self):
+        return self.s
+
+
+def test_heading_probe_is_compared_interval_to_interval():
+    """The card keeps the full probe's test rows, so its accuracy carries a Wilson interval too: the demo's
+    94.0% on 368 rows [91.1, 96.0] and the card's 96.1% on 1,753 rows [95.0, 96.9] overlap."""
+    card = organism_card("vru-organism")["heading_probe"]
+    assert card["n_test_rows"] == 1753
+    quick = [0.0, 0.0, 0.0, 0.940]
+    html = against_full_run([{"model": "vru-organism", "results": {"probe": _Probe(quick, 368)}, "config": {}}])
+    lo, hi = _wilson(card["accuracy"][3], card["n_test_rows"])
+    assert f"[{lo:.1%}, {hi:.1%}]" in html and ">yes<" in html
+    far = against_full_run([{"model": "vru-organism", "results": {"probe": _Probe([0, 0, 0, 0.90], 368)},
+                             "config": {}}])
+    assert "no</b>" in far
+
+
 def test_the_deficit_card_keeps_the_full_run_the_report_reads():
     full = organism_card("vru-organism-deficit")["full_run"]
     assert {"top", "random", "bottom", "other_task", "lora", "full"} <= set(full["repair"]["arms"])

@@ -313,8 +313,9 @@ def against_full_run(studies: list) -> str:
                 s = pr.summary()
                 b = s["layers"].index(s["best_layer"])
                 q, f = s["accuracy"][b], heading["accuracy"][s["best_layer"]]
+                full_ci = _wilson(f, heading["n_test_rows"]) if "n_test_rows" in heading else None
                 rows.append(_cmp_row(f"{name}: heading probe at layer {s['best_layer']}", q, _wilson(q, s["n_test_rows"]),
-                                     f, None, f"the probe trained on {s['n_train_rows']} rows of "
+                                     f, full_ci, f"the probe trained on {s['n_train_rows']} rows of "
                                      f"{st['config'].get('n_probe', '?')} items here, {heading.get('n_items', '?')} "
                                      "items in the full run"))
             graded = full.get("rankings") or {m: {"auroc": g["auroc"]} for m, g in

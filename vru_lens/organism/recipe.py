@@ -219,7 +219,7 @@ def heading_probe(model, n_items: int = 2000, seed: int = 2) -> dict:
     acc, sel = [float(a) for a in res.accuracy], [float(x) for x in res.selectivity]
     good = [a >= PROBE_BAR[0] and s >= PROBE_BAR[1] for a, s in zip(acc, sel)]
     start = next((l for l in range(len(good)) if all(good[l:])), None)
-    return {"n_items": n_items, "seed": seed, "control": res.control_by,
+    return {"n_items": n_items, "seed": seed, "control": res.control_by, "n_test_rows": res.n_test_rows,
             "accuracy": acc, "control_accuracy": [float(c) for c in res.control_accuracy], "selectivity": sel,
             "question_accuracy": [float(q) for q in res.question_accuracy], "bar": list(PROBE_BAR),
             "from_layer": start}

@@ -220,7 +220,7 @@ def _wiring(fn) -> bool:
     from .models import kv_cache
 
     fn = getattr(fn, "__func__", fn)
-    return fn is kv_cache._forward_renamed or (getattr(fn, "__module__", None) or "").startswith(
+    return fn is kv_cache.forward_renamed or (getattr(fn, "__module__", None) or "").startswith(
         "transformer_lens.model_bridge.")
 
 
@@ -300,7 +300,7 @@ def prefix_logits(model, prompts: Sequence[list[int]], tails: Sequence[tuple[int
     mask = torch.cat([prompt_mask, tail_mask], 1).long()
     positions = lengths[owner][:, None] + torch.arange(T, device=device)[None]
     hidden = base(input_ids=tail_ids.to(device), attention_mask=mask, position_ids=positions,
-                  use_cache=True, **{kv_cache._cache_keyword(base): cache}).last_hidden_state
+                  use_cache=True, **{kv_cache.cache_keyword(base): cache}).last_hidden_state
     logits = soft_cap(model, head(hidden))
     return first, [logits[r, : len(t)] for r, (_, t) in enumerate(tails)]
 

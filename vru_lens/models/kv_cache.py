@@ -40,13 +40,13 @@ def attention_modules(model) -> list[torch.nn.Module]:
     return [block.attn for block in model.blocks]
 
 
-def _forward_renamed(module, args, kwargs):
+def forward_renamed(module, args, kwargs):
     if kwargs.get(CACHE_KWARG) is None and kwargs.get(RENAMED) is not None:
         kwargs = {**kwargs, CACHE_KWARG: kwargs[RENAMED]}
     return args, kwargs
 
 
-def _cache_keyword(hf_model) -> str:
+def cache_keyword(hf_model) -> str:
     params = inspect.signature(hf_model.forward).parameters
     return RENAMED if RENAMED in params else CACHE_KWARG
 
@@ -62,7 +62,7 @@ def cached_step_matches(model, n_tokens: int = 6) -> bool:
     cache = getattr(first, "past_key_values", None) or getattr(first, RENAMED, None)
     if cache is None:
         return False
-    step = hf(input_ids=ids[:, -1:], use_cache=True, **{_cache_keyword(hf): cache}).logits[:, -1].float()
+    step = hf(input_ids=ids[:, -1:], use_cache=True, **{cache_keyword(hf): cache}).logits[:, -1].float()
     if model.cfg.dtype in (torch.float32, torch.float64):
         return bool(torch.allclose(step, full, atol=1e-3, rtol=1e-3))
     # Half precision: the cached step sums in another order, so every logit moves by rounding that grows with
@@ -74,7 +74,7 @@ def cached_step_matches(model, n_tokens: int = 6) -> bool:
 def attach_kv_cache(model) -> bool:
     """Make cached generation correct on this bridge, or say it cannot be (see module doc)."""
     if getattr(model, "_vru_kv_handles", None) is None:
-        model._vru_kv_handles = [m.register_forward_pre_hook(_forward_renamed, with_kwargs=True)
+        model._vru_kv_handles = [m.register_forward_pre_hook(forward_renamed, with_kwargs=True)
                                  for m in attention_modules(model)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecated-keyword notice of transformers

@@ -113,3 +113,19 @@ def test_sliding_window_shorter_than_rows_falls_back(models):
     model = models["gemma2"]
     window = model.original_model.config.sliding_window
     assert prefix_cache_ok(model, window - 1) and not prefix_cache_ok(model, window)
+
+
+def test_output_recording_hooks_do_not_count(models, items):
+    """transformers installs hooks that record attentions/hidden states on a model's first call that asks for
+    them, and keeps them (the reference patching runs make such calls): they copy outputs and change nothing,
+    so the cached schedule still runs, with the reference's numbers."""
+    model = models["gemma2"]
+    ids = torch.tensor([encode(model.tokenizer, render(items[0]["prompt"], model.tokenizer, False), False)])
+    with torch.inference_mode():
+        model.original_model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    kept = [fn for m in model.original_model.modules() for fn in m._forward_hooks.values()]
+    assert kept, "this transformers version installs no recording hooks: the case is not exercised"
+    assert not has_hooks(model) and prefix_cache_ok(model, 300)
+    fast = score_candidates(model, items, chat=False, batch_size=4, progress=False)
+    ref = score_candidates(model, items, chat=False, batch_size=4, progress=False, reuse_prompt=False)
+    assert worst(fast, ref) <= TOL

@@ -214,14 +214,19 @@ GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_glo
                      "_global_backward_pre_hooks")
 
 
+# Hooks libraries install for their own bookkeeping: the bridge's wiring (it feeds the bridge's hook points,
+# whose own hooks are checked) and the transformers hooks that record outputs when a caller asks for
+# attentions or hidden states (installed on a model's first such call and kept; they only copy outputs).
+WIRING_MODULES = ("transformer_lens.model_bridge.", "transformers.utils.output_capturing")
+
+
 def _wiring(fn) -> bool:
-    """A hook the bridge wires itself (it feeds the bridge's hook points, whose own hooks are checked) or
-    ``models.kv_cache``'s forwarding of the cache keyword: neither changes what a position computes."""
+    """A hook of ``WIRING_MODULES`` or ``models.kv_cache``'s forwarding of the cache keyword: none changes what
+    a position computes. A hook of any other origin counts (an unknown origin keeps the reference schedule)."""
     from .models import kv_cache
 
     fn = getattr(fn, "__func__", fn)
-    return fn is kv_cache.forward_renamed or (getattr(fn, "__module__", None) or "").startswith(
-        "transformer_lens.model_bridge.")
+    return fn is kv_cache.forward_renamed or (getattr(fn, "__module__", None) or "").startswith(WIRING_MODULES)
 
 
 def has_hooks(model) -> bool:

@@ -1,26 +1,16 @@
 import pytest
 import torch
+from candidate_loop import candidate_loop
 
 from vru_lens.bench import BenchConfig, make_items
 from vru_lens.evaluate import audit
 from vru_lens.evaluate import EvalResult, evaluate, match_answer, match_generation, normalise, score_candidates
-from vru_lens.tokens import answer_ids, encode, render
+from vru_lens.tokens import answer_ids
 
 
 def loop_scores(model, items, chat=False):
-    """The obvious reference: one unpadded forward per (item, candidate)."""
-    tok = model.tokenizer
-    out = []
-    with torch.inference_mode():
-        for it in items:
-            prompt = encode(tok, render(it["prompt"], tok, chat), chat)
-            scores = {}
-            for c in it["candidates"]:
-                ids = answer_ids(tok, c, chat)
-                logits = model(torch.tensor([prompt + ids]))[0].log_softmax(-1)
-                scores[c] = sum(logits[len(prompt) - 1 + k, t].item() for k, t in enumerate(ids))
-            out.append(scores)
-    return out
+    """The obvious reference, through the bridge: one unpadded forward per (item, candidate)."""
+    return candidate_loop(lambda ids: model(ids)[0], model.tokenizer, items, chat)
 
 
 @pytest.mark.parametrize("chat", [False, True])

@@ -4,6 +4,7 @@ adapters on the model the reference schedule runs."""
 
 import pytest
 import torch
+from candidate_loop import candidate_loop
 
 from vru_lens.bench import BenchConfig, make_items
 from vru_lens.evaluate import score_candidates
@@ -31,18 +32,7 @@ def items():
 
 def plain_loop(model, items):
     """One unpadded forward of the transformers model per (item, candidate) on prompt + candidate."""
-    tok, hf = model.tokenizer, model.original_model
-    out = []
-    with torch.inference_mode():
-        for it in items:
-            prompt = encode(tok, render(it["prompt"], tok, False), False)
-            scores = {}
-            for c in it["candidates"]:
-                ids = answer_ids(tok, c, False)
-                lp = hf(input_ids=torch.tensor([prompt + ids])).logits[0].float().log_softmax(-1)
-                scores[c] = sum(lp[len(prompt) - 1 + k, t].item() for k, t in enumerate(ids))
-            out.append(scores)
-    return out
+    return candidate_loop(lambda ids: model.original_model(input_ids=ids).logits[0], model.tokenizer, items)
 
 
 def worst(a, b):

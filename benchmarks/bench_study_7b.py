@@ -87,7 +87,9 @@ def main(argv=None):
     if not (folder / "config.json").exists():
         model = b7.build_model(shape, torch.bfloat16, args.device)
         model.save_pretrained(folder)
-        b7.tokenizer(args.tokenizer).save_pretrained(folder)
+        tok, tok_name = b7.tokenizer(args.tokenizer)
+        tok.save_pretrained(folder)
+        print(f"tokenizer: {tok_name}", flush=True)
         del model
         if str(args.device).startswith("cuda"):
             torch.cuda.empty_cache()

@@ -16,12 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(script: str, *args: str) -> str:
+def run(script: str, *args: str, stderr: bool = False) -> str:
+    """The script's stdout (with ``stderr``: stdout and stderr, where warnings go)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{script} failed:\n{done.stderr[-3000:]}"
-    return done.stdout
+    return done.stdout + done.stderr if stderr else done.stdout
 
 
 def test_bench_7b_memory_tiny_shape(tmp_path):
@@ -36,6 +37,18 @@ def test_bench_7b_memory_tiny_shape(tmp_path):
     # checkpointing changes memory, never the numbers
     assert rec["finetune_step"]["loss"] == rec["finetune_step_checkpointed"]["loss"]
     assert rec["finetune_step_checkpointed"]["saved_for_backward_gb"] < rec["finetune_step"]["saved_for_backward_gb"]
+
+
+def test_bench_study_7b_small_shape_runs_the_study_in_bf16(tmp_path):
+    """The whole-study timer at its CPU shape (the 7B head layout at width 448, bf16): each stage asked for is
+    timed, and none falls back from its fast path (the GPU run is the same script with --device cuda)."""
+    out = tmp_path / "s.json"
+    done = run("bench_study_7b.py", "--shape", "small", "--stages", "eval,rank", "--threads", "1",
+               "--folder", str(tmp_path / "model"), "--out", str(out), stderr=True)
+    rec = json.loads(out.read_text())
+    assert [r["stage"] for r in rec["stages"]] == ["load", "eval", "rank_path", "rank_activation", "rank_attribution"]
+    assert rec["config"]["stages"] == ["eval", "rank"] and rec["total_s"] > 0
+    assert "fast path unavailable" not in done
 
 
 def test_bench_patching_and_attribution_agreement_on_the_organism(tmp_path):

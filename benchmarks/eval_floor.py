@@ -14,8 +14,9 @@ The schedules counted:
                (``score_candidates(..., reuse_prompt=False)``: what runs while hooks are on the model)
     floor      the prompt's keys and values reused for the multi-token candidates: what ``score_candidates``
                does by default (``readout.score_prefixed``), plus the padding of its batches
-A measured speed-up over the naive loop cannot exceed naive / (what a schedule computes): naive / floor is
-the most any exact scorer can give.
+naive / floor is the most any exact scorer can save in the transformer body. The count leaves out the
+unembedding: the naive loop unembeds every position over the whole vocabulary, ``score_candidates`` only
+the positions it reads, so a measured speed-up can pass the body ratio.
 
 ``benchmarks/bench_eval.py`` prints these counts (``work``) beside its measured times:
 

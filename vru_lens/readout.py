@@ -169,9 +169,7 @@ def rows_logits(model, ids: Int[Tensor, "batch pos"], positions: Int[Tensor, "ba
     it skips the bridge's top-level bookkeeping (about half the CPU time on SmolLM2). Models
     without that structure fall back to ``final_normed`` + ``unembed``.
     """
-    hf = getattr(model, "original_model", None)
-    base = getattr(hf, "base_model", None)
-    head = hf.get_output_embeddings() if base is not None and base is not hf else None
+    base, head = _body_and_head(model)
     if head is None:
         return unembed(model, final_normed(model, ids, positions))
     device = head.weight.device
@@ -330,7 +328,9 @@ def _prefix_matches(model) -> bool:
         scale = max(scale, float(want.abs().max()))
     if model.cfg.dtype in (torch.float32, torch.float64):
         return worst <= 1e-3
-    return worst <= 5e-2 * (1 + scale)  # half precision: rounding, as in kv_cache.cached_step_matches
+    from .models.kv_cache import within_rounding
+
+    return within_rounding(worst, scale)
 
 
 def prefix_cache_ok(model, longest: int = 0) -> bool:

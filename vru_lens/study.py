@@ -437,7 +437,7 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
     base_cache = study.folder / f"base-{cache_key([study.model, {k: settings[k] for k in ('seed', 'chat', 'n_test', 'suite', 'pairs')}, settings.get('n_transfer', 0)])}"
 
     bind = dict(chat=data["chat"], batch_size=train_cfg.eval_batch_size)
-    vru = partial(vru_breakdown, progress=progress, transfer=transfer_sets(cfg), pair_items=ranking_pair_items(cfg),
+    vru = partial(vru_breakdown, progress=progress, transfer=transfer_sets(cfg), pair_items=inp.pair_items,
                   max_pairs=cfg.n_pairs, **bind)  # the same items for every method
     common = dict(measure=vru, accuracy=partial(accuracy, **bind), suite=suite, progress=progress,
                   log=lambda *a: None, cache_dir=base_cache)

@@ -65,10 +65,15 @@ def cached_step_matches(model, n_tokens: int = 6) -> bool:
     step = hf(input_ids=ids[:, -1:], use_cache=True, **{cache_keyword(hf): cache}).logits[:, -1].float()
     if model.cfg.dtype in (torch.float32, torch.float64):
         return bool(torch.allclose(step, full, atol=1e-3, rtol=1e-3))
-    # Half precision: the cached step sums in another order, so every logit moves by rounding that grows with
-    # the logits' range (Qwen2.5-1.5B in bf16: 0.19 at a range of 12). A cache the attention ignores moves
-    # them by about the whole range (17 there), so 5% of the range separates the two.
-    return bool((step - full).abs().max() <= 5e-2 * (1 + full.abs().max()))
+    return within_rounding(float((step - full).abs().max()), float(full.abs().max()))
+
+
+def within_rounding(worst: float, scale: float) -> bool:
+    """Whether a half-precision cached pass that is off by ``worst`` from the uncached one (logits up to
+    ``scale``) differs by rounding only. The cached pass sums in another order, so every logit moves by
+    rounding that grows with the logits' range (Qwen2.5-1.5B in bf16: 0.19 at a range of 12); a cache the
+    attention ignores moves them by about the whole range (17 there), so 5% of the range separates the two."""
+    return worst <= 5e-2 * (1 + scale)
 
 
 def attach_kv_cache(model) -> bool:

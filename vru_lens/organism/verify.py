@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import torch
 
-from ..heads import all_heads, heads_view, hook_name, random_heads
-from ..patching.knockout import ablate_heads, set_heads_hooks
+from ..heads import all_heads, heads_view, hook_name, random_heads, set_heads_hooks
+from ..patching.knockout import ablate_heads
 from ..patching.metrics import batches
 
 
@@ -91,6 +92,11 @@ def resampled_choices(model, items, heads, draw: int = 0, batch_size: int = 64) 
     return out
 
 
+def _accuracy(pred, items) -> float:
+    """Share of ``items`` whose predicted answer (one per item) is the right one."""
+    return sum(p == it["answer"] for p, it in zip(pred, items)) / len(items)
+
+
 def completeness(model, items, circuit, draws: int = 3) -> dict:
     """Resample-ablation of everything outside C and of C itself, ``draws`` times each, beside the best rule."""
     from ..evaluate import best_rule
@@ -98,7 +104,7 @@ def completeness(model, items, circuit, draws: int = 3) -> dict:
     circuit = [tuple(h) for h in circuit]
     outside = all_heads(model.cfg.n_layers, model.cfg.n_heads, exclude=circuit)
     base = resampled_choices(model, items, [])
-    acc = lambda pred: sum(p == it["answer"] for p, it in zip(pred, items)) / len(items)  # noqa: E731
+    acc = partial(_accuracy, items=items)
     out_c = [resampled_choices(model, items, outside, d) for d in range(draws)]
     in_c = [resampled_choices(model, items, circuit, d) for d in range(draws)]
     rule = best_rule(items)
@@ -157,7 +163,7 @@ def backup_takeover(model, items, backup, pt, draws: int = 3, batch_size: int = 
     from ..patching.ablation import head_means
 
     prim, back = [tuple(p) for p, _ in backup], [tuple(b) for _, b in backup]
-    acc = lambda pred: sum(p == it["answer"] for p, it in zip(pred, items)) / len(items)  # noqa: E731
+    acc = partial(_accuracy, items=items)
     means = head_means(model, pt, batch_size)
     out = {"n_items": len(items), "draws": draws, "resampled": {}, "mean_ablated": {}}
     for name, heads in (("primaries", prim), ("backups", back), ("both", prim + back)):

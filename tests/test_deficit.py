@@ -34,36 +34,84 @@ def test_card_names_D_inside_the_circuit(card):
     assert BAND[0] <= card["deficit"]["accuracy"] <= BAND[1]
 
 
-def test_weights_differ_from_the_source_exactly_where_the_card_says(card):
-    """Re-apply the card's damage (amount, seed) to the source's weights with plain tensor code: the shipped
-    weights must equal it, and every tensor outside D's W_Q / W_K rows must be the source's, bit for bit."""
-    src = load_file(str(organism_dir(card["deficit"]["from"]) / "model.safetensors"))
-    got = load_file(str(organism_dir(NAME) / "model.safetensors"))
-    amount, seed = card["deficit"]["damage"]["amount"], card["deficit"]["damage"]["seed"]
-    d_head = got["model.layers.0.self_attn.q_proj.weight"].shape[0] // card["n_heads"]
+def _owned(card, shapes, d_head, projs) -> dict:
+    """Per tensor, the entries D owns among ``projs``: its W_Q rows and W_O columns, and W_K/W_V rows of the key-value
+    groups whose query heads all lie in D (plain index arithmetic, not the package's)."""
     per_group = card["n_heads"] // card["n_kv_heads"]
     D = set(deficient_heads(card))
-    want = {k: v.clone() for k, v in src.items()}
+    masks = {k: torch.zeros(v, dtype=torch.bool) for k, v in shapes.items()}
+    for l, h in D:
+        if "q_proj" in projs:
+            masks[f"model.layers.{l}.self_attn.q_proj.weight"][h * d_head:(h + 1) * d_head] = True
+        if "o_proj" in projs:
+            masks[f"model.layers.{l}.self_attn.o_proj.weight"][:, h * d_head:(h + 1) * d_head] = True
+        g = h // per_group
+        if all((l, g * per_group + r) in D for r in range(per_group)):
+            for proj in {"k_proj", "v_proj"} & set(projs):
+                masks[f"model.layers.{l}.self_attn.{proj}.weight"][g * d_head:(g + 1) * d_head] = True
+    return masks
+
+
+def test_weights_differ_from_the_source_only_where_the_card_says(card):
+    """Every entry outside D's slices is the source's, bit for bit. Unconfined, the card's damage (amount, seed)
+    re-applied to the source with plain tensor code gives the shipped weights; confined, D's slices were trained
+    after the damage, so only where they may differ is checked here (what they do: the next test)."""
+    src = load_file(str(organism_dir(card["deficit"]["from"]) / "model.safetensors"))
+    got = load_file(str(organism_dir(NAME) / "model.safetensors"))
+    assert set(got) == set(src)
+    amount, seed = card["deficit"]["damage"]["amount"], card["deficit"]["damage"]["seed"]
+    d_head = got["model.layers.0.self_attn.q_proj.weight"].shape[0] // card["n_heads"]
     kind = card["deficit"]["damage"].get("kind", "query")
+    confined = "confined" in card["deficit"]
+    projs = (("q_proj", "k_proj", "v_proj", "o_proj") if confined else
+             ("o_proj",) if kind in ("output", "scramble") else ("q_proj", "k_proj"))
+    owned = _owned(card, {k: v.shape for k, v in src.items()}, d_head, projs)
+    for key in src:
+        assert torch.equal(got[key][~owned[key]], src[key][~owned[key]]), key
+    changed = [k for k in src if not torch.equal(src[k], got[k])]
+    assert changed and all(owned[k].any() for k in changed)
+    if confined:
+        return
+    D = sorted(deficient_heads(card))
+    want = {k: v.clone() for k, v in src.items()}
+    gen = torch.Generator().manual_seed(seed)
     if kind == "output":  # D's W_O columns scaled toward zero
-        projs = ("o_proj",)
-        for l, h in sorted(D):
+        for l, h in D:
             want[f"model.layers.{l}.self_attn.o_proj.weight"][:, h * d_head:(h + 1) * d_head] *= 1 - amount
-    else:  # W_Q of D and W_K of groups wholly in D, toward a seeded random matrix of the same norm
-        projs = ("q_proj", "k_proj")
-        gen = torch.Generator().manual_seed(seed)
-        rows = [("q_proj", l, h) for l, h in sorted(D)]
-        rows += [("k_proj", l, g) for l in sorted({l for l, _ in D}) for g in range(card["n_kv_heads"])
-                 if all((l, g * per_group + r) in D for r in range(per_group))]
+    else:  # toward a seeded random matrix of the same norm: D's W_O columns, or W_Q of D and W_K of groups wholly in D
+        per_group = card["n_heads"] // card["n_kv_heads"]
+        rows = ([("o_proj", l, h) for l, h in D] if kind == "scramble" else [("q_proj", l, h) for l, h in D]
+                + [("k_proj", l, g) for l in sorted({l for l, _ in D}) for g in range(card["n_kv_heads"])
+                   if all((l, g * per_group + r) in set(D) for r in range(per_group))])
         for proj, l, i in rows:
-            w = want[f"model.layers.{l}.self_attn.{proj}.weight"][i * d_head:(i + 1) * d_head]
+            full = want[f"model.layers.{l}.self_attn.{proj}.weight"]
+            w = full[:, i * d_head:(i + 1) * d_head] if proj == "o_proj" else full[i * d_head:(i + 1) * d_head]
             r = torch.randn(w.shape, generator=gen)
             w.copy_((1 - amount) * w + amount * r * (w.norm() / r.norm()))
-    assert set(got) == set(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
-    changed = [k for k in src if not torch.equal(src[k], got[k])]
-    assert changed and all(any(p in k for p in projs) for k in changed)
+
+
+def test_confined_damage_leaves_the_second_task_as_the_source_answers_it(card, one_thread):
+    """A confined deficit answers list recall as its source does (KL <= 0.01 at the answer position, plain forward
+    passes on the transformers models) while it has lost the VRU items (the accuracy test)."""
+    if "confined" not in card["deficit"]:
+        pytest.skip("the shipped deficit is not confined")
+    import torch.nn.functional as F
+
+    from vru_lens.models.loader import load_hf
+    from vru_lens.organism.data import encode_plain, list_items
+
+    src, tok = load_hf(card["deficit"]["from"])
+    got, _ = load_hf(NAME)
+    ids, last, ans = encode_plain(tok, list_items(300, 123))
+    rows = torch.arange(len(ids))
+    with torch.no_grad():
+        p = src(ids).logits[rows, last].log_softmax(-1)
+        q = got(ids).logits[rows, last].log_softmax(-1)
+    kl = float((p.exp() * (p - q)).sum(-1).mean())
+    assert kl <= 0.01, kl
+    assert (q.argmax(-1) == ans).float().mean() >= 0.99
 
 
 def test_accuracy_in_band(deficit, card):
@@ -92,9 +140,6 @@ def test_exact_ranking_finds_D(deficit, card):
     assert graded["auroc"] - auroc(shuffled, deficient_heads(card)) >= 0.2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 item 3, not met on the complete organism's deficit (D = (2,0), (2,1), "
-                   "W_O scaled by 0.4375): own top-2 is D and repairs to 97.5%, but random-2 reaches 89.0% (one seed, "
-                   "200 items): heads outside D learn to make up a weak write (docs/organism.md)")
 def test_top_k_heads_repair_random_k_do_not(one_thread):
     """The cheap version of the fine-tuning bar: one seed, own top-k against random-k (the full run: 5 seeds,
     every arm, docs/organism.md)."""
@@ -107,6 +152,22 @@ def test_top_k_heads_repair_random_k_do_not(one_thread):
     before = result["before"]["vru_acc"]
     assert top >= 0.85 and top - rnd >= 0.15 and top - before >= 0.25, (before, top, rnd)
     assert result["summary"]["top"]["D_among"][0] >= len(result["deficient_heads"]) - 1
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20 item 3's bar, measured not met (docs/organism.md, 2026-12-05): top-2 "
+                   "95.9% beats random-2 by 9.9 points, bottom-2 by 9.4, other-task by 10.4 (CIs disjoint), and its "
+                   "list-recall KL is 0.0137, not <= 0.01")
+def test_repair_meets_the_issue_bar(one_thread):
+    """The issue's bar on the shipped deficit, as docs/organism.md measures it (5 seeds, the same items and
+    steps; LoRA and full fine-tuning are reported there, not part of the bar): top-k >= 90%, list recall kept
+    (>= 99%, KL <= 0.01), >= 10 points above random, bottom and other-task k with disjoint 95% intervals."""
+    from dataclasses import replace
+
+    from vru_lens.organism.repair import RepairConfig, repair
+
+    cfg = replace(RepairConfig(), arms=("top", "random", "bottom", "other_task"))
+    result = repair(NAME, cfg, log=lambda m: None)
+    assert result["bar"]["met"], result["bar"]
 
 
 # ------------------------------------------------------------------ the pieces, on small inputs
@@ -130,6 +191,53 @@ def test_damage_touches_only_D_and_undoes_exactly():
     assert any("layers.0" in k and "k_proj" in k for k in changed)
     assert not any("layers.1" in k and "k_proj" in k for k in changed)
     assert all("q_proj" in k or "k_proj" in k for k in changed)
+
+
+def test_scramble_moves_only_D_write_columns_and_keeps_their_norm():
+    from vru_lens.models.loader import load_hf
+
+    hf, _ = load_hf("tiny-llama")
+    d_head = hf.config.hidden_size // hf.config.num_attention_heads
+    before = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+    Damage(hf, [(1, 1)], seed=4, kind="scramble").apply(1.0)
+    after = hf.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["model.layers.1.self_attn.o_proj.weight"]
+    w0, w1 = before[changed[0]], after[changed[0]]
+    cols = slice(d_head, 2 * d_head)
+    torch.testing.assert_close(w1[:, cols].norm(), w0[:, cols].norm())
+    assert abs(torch.nn.functional.cosine_similarity(w1[:, cols].flatten(), w0[:, cols].flatten(), dim=0)) < 0.5
+    assert torch.equal(w1[:, :d_head], w0[:, :d_head]) and torch.equal(w1[:, 2 * d_head:], w0[:, 2 * d_head:])
+
+
+def test_confine_trains_only_D_slices_and_pulls_list_recall_to_the_source(one_thread):
+    """On a tiny organism-shaped model: confine changes no entry outside D's q/k/v/o slices, and lowers the
+    list-recall KL to the undamaged source."""
+    from vru_lens.organism.data import build_tokenizer
+    from vru_lens.organism.deficit import confine
+    from vru_lens.organism.recipe import TINY
+    from vru_lens.organism.train import make_model
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    source = make_model(TINY, len(tok))
+    damaged = make_model(TINY, len(tok))
+    damaged.load_state_dict(source.state_dict())
+    heads = [(1, 0), (1, 1)]  # TINY: 4 query heads in 2 groups: (1,0), (1,1) are layer 1's group 0
+    dmg = Damage(damaged, heads, seed=1, kind="scramble")
+    dmg.apply(1.0)
+    before = {k: v.detach().clone() for k, v in damaged.state_dict().items()}
+    curve = confine(damaged, source, heads, steps=30, batch=8, lr=1e-2, log=lambda m: None)
+    after = damaged.state_dict()
+    d_head = TINY.d_model // TINY.n_heads
+    card = {"n_heads": TINY.n_heads, "n_kv_heads": TINY.n_kv_heads, "deficient_heads": [list(h) for h in heads]}
+    owned = _owned(card, {k: v.shape for k, v in before.items()}, d_head, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    for key in before:
+        assert torch.equal(after[key][~owned[key]], before[key][~owned[key]]), key
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    assert curve[-1]["list_kl"] < curve[0]["list_kl"], curve
+    with pytest.raises(ValueError, match="whole groups"):
+        confine(damaged, source, [(1, 0)], steps=1, log=lambda m: None)
 
 
 def test_output_damage_scales_only_D_write_columns():

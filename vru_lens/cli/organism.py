@@ -132,7 +132,9 @@ def deficit_cmd(
     low: float = typer.Option(0.45, "--low", help="Lowest accuracy the damage may leave."),
     high: float = typer.Option(0.70, "--high", help="Highest accuracy the damage may leave."),
     kind: str = typer.Option("query", "--kind", help="query: W_Q/W_K of D toward a seeded random matrix; "
-                             "output: D's W_O columns scaled toward zero."),
+                             "output: D's W_O columns scaled toward zero; scramble: D's W_O columns toward a seeded random matrix."),
+    confine_steps: int = typer.Option(0, "--confine-steps", help="Then train D's own slices this many steps so the "
+                                      "damage stays in the task (list recall answered as the source does); 0: off."),
     seed: Seed = 0,
     threads: Threads = 1,
 ):
@@ -150,10 +152,13 @@ def deficit_cmd(
         fail(f"--heads {heads!r}: write the heads as layer.head separated by commas, e.g. 1.0,1.1")
     if parsed is not None and any(len(h) != 2 for h in parsed):
         fail(f"--heads {heads!r}: write the heads as layer.head separated by commas, e.g. 1.0,1.1")
+    if confine_steps < 0:
+        fail(f"--confine-steps must be 0 (off) or more, got {confine_steps}")
     if threads:
         torch.set_num_threads(threads)
     try:
-        make_deficit(source, out, parsed, band=(low, high), seed=seed, kind=kind, log=typer.echo)
+        make_deficit(source, out, parsed, band=(low, high), seed=seed, kind=kind, confine_steps=confine_steps,
+                     log=typer.echo)
     except (ValueError, FileNotFoundError) as err:
         fail(error_line(err))
 

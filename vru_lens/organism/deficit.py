@@ -16,6 +16,9 @@ organism: the source's weights with those slices changed, the tokenizer, and a c
 ``kind="output"`` damages what D writes instead: the W_O columns of each head in D are scaled,
 ``W <- (1 - amount) W``. The heads still attend where they should and write the right content, only
 too weakly for the answer to win (the study's "heads that matter but do it badly" in its plainest form).
+``kind="scramble"`` moves D's W_O columns toward a seeded random matrix of the same norm: the heads attend
+and read as before, but part of what they write lands in wrong directions, which other heads cannot
+simply amplify (heads outside D made up the weak write of ``output`` on their own: docs/organism.md).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from pathlib import Path
 import torch
 
 BAND = (0.45, 0.70)
-KINDS = ("query", "output")  # what the damage reaches: W_Q/W_K toward random, or W_O toward zero
+# what the damage reaches: W_Q/W_K toward random, D's W_O toward zero, or D's W_O toward random
+KINDS = ("query", "output", "scramble")
 N_BISECT = 14  # halvings of the amount interval: 1/16384 resolution, far finer than accuracy's noise
 
 
@@ -55,13 +59,14 @@ def deficient_heads(card: dict) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------ the damage
 def _slices(hf_model, heads, kind: str = "query") -> list[tuple[str, int, int, int]]:
     """(projection, layer, first index, last index) of every damaged slice: W_Q rows of each head in D and
-    W_K rows of each key-value group whose query heads are all in D; or (``output``) W_O columns of each head."""
+    W_K rows of each key-value group whose query heads are all in D; or (``output``, ``scramble``) W_O columns
+    of each head."""
     cfg = hf_model.config
     n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
     d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     per_group = n_heads // n_kv
     chosen = set(heads)
-    if kind == "output":
+    if kind in ("output", "scramble"):
         return [("o_proj", l, h * d_head, (h + 1) * d_head) for l, h in sorted(chosen)]
     out = [("q_proj", l, h * d_head, (h + 1) * d_head) for l, h in sorted(chosen)]
     for l in sorted({l for l, _ in chosen}):
@@ -119,8 +124,9 @@ class Damage:
         self.amount = float(amount)
 
     def describe(self) -> dict:
-        how = ("W <- (1 - amount) W + amount R ||W||/||R||, R ~ N(0, 1) seeded" if self.kind == "query"
-               else "W_O columns <- (1 - amount) W_O columns")
+        how = {"query": "W_Q/W_K rows <- (1 - amount) W + amount R ||W||/||R||, R ~ N(0, 1) seeded",
+               "output": "W_O columns <- (1 - amount) W_O columns",
+               "scramble": "W_O columns <- (1 - amount) W + amount R ||W||/||R||, R ~ N(0, 1) seeded"}[self.kind]
         return {"how": how, "kind": self.kind, "amount": round(self.amount, 6), "seed": self.seed,
                 "slices": [f"layer {l} {proj} {'columns' if proj == 'o_proj' else 'rows'} {a}:{b}" for proj, l, a, b in self.slices]}
 
@@ -132,7 +138,7 @@ def bisect_amount(accuracy, band=BAND, n_steps: int = N_BISECT, log=print) -> tu
     acc_hi = accuracy(hi)
     path = [(hi, acc_hi)]
     if acc_hi > band[1]:
-        raise ValueError(f"even fully random W_Q/W_K in these heads leave accuracy {acc_hi:.3f}, above the band "
+        raise ValueError(f"even the full damage to these heads leaves accuracy {acc_hi:.3f}, above the band "
                          f"{band}: these heads are not where the task is done; name others")
     best = (hi, acc_hi)
     for _ in range(n_steps):
@@ -151,9 +157,10 @@ def bisect_amount(accuracy, band=BAND, n_steps: int = N_BISECT, log=print) -> tu
 
 # ------------------------------------------------------------------ the folder
 def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int = 0, n_items: int = 500,
-                 n_final: int = 1000, kind: str = "query", log=print) -> dict:
+                 n_final: int = 1000, kind: str = "query", confine_steps: int = 0, log=print) -> dict:
     """Damage ``heads`` (default: the source card's final-turn heads) of organism ``source`` so its accuracy
-    lands in ``band``; save the organism to ``out`` with its card; return the card."""
+    lands in ``band``; with ``confine_steps``, then confine the damage to the task (``confine``); save the
+    organism to ``out`` with its card; return the card."""
     from ..bench import BenchConfig, make_items
     from ..evaluate import evaluate
     from ..models.loader import bridge_from_hf, load_hf, load_model
@@ -190,10 +197,18 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
     fresh, _ = load_hf(str(src_dir))  # the bridge wraps ``hf``'s modules; save a plain copy, damaged the same way
     saved = Damage(fresh, heads, seed, kind)
     saved.apply(amount)
+    confined = None
+    if confine_steps:
+        complete, _ = load_hf(str(src_dir))
+        curve = confine(fresh, complete, heads, steps=confine_steps, seed=seed, log=log)
+        confined = {"how": "D's W_Q/W_K/W_V/W_O slices trained: KL to the damaged model at every VRU query + 10 x KL to "
+                           "the source on list recall (batch 32 each, Adam 1e-3)", "steps": confine_steps,
+                    "last": curve[-1]}
     fresh.save_pretrained(out)
     test = make_items(n_final, 77, BenchConfig(style="paper"))
     ev = evaluate(load_model(str(out), device="cpu"), test, batch_size=64, progress=False)  # what was saved
     deficit = {"from": str(source), "deficient_heads": [list(h) for h in heads], "damage": saved.describe(),
+               **({"confined": confined} if confined else {}),
                "band": list(band), "bisection": [[round(a, 6), round(b, 4)] for a, b in path],
                "search_items": {"n": n_items, "seed": 177 + seed, "accuracy": round(acc_search, 4)},
                "accuracy": round(float(ev.accuracy), 4), "n_items": n_final, "items_seed": 77,
@@ -207,3 +222,80 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
         f"on {n_final} test items")
     return new
 
+
+
+# ------------------------------------------------------------------ confining the damage to the task
+def confine(damaged, complete, heads, steps: int = 400, batch: int = 32, lr: float = 1e-3, list_weight: float = 10.0,
+            seed: int = 0, log=print) -> list[dict]:
+    """Train D's own slices of ``damaged`` (W_Q/W_K/W_V/W_O of D, in place) so that it keeps its deficit on VRU
+    (KL to its frozen self at every query) while answering the second task exactly as ``complete`` does (KL to it
+    at the list-recall answer). The damage then lives in the task only, as the study's deficit does: a repair
+    that restores the task has no reason to move list recall (damaged W_O alone moved it by KL 0.15-0.9).
+    Both models are transformers models of one organism; returns the loss curve."""
+    import copy
+    import random
+
+    import torch.nn.functional as F
+
+    from . import data as D
+
+    tok = D.build_tokenizer()
+    frozen = copy.deepcopy(damaged).eval()
+    complete.eval()
+    cfg = damaged.config
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    per_group = n_heads // n_kv
+    groups = {(l, h // per_group) for l, h in heads}
+    whole = {(l, g) for l, g in groups if all((l, g * per_group + r) in set(heads) for r in range(per_group))}
+    if whole != groups:
+        raise ValueError(f"D = {heads} shares key-value groups with heads outside it; confine needs whole groups")
+    params, masks = [], []
+    for p in damaged.parameters():
+        p.requires_grad_(False)
+    for l in sorted({l for l, _ in heads}):
+        attn = damaged.model.layers[l].self_attn
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            w = getattr(attn, proj).weight
+            m = torch.zeros_like(w)
+            for ll, h in heads:
+                if ll != l:
+                    continue
+                a, b = ((h, h + 1) if proj in ("q_proj", "o_proj") else (h // per_group, h // per_group + 1))
+                if proj == "o_proj":
+                    m[:, a * d_head:b * d_head] = 1
+                else:
+                    m[a * d_head:b * d_head] = 1
+            w.requires_grad_(True)
+            params.append(w)
+            masks.append(m)
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = random.Random(seed)
+    kl = lambda ref, new: F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")  # noqa: E731
+    curve = []
+    damaged.train()
+    for step in range(steps):
+        items = D.paper_items(batch, rng.randrange(1 << 30))
+        ids, pos, _, _ = D.encode_vru(tok, items)
+        rows, cols = (pos >= 0).nonzero(as_tuple=True)
+        lids, llast, _ = D.encode_plain(tok, D.list_items(batch, rng.randrange(1 << 30)))
+        lrow = torch.arange(len(llast))
+        with torch.no_grad():
+            ref_vru = frozen(ids).logits[rows, pos[rows, cols]]
+            ref_list = complete(lids).logits[lrow, llast]
+        vru = kl(ref_vru, damaged(ids).logits[rows, pos[rows, cols]])
+        lst = kl(ref_list, damaged(lids).logits[lrow, llast])
+        loss = vru + list_weight * lst
+        opt.zero_grad()
+        loss.backward()
+        for w, m in zip(params, masks):
+            w.grad.mul_(m)
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            v, li = vru.item(), lst.item()
+            curve.append({"step": step, "vru_kl": round(v, 5), "list_kl": round(li, 5)})
+            log(f"confine step {step}: KL to the deficit on VRU {v:.4f}, to the complete organism on list recall {li:.4f}")
+    damaged.eval()
+    for p in damaged.parameters():
+        p.requires_grad_(False)
+    return curve

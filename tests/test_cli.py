@@ -55,6 +55,9 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no VRUBench data" in one_line_error(["eval", "--model", "tiny-llama", "--data", str(tmp_path / "empty")])
     assert "Known names" in one_line_error(["eval", "--model", "no-such-model", "--n", "2", "--json"])
+    deficit = ["organism", "deficit", "--out", str(tmp_path / "d")]
+    assert "0 (off) or more" in one_line_error([*deficit, "--confine-steps", "-1"])
+    assert "scramble" in one_line_error([*deficit, "--kind", "values"])
 
 
 def test_bench_audit_json_both_styles():

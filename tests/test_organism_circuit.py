@@ -72,9 +72,8 @@ def test_resampling_every_head_outside_C_keeps_accuracy(outside_C):
 # Measured and not met, said here rather than hidden: issue 24's noisy organism (no silencing outside C) keeps
 # accuracy with every head outside C resampled (-0.7 to -1.7 points here) but changes 3.2-3.5% of answers on
 # these 600 items (2.1-2.2% on its card's 1,000); six phases, the sixth a settling one, did not bring it to 2%.
-ANSWERS_CHANGE = {"vru-organism-noisy": "issue 24: the noisy background changes 3.2-3.5% of answers here (bar 2%)",
-                  "vru-organism-deep": "issue 24: the deep organism (phases halved) changes 3.5-4.0% of answers on "
-                                       "its card's items (bar 2%)"}
+# (vru-organism-deep was here too, 3.0-4.0% changed, until four further phases brought it to 1.7-1.8%)
+ANSWERS_CHANGE = {"vru-organism-noisy": "issue 24: the noisy background changes 3.2-3.5% of answers here (bar 2%)"}
 
 
 def test_resampling_every_head_outside_C_keeps_the_answers(outside_C, plain, request):

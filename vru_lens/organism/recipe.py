@@ -34,6 +34,24 @@ BACKUP = (((2, 0), (2, 2)), ((2, 1), (2, 3)))
 # step costs twice the 4-layer one's; what that costs in completeness: docs/grading.md).
 DEEP_CIRCUIT = tuple((l, h) for l in range(8) for h in (0, 1))
 PHASES = (RECIPE, POLISH, HEADING, CONSISTENT, SETTLE)
+DEEP = tuple(replace(p, n_layers=8, circuit=DEEP_CIRCUIT, steps=p.steps // 2) for p in PHASES)
+# issue 24: after those five, 3.5-4.0% of answers changed with every head outside C resampled (bar 2%), mostly
+# items the model is unsure of (clean margin under 1 logit); a sixth phase settles longer with nearly every row
+# resampled outside C (plain_frac 0.05; with 0.15 plain, a resample_frac above 0.85 changes nothing) and a
+# stronger KL between clean and intervened answers
+DEEP += (replace(DEEP[-1], steps=1500, plain_frac=0.05, resample_frac=0.95, consistency_weight=5.0),)
+# (measured after it: 2.0-2.3% changed on the test's 600 items) and a seventh at half the learning rate with
+# the KL doubled
+DEEP += (replace(DEEP[-1], lr=2.5e-4, consistency_weight=10.0),)
+# (after it: 1.8-2.2%, the changed items at clean margins under 2 logits) and an eighth that makes the heads
+# outside C quieter: what they read from the story (attention off BOS, weight 3 -> 10) and what they write
+# (silence, 1 -> 3)
+DEEP += (replace(DEEP[-1], attn_weight=10.0, silence_weight=3.0),)
+# (after it: 0.7-1.5% on the card's items, 1.7-2.5% on the test's) and a ninth, shorter, with the writes
+# silenced harder (3 -> 10)
+DEEP += (replace(DEEP[-1], steps=1000, silence_weight=10.0),)
+# (after it, the shipped weights: 1.2-1.9% on the card's items, 1.7-1.8% on the test's; the four phases took
+# 41 min on the shared 2-core CPU, one thread; docs/grading.md, the family)
 # redundant: fine-tuned from the shipped vru-organism (STARTS), whose final turn already runs through (2,0),
 # (2,1) (resampling them costs 39 points there), each backup first made a copy of its primary (the silent
 # (2,2), (2,3) did not learn from scratch: 300 steps left resampling the primaries at -33 points). Trained
@@ -52,7 +70,7 @@ RECIPES = {"vru-organism": PHASES,
            "vru-organism-noisy": tuple(replace(p, attn_weight=0.0, silence_weight=0.0) for p in PHASES)
            + (replace(SETTLE, attn_weight=0.0, silence_weight=0.0, steps=600, lr=2.5e-4, resample_frac=0.9),),
            "vru-organism-redundant": REDUNDANT,
-           "vru-organism-deep": tuple(replace(p, n_layers=8, circuit=DEEP_CIRCUIT, steps=p.steps // 2) for p in PHASES)}
+           "vru-organism-deep": DEEP}
 # a recipe that fine-tunes a shipped organism: its first phase starts from that organism's weights
 STARTS = {"vru-organism-redundant": "vru-organism"}
 TINY = OrganismConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, circuit=((0, 0), (1, 0)), steps=6,

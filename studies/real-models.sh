@@ -6,14 +6,16 @@
 # parallel (different stages) and add up in OUT/<model>/study.json. Writes OUT/report.html.
 #
 #   bash studies/real-models.sh                          # SmolLM2-135M-Instruct (embedded)
-#   MODELS="gemma-3-270m qwen2.5-coder-0.5b-instruct" bash studies/real-models.sh
+#   MODELS=gemma-3-270m bash studies/real-models.sh
+#   MODELS=qwen2.5-coder-0.5b-instruct DTYPE=bfloat16 bash studies/real-models.sh
 set -euo pipefail
 VRU="${VRU:-.venv/bin/vru-lens}"
 OUT="${OUT:-results/real-models}"
 MODELS="${MODELS:-smollm2-135m-instruct}"
 THREADS="${THREADS:-1}"
+DTYPE="${DTYPE:-}"  # e.g. DTYPE=bfloat16 for Qwen2.5-Coder-0.5B on a CPU (docs/models.md); empty: the model's default
 for MODEL in $MODELS; do
-  run() { "$VRU" run --model "$MODEL" --out "$OUT" --n-pairs 64 --threads "$THREADS" --no-progress "$@"; }
+  run() { "$VRU" run --model "$MODEL" --out "$OUT" --n-pairs 64 --threads "$THREADS" --no-progress ${DTYPE:+--dtype "$DTYPE"} "$@"; }
   # evaluation (both scorings, chance, the best rule), probes (heading; object at the heading; step ends and
   # the final question, with control tasks), logit lens: 200 test items, 400 probe items
   run --stages eval,probe,lens --n 200 --n-probe 400

@@ -60,6 +60,10 @@ class OrganismConfig:
     consistency_weight: float = 0.0  # KL(clean || intervened) at every query on the resampled and ablated rows
     consistency_both: bool = False  # its gradient reaches the clean run too: clean answers move toward C's alone
     silence_weight: float = 0.0  # mean squared norm of each head outside C's write to the residual stream
+    # the opposite, for an active background: heads outside C must write (mean norm of z_h W_O[:, h] over real
+    # tokens) at least this share of what C's heads write; a hinge, weighted by write_floor_weight (0: off)
+    write_floor: float = 0.0
+    write_floor_weight: float = 10.0
     # redundancy: (primary, backup) head pairs inside C; on a share of the rows one side of every pair is
     # resampled from an unrelated story and the answer must hold, so either side alone carries it
     backup: tuple = ()
@@ -364,7 +368,7 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
                 prim, back = (_mask(model, side).to(dev) for side in zip(*cfg.backup))
                 heads.patch = heads.patch | ((v < cfg.backup_frac / 2) & prim) | (
                     (v >= cfg.backup_frac / 2) & (v < cfg.backup_frac) & back)
-        if cfg.silence_weight > 0:
+        if cfg.silence_weight > 0 or cfg.write_floor > 0:
             heads.capture, heads.keep_graph = {}, True
         out = model(ids, output_hidden_states=True, output_attentions=cfg.attn_weight > 0)
         written, heads.keep_graph = heads.capture, False
@@ -386,6 +390,14 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
                 loss_silence = loss_silence + write.pow(2).sum(-1)[..., ~cmask[l]].mean()
             loss = loss + cfg.silence_weight * loss_silence / L
             logs["silence"] = float(loss_silence) / L
+        if cfg.write_floor > 0:  # heads outside C keep writing: the background stays active
+            real = (ids != tok.pad_token_id)[:, :, None]
+            norms = torch.stack([torch.einsum("bphd,mhd->bphm", written[l], layer.self_attn.o_proj.weight.view(
+                cfg.d_model, H, d_head)).norm(dim=-1) for l, layer in enumerate(model.model.layers)])  # [L, b, p, H]
+            per_head = (norms * real[None]).sum((1, 2)) / real.sum()  # [L, H]
+            ratio = per_head[~cmask].mean() / per_head[cmask].mean().detach()
+            loss = loss + cfg.write_floor_weight * F.relu(cfg.write_floor - ratio)
+            logs["write_ratio"] = ratio.item()
         if siit and cfg.consistency_weight > 0:  # the intervened rows must answer as the clean ones do
             hit = (resample | ablate)[rows]
             if hit.any():

@@ -242,33 +242,23 @@ def confine(damaged, complete, heads, steps: int = 400, batch: int = 32, lr: flo
     tok = D.build_tokenizer()
     frozen = copy.deepcopy(damaged).eval()
     complete.eval()
-    cfg = damaged.config
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    per_group = n_heads // n_kv
+    per_group = damaged.config.num_attention_heads // damaged.config.num_key_value_heads
     groups = {(l, h // per_group) for l, h in heads}
-    whole = {(l, g) for l, g in groups if all((l, g * per_group + r) in set(heads) for r in range(per_group))}
-    if whole != groups:
+    if any((l, g * per_group + r) not in set(heads) for l, g in groups for r in range(per_group)):
         raise ValueError(f"D = {heads} shares key-value groups with heads outside it; confine needs whole groups")
-    params, masks = [], []
+    # D's own slices: W_Q rows and W_K rows of its groups (the query damage's), W_O columns (the output
+    # damage's), and W_V rows where W_K's are
+    slices = _slices(damaged, heads, "query") + _slices(damaged, heads, "output")
+    slices += [("v_proj", l, a, b) for proj, l, a, b in slices if proj == "k_proj"]
     for p in damaged.parameters():
         p.requires_grad_(False)
-    for l in sorted({l for l, _ in heads}):
-        attn = damaged.model.layers[l].self_attn
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            w = getattr(attn, proj).weight
-            m = torch.zeros_like(w)
-            for ll, h in heads:
-                if ll != l:
-                    continue
-                a, b = ((h, h + 1) if proj in ("q_proj", "o_proj") else (h // per_group, h // per_group + 1))
-                if proj == "o_proj":
-                    m[:, a * d_head:b * d_head] = 1
-                else:
-                    m[a * d_head:b * d_head] = 1
-            w.requires_grad_(True)
-            params.append(w)
-            masks.append(m)
+    masks = {}
+    for proj, l, a, b in slices:
+        w = getattr(damaged.model.layers[l].self_attn, proj).weight
+        m = masks.setdefault(w, torch.zeros_like(w))
+        (m[:, a:b] if proj == "o_proj" else m[a:b]).fill_(1)
+        w.requires_grad_(True)
+    params = list(masks)
     opt = torch.optim.Adam(params, lr=lr)
     rng = random.Random(seed)
     kl = lambda ref, new: F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")  # noqa: E731
@@ -288,7 +278,7 @@ def confine(damaged, complete, heads, steps: int = 400, batch: int = 32, lr: flo
         loss = vru + list_weight * lst
         opt.zero_grad()
         loss.backward()
-        for w, m in zip(params, masks):
+        for w, m in masks.items():
             w.grad.mul_(m)
         opt.step()
         if step % 50 == 0 or step == steps - 1:

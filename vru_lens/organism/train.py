@@ -382,18 +382,18 @@ def train_organism(cfg: OrganismConfig, out_dir=None, log=print, on_eval=None, s
         loss_list = _list_loss(model, tok, rng, cfg.list_batch, dev)
         loss = loss_task + cfg.aux_weight * loss_aux + loss_list
         logs = {"task": loss_task.item(), "aux": loss_aux.item(), "list": loss_list.item()}
-        if cfg.silence_weight > 0:  # heads outside C write (almost) nothing: z_h W_O[:, h] near zero
+        if cfg.silence_weight > 0 or cfg.write_floor > 0:  # what each head writes: z_h W_O[:, h], [b, p, head, d_model]
+            writes = [torch.einsum("bphd,mhd->bphm", written[l], layer.self_attn.o_proj.weight.view(cfg.d_model, H, d_head))
+                      for l, layer in enumerate(model.model.layers)]
+        if cfg.silence_weight > 0:  # heads outside C write (almost) nothing
             loss_silence = 0.0
-            for l, layer in enumerate(model.model.layers):
-                w = layer.self_attn.o_proj.weight.view(cfg.d_model, H, d_head)  # [d_model, head, d_head]
-                write = torch.einsum("bphd,mhd->bphm", written[l], w)  # [b, p, head, d_model]
+            for l, write in enumerate(writes):
                 loss_silence = loss_silence + write.pow(2).sum(-1)[..., ~cmask[l]].mean()
             loss = loss + cfg.silence_weight * loss_silence / L
             logs["silence"] = float(loss_silence) / L
         if cfg.write_floor > 0:  # heads outside C keep writing: the background stays active
             real = (ids != tok.pad_token_id)[:, :, None]
-            norms = torch.stack([torch.einsum("bphd,mhd->bphm", written[l], layer.self_attn.o_proj.weight.view(
-                cfg.d_model, H, d_head)).norm(dim=-1) for l, layer in enumerate(model.model.layers)])  # [L, b, p, H]
+            norms = torch.stack([write.norm(dim=-1) for write in writes])  # [L, b, p, H]
             per_head = (norms * real[None]).sum((1, 2)) / real.sum()  # [L, H]
             ratio = per_head[~cmask].mean() / per_head[cmask].mean().detach()
             loss = loss + cfg.write_floor_weight * F.relu(cfg.write_floor - ratio)

@@ -114,7 +114,7 @@ def _graded(st: dict, side: str, known) -> dict:
 def summary(studies: list) -> str:
     """The tables a reader needs first: accuracy against its floors, heads, knockout, fine-tuning, forgetting."""
     sections = (_accuracy_section, _probe_section, _heads_section, _knockout_section, _finetune_section,
-                _faithfulness_section)
+                _finetune_seeds_section, _faithfulness_section)
     return "<h2>Summary</h2>" + "".join(section(studies) for section in sections) + against_full_run(studies)
 
 
@@ -237,6 +237,45 @@ def _finetune_section(studies: list) -> str:
                     "slices); random: as many random heads; lora: LoRA at the same parameter budget. Forgetting: "
                     "the second task (list recall, a fraction) and KL(before || after) for an organism, general "
                     "benchmarks otherwise.")
+
+
+def _interval(t: dict, fmt=_pct) -> str:
+    """A ``results.t_interval`` as 'mean [low, high]' (n = 1: the mean alone)."""
+    return fmt(t["mean"]) + (f" [{fmt(t['ci'][0])}, {fmt(t['ci'][1])}]" if t["n"] > 1 else "")
+
+
+def _finetune_seeds_section(studies: list) -> str:
+    """Each fine-tuning arm run over several seeds: mean and 95% Student-t interval over seeds of what it reaches
+    (``finetune.run.seed_summary``), beside the base before tuning and the best rotation-blind rule."""
+    from .finetune.run import seed_summary
+
+    num = lambda x: f"{x:.3g}"  # noqa: E731
+    titles = {"vru_test": ("VRU accuracy", _pct), "pairs_both_right": ("pairs right on both sides", _pct),
+              "transfer_story": ("story phrasing", _pct), "transfer_six_actions": ("6-action stories", _pct),
+              "general_average": ("general average", _pct), "wiki_ppl": ("Wikipedia ppl", num),
+              "wiki_kl": ("KL (Wikipedia)", num), "list_acc": ("list recall", _pct), "list_kl": ("KL (list recall)", num)}
+    summaries = []
+    for st in studies:
+        runs = [r for stage, r in st["results"].items() if stage.startswith("finetune_")]
+        arms = seed_summary(runs) if runs else {}
+        if any(a["n"] > 1 for a in arms.values()):
+            summaries.append((st, runs, arms))
+    # the columns some arm measured (a language model has no list recall, an organism no Wikipedia)
+    cols = [(k, fmt) for k, (_, fmt) in titles.items() if any(k in a for _, _, arms in summaries for a in arms.values())]
+    rows = []
+    for st, runs, arms in summaries:
+        blind = next((r.summary()["vru_before"].get("blind_baseline") for r in runs), None)
+        first = next(iter(arms.values()))
+        rows.append([_e(st["model"]), "base (before tuning)", "", *[
+            (fmt(first["before"][k]) if first["before"].get(k) is not None else "") for k, fmt in cols], _pct(blind)])
+        for name, a in arms.items():
+            rows.append([_e(st["model"]), _e(name), f"{a['n']} ({', '.join(map(str, a['seeds']))})",
+                         *[(_interval(a[k], fmt) if k in a else "") for k, fmt in cols], _pct(blind)])
+    return _section("Selective fine-tuning over seeds: mean [95% t-interval]",
+                    ["model", "arm", "seeds (n)", *[titles[k][0] for k, _ in cols], "best rotation-blind rule"], rows,
+                    "After tuning, each arm's mean over its fine-tuning seeds with a 95% Student-t interval (the items, "
+                    "pairs and ranking fixed; the seeds change batch order, the random-k draw and LoRA's init). "
+                    "Runs with other settings are never averaged together; a column a model does not measure is empty.")
 
 
 def _faithfulness_section(studies: list) -> str:

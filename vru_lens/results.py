@@ -87,6 +87,18 @@ def cache_key(value) -> str:
     return hashlib.sha256(data).hexdigest()[:KEY_LENGTH]
 
 
+def t_interval(values, level: float = 0.95) -> dict:
+    """Mean and Student-t confidence interval over seeds (n = 1: the interval is the point)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return {"mean": m, "ci": [m, m], "n": 1}
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return {"mean": m, "ci": [m - half, m + half], "n": int(len(v))}
+
+
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
     """``payload`` as strict JSON at ``path``, written whole or not at all, with the user's umask."""
     return write_atomic(path, dumps(payload))

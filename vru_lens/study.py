@@ -29,6 +29,7 @@ from .results import cache_key
 STAGES = ("eval", "probe", "lens", "rank", "knockout", "attention", "finetune", "after")
 GRADED_STAGES = ("probes", "rankings", "circuit_knockout", "arms", "closed_loop")
 PROBE_STAGES = {"heading": "probe", "object": "probe_object"}  # probe target -> the stage (file) holding it
+GRADED_FT_SEEDS = (0, 1, 2)  # the graded arms' fine-tuning seeds where StudyConfig.ft_seeds is unset
 STUDY_TUNING = dict(lr=2e-5, batch_size=32, n_train=2000)  # the study's fine-tuning settings (Adam lr, batch, items)
 
 
@@ -77,7 +78,10 @@ class StudyConfig:
     base: str | None = None  # the checkpoint fine-tuning starts from; None: base_checkpoint(model)
     # read by the graded stages only
     ig_steps: int = 16  # integrated-gradient steps of the second attribution ranking
-    ft_seeds: tuple = (0, 1, 2)  # one run of each fine-tuning arm per seed
+    # one run of each fine-tuning arm per seed (what training randomises: batch order, the random-k draw, LoRA's
+    # init; the items, pairs and ranking stay those of ``seed``). None: the plain stage runs each arm once with
+    # ``seed``, the graded arms run ``GRADED_FT_SEEDS``
+    ft_seeds: tuple | None = None
     n_list: int = 500  # list-recall items (the organism's second task: accuracy, KL)
 
     @classmethod
@@ -100,6 +104,10 @@ class StudyConfig:
             base.update(n_eval=60, n_pairs=16, n_probe=40, n_random=2, ig_steps=2, ft_steps=3, batch_size=4,
                         n_train=40, ft_seeds=(0,), n_list=30)
         return cls(**{**base, **kw})
+
+    def plain_ft_seeds(self) -> tuple:
+        """The plain fine-tuning stage's training seeds: ``ft_seeds``, else the one run of ``seed``."""
+        return tuple(self.ft_seeds) if self.ft_seeds is not None else (self.seed,)
 
     def steps(self) -> int:
         return self.ft_steps or max(1, self.epochs * self.n_train // self.batch_size)
@@ -441,20 +449,47 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
                   max_pairs=cfg.n_pairs, **bind)  # the same items for every method
     common = dict(measure=vru, accuracy=partial(accuracy, **bind), suite=suite, progress=progress,
                   log=lambda *a: None, cache_dir=base_cache)
-    for method in ("heads", *cfg.baselines):
-        train = replace(train_cfg, lr=cfg.lr_for(method))  # the heads' config with the method's learning rate
-        run_settings = {**settings, "method": method, "train": asdict(train)}
-        if method == "heads" and not deltas.exists():  # the deltas are the heads stage's result too
-            study.path("finetune_heads", run_settings).unlink(missing_ok=True)
-        model = (lambda: base) if method == "heads" else fresh  # LoRA leaves PEFT's adapter config on its model
-        study.stage(f"finetune_{method}", FinetuneResult, run_settings,
-                    partial(_experiment, method, cfg, top_k, train, scores, model, deltas, **common))
+    seeds = cfg.plain_ft_seeds()
+    deltas_of = lambda s: deltas if s == cfg.seed else deltas.with_name(  # noqa: E731
+        f"deltas-{cache_key([study.model, settings, s])}.safetensors")
+    runs = []
+    for ft_seed in seeds:  # every arm's first seed before any arm's second: a cut grid has as many seeds per arm
+        # the seed of ``seed`` keeps the stage, key and deltas file of a one-seed run (earlier results stay valid)
+        suffix, seed_deltas = _seed_suffix(cfg, ft_seed), deltas_of(ft_seed)
+        for method in ("heads", *cfg.baselines):
+            # the heads' config with the method's learning rate and the fine-tuning seed (batch order, LoRA's init;
+            # _experiment draws random-k with it too)
+            train = replace(train_cfg, lr=cfg.lr_for(method), seed=ft_seed)
+            run_settings = {**settings, "method": method, "train": asdict(train)}
+            if method == "heads" and not seed_deltas.exists():  # the deltas are the heads stage's result too
+                study.path(f"finetune_heads{suffix}", run_settings).unlink(missing_ok=True)
+            model = (lambda: base) if method == "heads" else fresh  # LoRA leaves PEFT's adapter config on its model
+            runs.append(study.stage(f"finetune_{method}{suffix}", FinetuneResult, run_settings,
+                                    partial(_experiment, method, cfg, top_k, train, scores, model, seed_deltas,
+                                            **common)))
+            if len(seeds) > 1:  # rewritten after every run: an interrupted grid's summary holds what finished
+                _write_seed_summary(study, seeds, runs)
     if "after" in cfg.stages:
-        tuned = merge_deltas(base, deltas)
+        tuned = merge_deltas(base, deltas_of(seeds[0]))  # the first fine-tuning seed's deltas
         try:
             measure(study, base, inp, prefix="after_")
         finally:
             tuned.unmerge(base)
+
+
+def _write_seed_summary(study: Study, seeds: tuple, runs: list) -> None:
+    """``finetune_seeds.json``: each arm's mean and 95% t-interval over the fine-tuning seeds run so far
+    (``finetune.run.seed_summary``; the report computes the same from the runs it reads)."""
+    from .finetune.run import seed_summary
+    from .results import write_json_atomic
+
+    write_json_atomic(study.folder / "finetune_seeds.json", {"model": study.model, "seeds": list(seeds),
+                                                              "arms": seed_summary(runs)})
+
+
+def _seed_suffix(cfg: StudyConfig, ft_seed: int) -> str:
+    """What a fine-tuning run's stage name adds for its seed: nothing for ``seed``'s (a one-seed run's names)."""
+    return "" if ft_seed == cfg.seed else f"_seed{ft_seed}"
 
 
 def _base_study(study: Study, cfg: StudyConfig, base_name: str | None) -> Study:
@@ -483,7 +518,7 @@ def _experiment(method: str, cfg: StudyConfig, top_k: int, train, scores, model,
     deltas are saved to ``deltas``, the file the after stage merges)."""
     from .finetune.run import FinetuneConfig, run_experiment
 
-    ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=cfg.seed, n_train=cfg.n_train,
+    ecfg = FinetuneConfig(method, top_k, components=cfg.components, head_seed=train.seed, n_train=cfg.n_train,
                           n_val=cfg.n_val, n_test=cfg.n_eval, data_seed=cfg.seed, train=train)
     return run_experiment(model(), ecfg, scores, out=deltas if method == "heads" else None, **common)
 
@@ -541,7 +576,8 @@ def graded_stages(study: Study, lm, device=None) -> dict:
         summary["knockout"] = {"base_accuracy": curve.base_accuracy, "ks": curve.ks, "curves": curve.curves,
                                "random": curve.random_summary()}
         log(f"knockout done ({time.perf_counter() - t0:.0f}s)")
-    if "arms" in stages and cfg.ft_seeds:
+    seeds = tuple(cfg.ft_seeds) if cfg.ft_seeds is not None else GRADED_FT_SEEDS
+    if "arms" in stages and seeds:
         from .models import load_model
 
         cfg = replace(cfg, **{k: v for k, v in STUDY_TUNING.items() if k != "lr" and getattr(cfg, k) is None})
@@ -552,7 +588,7 @@ def graded_stages(study: Study, lm, device=None) -> dict:
         base_scores.save(out / "base_ranking_activation.json")
         ranking = top_heads(base_scores, base_scores.scores.size)  # best first
         methods = ("heads", *cfg.baselines)
-        ft = G.finetune_runs(study.base, data_cfg, ranking, planted, methods=methods, seeds=tuple(cfg.ft_seeds),
+        ft = G.finetune_runs(study.base, data_cfg, ranking, planted, methods=methods, seeds=seeds,
                              steps=cfg.steps(), batch_size=cfg.batch_size, n_train=cfg.n_train,
                              components=cfg.components, lr={m: cfg.lr_for(m) for m in methods}, log=log,
                              deltas_dir=out, device=device)

@@ -39,6 +39,10 @@ def run(
                                    "(story-style phrasing, 6-action stories; default 0: none)."),
     baselines: str = typer.Option(None, help="Fine-tuning baselines: random,lora (default: both)."),
     general_n: int = typer.Option(None, help="Items per general task for forgetting (0: skip; organisms use list recall)."),
+    ft_seeds: str = typer.Option(None, help="Fine-tuning seeds, comma-separated (e.g. 0,1,2): every arm is trained once "
+                                 "per seed (batch order, random-k draw, LoRA init), the items, pairs and ranking staying "
+                                 "those of --seed; mean and 95% t-interval per arm. Default: one run with --seed "
+                                 "(graded arms on an organism: 0,1,2)."),
     seed: Seed = 0,
     chat: Chat = None,
     stages: str = typer.Option(None, help="Comma-separated subset of the stages (default: all of vru_lens.study.STAGES; "
@@ -58,6 +62,9 @@ def run(
     from ..study import STAGES, StudyConfig, check_stages, run_study
 
     set_threads(threads)
+    seeds = tuple(parse_ints(ft_seeds, "--ft-seeds")) if ft_seeds is not None else None
+    if seeds is not None and (not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0):
+        fail(f"--ft-seeds must be distinct non-negative integers, comma-separated (e.g. 0,1,2), got {ft_seeds!r}")
     out_file(out, "report.html")  # a folder that can be written, before any work
 
     if method_lr and lr is not None:
@@ -69,7 +76,7 @@ def run(
         fail(str(err))
     given = {"n_eval": n, "n_probe": n_probe, "n_pairs": n_pairs, "top_k": top_k, "n_random": n_random, "lr": lr,
              "n_train": n_train, "chat": chat, "general_n": general_n, "batch_size": batch_size, "ft_steps": ft_steps,
-             "n_transfer": n_transfer, "n_val": n_val, "warmup": warmup, "method_lr": method_lr or None,
+             "n_transfer": n_transfer, "n_val": n_val, "ft_seeds": seeds, "warmup": warmup, "method_lr": method_lr or None,
              "knockout_ks": tuple(parse_ints(knockout_ks, "--knockout-ks")) if knockout_ks else None,
              "baselines": tuple(b for b in baselines.split(",") if b) if baselines is not None else None}
     kw = {k: v for k, v in given.items() if v is not None}

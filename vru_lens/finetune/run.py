@@ -26,7 +26,7 @@ import time
 from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..results import Accuracy, Result, cache_key, model_name
+from ..results import Accuracy, Result, cache_key, model_name, t_interval
 from ..tokens import chat_for
 from .adapters import COMPONENTS
 from .train import TrainConfig
@@ -77,6 +77,51 @@ class FinetuneResult(Result):
 
         fig = finetune_curves({self.method: self})
         return fig.update_layout(title=title) if title else fig
+
+
+# what ``seed_summary`` averages over seeds: name -> the value of one run's ``summary()`` after tuning (None: not measured)
+SEED_METRICS = {
+    "vru_test": lambda s: s["vru_after"].get("test"),
+    "pairs_both_right": lambda s: (s["vru_after"].get("pairs") or {}).get("both_right"),
+    "transfer_story": lambda s: s["vru_after"].get("transfer_story"),
+    "transfer_six_actions": lambda s: s["vru_after"].get("transfer_six_actions"),
+    "general_average": lambda s: s["general_after"].get("average"),
+    "wiki_ppl": lambda s: s["general_after"].get("wiki/ppl"),
+    "wiki_kl": lambda s: s["general_after"].get("wiki/kl"),
+    "list_acc": lambda s: s["general_after"].get("list/acc"),
+    "list_kl": lambda s: s["general_after"].get("list/kl"),
+}
+
+
+def seed_key(result: "FinetuneResult") -> str:
+    """What runs of one arm over fine-tuning seeds share: method, data, component slices and training settings but
+    the seed (runs that differ in anything else are never averaged together)."""
+    train = {k: v for k, v in (result.train.get("config") or {}).items() if k != "seed"}
+    return cache_key([result.model, result.method, result.data, result.components, len(result.heads), train])
+
+
+def seed_summary(results) -> dict:
+    """Each arm's runs over fine-tuning seeds (FinetuneResults; runs with other settings are kept apart:
+    ``seed_key``) -> {arm: {"method", "n", "seeds", "before": {metric: value}, metric: t_interval(values after)}}, the
+    95% Student-t interval over seeds of every ``SEED_METRICS`` entry measured in each run (n = 1: the point).
+    Arms are named by method, and by method and key where one method has runs of more than one setting."""
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r.method, seed_key(r)), []).append(r)
+    methods = [m for m, _ in groups]
+    out = {}
+    for (method, key), runs in groups.items():
+        sums = [r.summary() for r in runs]
+        arm = {"method": method, "n": len(runs), "seeds": [(r.train.get("config") or {}).get("seed") for r in runs],
+               "before": {}}
+        for name, get in SEED_METRICS.items():
+            after = [get(s) for s in sums]
+            if any(v is None for v in after):
+                continue
+            arm["before"][name] = get({"vru_after": sums[0]["vru_before"], "general_after": sums[0]["general_before"]})
+            arm[name] = t_interval(after)
+        out[method if methods.count(method) == 1 else f"{method} ({key})"] = arm
+    return out
 
 
 @dataclass

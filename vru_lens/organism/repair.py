@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..results import t_interval  # noqa: F401  (re-exported: it lives in results)
 from .deficit import deficient_heads
 from .verify import auroc_ci
 
@@ -192,18 +193,6 @@ def repair(name: str, cfg: RepairConfig = RepairConfig(), log=print, runs_file: 
             "own_ranking_auroc_vs_D": auroc_ci(vru_scores, D, cfg.n_boot, seed=cfg.seed),
             "list_ranking_top": [list(h) for h in other[:k]], "runs": runs, "summary": summarise(runs),
             "bar": bar(summarise(runs))}
-
-
-def t_interval(values, level: float = 0.95) -> dict:
-    """Mean and Student-t confidence interval over seeds (n = 1: the interval is the point)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    m = float(v.mean())
-    if len(v) < 2:
-        return {"mean": m, "ci": [m, m], "n": 1}
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return {"mean": m, "ci": [m - half, m + half], "n": int(len(v))}
 
 
 def summarise(runs: list) -> dict:

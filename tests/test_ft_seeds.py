@@ -1,0 +1,163 @@
+"""The plain fine-tuning stage over fine-tuning seeds (`vru-lens run --ft-seeds`): the items, pairs and ranking
+fixed by --seed, each (arm, seed) its own saved stage, the seed changing what training randomises, the same seed
+reproducing bit for bit, and the per-arm mean with a 95% Student-t interval."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vru_lens.cli import app
+from vru_lens.finetune.run import FinetuneResult, seed_summary
+from vru_lens.study import StudyConfig, run_study
+
+# tiny-llama, a few items, 3 steps: seconds
+TINY = dict(n_eval=8, n_pairs=4, n_boot=0, top_k=2, stages=("rank", "finetune"), compare=(), baselines=("random",),
+            method_lr=True, batch_size=4, n_train=12, ft_steps=3, warmup=1, n_val=4, general_n=0)
+
+
+def _run(out, **kw):
+    study = run_study("tiny-llama", out, StudyConfig(**{**TINY, **kw}), device="cpu", progress=False, log=lambda *a: None)
+    return study, {stage: FinetuneResult.load(study.folder / name) for stage, name in study.files.items()
+                   if stage.startswith("finetune_")}
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN (no held-out items) equal to NaN."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _trace(r) -> list:
+    """A run's training trace without its wall times: loss and lr by step, validation accuracy by step."""
+    return [(h["step"], h["loss"], h["lr"]) for h in r.train["history"]] + [
+        (v["step"], v["accuracy"]) for v in r.train["validation"]]
+
+
+def _deltas(folder):
+    """The head deltas a heads run saved (the file whose best step and settings match it)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("deltas-*.safetensors"))
+    return [load_file(str(f)) for f in files]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("ftseeds")
+    return out, *_run(out / "two", ft_seeds=(0, 2))
+
+
+def test_each_arm_runs_once_per_seed_as_its_own_stage(grid):
+    out, study, runs = grid
+    assert set(runs) == {"finetune_heads", "finetune_random", "finetune_heads_seed2", "finetune_random_seed2"}
+    assert [runs[s].train["config"]["seed"] for s in ("finetune_heads", "finetune_heads_seed2")] == [0, 2]
+    # the same items, pairs and ranking for both seeds: the data and the base measurement are equal
+    assert runs["finetune_heads"].data == runs["finetune_heads_seed2"].data
+    assert _same(runs["finetune_heads"].vru_before, runs["finetune_heads_seed2"].vru_before)
+    assert runs["finetune_heads"].heads == runs["finetune_heads_seed2"].heads  # the top-k of one ranking
+    manifest = json.loads((study.folder / "study.json").read_text())
+    assert set(manifest["files"]) >= set(runs)
+    summary = json.loads((study.folder / "finetune_seeds.json").read_text())
+    assert summary["seeds"] == [0, 2] and {a: v["n"] for a, v in summary["arms"].items()} == {"heads": 2, "random": 2}
+
+
+def test_the_seed_changes_the_random_heads_and_the_training(grid):
+    out, study, runs = grid
+    assert runs["finetune_random"].heads != runs["finetune_random_seed2"].heads  # the random-k draw
+    a, b = _deltas(study.folder)  # one deltas file per seed of the heads arm
+    assert a.keys() == b.keys()
+    assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)  # batch order changes the deltas
+    la = [h["loss"] for h in runs["finetune_heads"].train["history"]]
+    lb = [h["loss"] for h in runs["finetune_heads_seed2"].train["history"]]
+    assert la != lb
+
+
+def test_a_seed_reproduces_bit_for_bit_and_seed_of_one_run_keeps_its_files(grid):
+    out, study, runs = grid
+    # the one-seed run of --seed (no --ft-seeds) is the grid's seed 0: the same file names (keys), the same numbers
+    _, one = _run(out / "one")
+    assert set(one) == {"finetune_heads", "finetune_random"}
+    for stage in one:
+        assert (out / "one" / "tiny-llama" / study.files[stage]).exists()  # the same key as the grid's seed 0
+        assert _same(one[stage].to_dict() | {"train": None}, runs[stage].to_dict() | {"train": None})
+        assert _trace(one[stage]) == _trace(runs[stage])
+    # seed 2 alone, in a fresh folder: the grid's seed-2 runs again, bit for bit
+    again_study, again = _run(out / "again", ft_seeds=(2,))
+    assert set(again) == {"finetune_heads_seed2", "finetune_random_seed2"}
+    for stage in again:
+        assert again_study.files[stage] == study.files[stage]
+        assert again[stage].heads == runs[stage].heads
+        assert _same(again[stage].vru_after, runs[stage].vru_after)
+        assert _trace(again[stage]) == _trace(runs[stage])
+    (d2,) = _deltas(again_study.folder)
+    first = _deltas(study.folder)
+    assert any(d2.keys() == d.keys() and all(np.array_equal(d2[k].numpy(), d[k].numpy()) for k in d) for d in first)
+
+
+def test_an_interrupted_grid_resumes_without_recomputing(grid):
+    out, study, runs = grid
+    stamps = {p.name: p.stat().st_mtime_ns for p in study.folder.glob("finetune_*-*.json")}  # the runs' files
+    _, more = _run(out / "two", ft_seeds=(0, 2, 3), baselines=("random",))
+    assert set(more) == set(runs) | {"finetune_heads_seed3", "finetune_random_seed3"}
+    assert len(stamps) == 4 and all((study.folder / name).stat().st_mtime_ns == t for name, t in stamps.items())
+    summary = json.loads((study.folder / "finetune_seeds.json").read_text())
+    assert {a: v["n"] for a, v in summary["arms"].items()} == {"heads": 3, "random": 3}
+
+
+def _result(method, seed, test, steps=3, after_pairs=0.0):
+    return FinetuneResult("m", method, [[0, 1]], "qkvo", 10, 80, 0.3, test, {"test": 0.3, "pairs": {"both_right": 0.0}},
+                          {"test": test, "pairs": {"both_right": after_pairs}}, {"average": 0.5, "wiki/ppl": 20.0},
+                          {"average": 0.5 - test / 10, "wiki/ppl": 20.0 + test, "wiki/kl": test / 100}, {},
+                          {"config": {"steps": steps, "seed": seed, "lr": 1e-3}}, {"n_test": 8, "seed": 0})
+
+
+def test_the_summary_is_a_student_t_interval_over_seeds():
+    from scipy import stats
+
+    values = [0.31, 0.42, 0.37]
+    runs = [_result("heads", s, v) for s, v in enumerate(values)] + [_result("random", 0, 0.5)]
+    arms = seed_summary(runs)
+    assert set(arms) == {"heads", "random"}
+    got = arms["heads"]["vru_test"]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert got["n"] == 3 and got["mean"] == pytest.approx(np.mean(values))
+    assert got["ci"] == pytest.approx([low, high], rel=1e-12)
+    kl = [v / 100 for v in values]
+    assert arms["heads"]["wiki_kl"]["ci"] == pytest.approx(list(stats.t.interval(
+        0.95, 2, loc=np.mean(kl), scale=stats.sem(kl))), rel=1e-12)
+    assert arms["heads"]["seeds"] == [0, 1, 2] and arms["heads"]["before"]["vru_test"] == 0.3
+    assert arms["random"]["vru_test"] == {"mean": 0.5, "ci": [0.5, 0.5], "n": 1}  # one seed: the point
+    assert "transfer_story" not in arms["heads"]  # not measured: left out, not invented
+    # runs with other training settings are never averaged together
+    split = seed_summary(runs + [_result("heads", 5, 0.9, steps=30)])
+    assert sorted(a["n"] for a in split.values() if a["method"] == "heads") == [1, 3]
+
+
+def test_the_report_shows_the_interval(tmp_path):
+    from vru_lens.report import build_report
+
+    values = [0.31, 0.42, 0.37]
+    folder = tmp_path / "m"
+    folder.mkdir()
+    files = {}
+    for s, v in enumerate(values):
+        name = f"finetune_heads_seed{s}.json"
+        _result("heads", s, v).save(folder / name)
+        files[f"finetune_heads_seed{s}"] = name
+    (folder / "study.json").write_text(json.dumps({"model": "m", "config": {}, "files": files}))
+    page = build_report(tmp_path).read_text()
+    assert "Selective fine-tuning over seeds" in page
+    from scipy import stats
+
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert f"{np.mean(values):.1%} [{low:.1%}, {high:.1%}]" in page
+
+
+@pytest.mark.parametrize("bad", ["x", "1,,x", "1,1", "-1", ""])
+def test_bad_ft_seeds_get_one_line_before_any_work(tmp_path, bad):
+    out = tmp_path / "never"
+    res = CliRunner().invoke(app, ["run", "--model", "tiny-llama", "--out", str(out), "--ft-seeds", bad])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --ft-seeds") and not out.exists()

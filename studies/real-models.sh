@@ -25,8 +25,9 @@ for MODEL in $MODELS; do
   run --stages knockout,attention --compare "" --n 100 --top-k 16 --knockout-ks 1,4,16 --n-random 2
   # selective fine-tuning: top-16 heads of the path ranking (W_Q/W_K/W_V/W_O) against random-16, bottom-16,
   # LoRA at the same budget and full fine-tuning; 24 steps x batch 8 (192 items), each method's own lr;
-  # 100 test items, 40 story-style and 40 six-action transfer items, 10 items per general task.
-  # On gemma-3-270m the head deltas' 1e-3 diverged (docs/finetune.md): its arms were run with --lr 1e-4.
+  # 100 test items, 40 story-style and 40 six-action transfer items, 10 items per general task; every arm once
+  # per fine-tuning seed (0, 1, 2: every arm's seed 0 first), the items, pairs and ranking those of --seed 0.
+  # On gemma-3-270m the head deltas' 1e-3 diverged (docs/finetune.md): its arms were run with --lr 1e-4, one seed.
   run --stages rank,finetune --compare "" --n 100 --top-k 16 --baselines random,bottom,lora,full --method-lr \
-      --batch-size 8 --ft-steps 24 --warmup 3 --n-train 192 --n-val 16 --n-transfer 40 --general-n 10
+      --batch-size 8 --ft-steps 24 --warmup 3 --n-train 192 --n-val 16 --n-transfer 40 --general-n 10 --ft-seeds 0,1,2
 done

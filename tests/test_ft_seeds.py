@@ -161,3 +161,9 @@ def test_bad_ft_seeds_get_one_line_before_any_work(tmp_path, bad):
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --ft-seeds") and not out.exists()
+
+
+def test_without_ft_seeds_the_plain_stage_runs_once_with_seed():
+    assert StudyConfig().plain_ft_seeds() == (0,)
+    assert StudyConfig(seed=3).plain_ft_seeds() == (3,)  # --seed alone: one run, as before
+    assert StudyConfig(seed=3, ft_seeds=[2, 0]).plain_ft_seeds() == (2, 0)

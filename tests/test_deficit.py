@@ -240,6 +240,17 @@ def test_confine_trains_only_D_slices_and_pulls_list_recall_to_the_source(one_th
         confine(damaged, source, [(1, 0)], steps=1, log=lambda m: None)
 
 
+def test_deficit_refuses_a_split_group_to_confine_before_writing_anything(tmp_path, one_thread):
+    """--confine-steps with D splitting a key-value group is refused before the bisection: the folder is not
+    created (it was left half-written, without its card, when confine refused after the copy)."""
+    from vru_lens.organism.deficit import make_deficit
+
+    out = tmp_path / "deficit"
+    with pytest.raises(ValueError, match="whole groups"):
+        make_deficit("vru-organism", out, [(2, 0)], confine_steps=5, log=lambda m: None)
+    assert not out.exists()
+
+
 def test_output_damage_scales_only_D_write_columns():
     from vru_lens.models.loader import load_hf
 

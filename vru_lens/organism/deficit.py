@@ -84,6 +84,17 @@ def check_heads(hf_model, heads) -> None:
                          f"({cfg.num_hidden_layers} layers x {cfg.num_attention_heads} heads)")
 
 
+def check_whole_groups(hf_model, heads) -> None:
+    """``confine`` trains D's key-value rows, so D must hold every query head of each group it touches."""
+    cfg = hf_model.config
+    per_group = cfg.num_attention_heads // getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    chosen = {tuple(h) for h in heads}
+    groups = {(l, h // per_group) for l, h in chosen}
+    if any((l, g * per_group + r) not in chosen for l, g in groups for r in range(per_group)):
+        raise ValueError(f"D = {sorted(chosen)} shares key-value groups with heads outside it ({per_group} query heads "
+                         f"per group); --confine-steps needs whole groups: name them all with --heads, or drop --confine-steps")
+
+
 def check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown damage kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -182,6 +193,8 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
     if out.exists() and any(out.iterdir()) and not (out / "organism.json").exists():
         raise ValueError(f"--out {out} exists and is not an organism folder; name a new or empty folder")
     hf, tok = load_hf(str(src_dir))
+    if confine_steps:
+        check_whole_groups(hf, heads)  # before any work: a refusal after the bisection would leave a half-written folder
     damage = Damage(hf, heads, seed, kind)
     model = bridge_from_hf(hf, tok, str(src_dir), device="cpu")
     search = make_items(n_items, 177 + seed, BenchConfig(style="paper"))  # not the card's test items (seed 77)
@@ -242,10 +255,7 @@ def confine(damaged, complete, heads, steps: int = 400, batch: int = 32, lr: flo
     tok = D.build_tokenizer()
     frozen = copy.deepcopy(damaged).eval()
     complete.eval()
-    per_group = damaged.config.num_attention_heads // damaged.config.num_key_value_heads
-    groups = {(l, h // per_group) for l, h in heads}
-    if any((l, g * per_group + r) not in set(heads) for l, g in groups for r in range(per_group)):
-        raise ValueError(f"D = {heads} shares key-value groups with heads outside it; confine needs whole groups")
+    check_whole_groups(damaged, heads)
     # D's own slices: W_Q rows and W_K rows of its groups (the query damage's), W_O columns (the output
     # damage's), and W_V rows where W_K's are
     slices = _slices(damaged, heads, "query") + _slices(damaged, heads, "output")

@@ -1,15 +1,19 @@
-"""Why the deficit's repair misses the issue's bar: separate D from the second task, then damage and repair.
+"""Why the deficit's repair missed the issue's bar, and the construction that meets it: separate D from the second task, then damage.
 
-Not part of the suite. The shipped deficit's heads D = (2,0), (2,1) also write on list-recall prompts, so
+Not part of the suite. In the deficit shipped until 2026-12-05 the heads D = (2,0), (2,1) also wrote on list-recall prompts, so
 tuning them on VRU alone moves list recall (top-2 list KL 0.014, bar 0.01). Here the complete organism is
-first trained so that D is silent on list prompts (D's z there pushed toward zero, relative to its norm at
-VRU queries) while its answers on both tasks stay the source's (KL), and only then is D's W_O scrambled
-(``deficit.make_deficit``, kind ``scramble``) and the repair experiment run (``repair.repair``). Variants:
+first trained so that D is silent on list prompts (``deficit.separate``: D's z there pushed toward zero,
+relative to its norm at VRU queries, while its answers on both tasks stay the source's), and only then is D's
+W_O scrambled (``deficit.make_deficit``, kind ``scramble``) and the repair experiment run (``repair.repair``).
+Variants:
 
-  shipped      the shipped vru-organism-deficit (no separation; damage confined by ``confine``)
+  confined     the construction shipped until 2026-12-05 (no separation; scrambled, then ``confine`` 300 steps)
   all          separation trains every weight (600 steps, silence weight 1)
   narrow       separation trains D's W_Q/W_K/W_V rows, layer 2's MLP and all of layer 3 (600 steps, weight 1)
   narrow_d     ``narrow``, then 400 more steps training D's W_Q/W_K/W_V rows only (silence weight 10)
+  below        D's W_Q/W_K/W_V rows, the embedding and layers 0-1 (``deficit.separate``'s ``below``), 600 steps
+  below_085    ``below``, damage amount 0.85 instead of bisection's (the shipped deficit since 2026-12-05)
+  (and all_slow, narrow_below, below_narrow, narrow_below1, below_095: see VARIANTS)
 
     python benchmarks/deficit_separation.py --out results/deficit-separation --seeds 0,1,2
 writes OUT/separation.json (per variant: D's silence on list prompts, the deficit's amount, its own
@@ -19,118 +23,50 @@ ranking's top-k and the repair arms' means with 95% t-intervals over seeds, the 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 D_HEADS = [(2, 0), (2, 1)]
-VARIANTS = {"shipped": [], "all": [("all", 600, 1.0)], "narrow": [("narrow", 600, 1.0)],
-            "narrow_d": [("narrow", 600, 1.0), ("d", 400, 10.0)]}
-
-
-def trainable(model, scope: str, heads) -> dict:
-    """Parameters the separation trains, each with a gradient mask (None: the whole tensor)."""
-    layer = heads[0][0]
-    cfg = model.config
-    dh = cfg.hidden_size // cfg.num_attention_heads
-    per_group = cfg.num_attention_heads // cfg.num_key_value_heads
-    attn = model.model.layers[layer].self_attn
-    d_rows = {}
-    for proj in ("q_proj", "k_proj", "v_proj"):  # D's rows: its query heads, its key-value group(s)
-        w = getattr(attn, proj).weight
-        m = torch.zeros_like(w)
-        for _, h in heads:
-            g = h if proj == "q_proj" else h // per_group
-            m[g * dh:(g + 1) * dh] = 1
-        d_rows[w] = m
-    if scope == "all":
-        return {p: None for p in model.parameters()}
-    if scope == "d":
-        return d_rows
-    out = dict(d_rows)  # narrow: D's rows, the MLP after them, everything above
-    out.update({p: None for p in model.model.layers[layer].mlp.parameters()})
-    out[model.model.layers[layer].post_attention_layernorm.weight] = None
-    for block in model.model.layers[layer + 1:]:
-        out.update({p: None for p in block.parameters()})
-    out[model.model.norm.weight] = None
-    return out
-
-
-def separate(model, complete, heads, scope: str, steps: int, weight: float, seed: int = 0, log=print) -> dict:
-    """Train ``model`` in place: KL to ``complete`` at every VRU query and (x10) at the list answer, plus
-    ``weight`` x D's squared z on list prompts over its squared z at VRU queries. Returns the last ratio."""
-    from vru_lens.organism import data as D
-
-    tok = D.build_tokenizer()
-    layer = heads[0][0]
-    dh = model.config.hidden_size // model.config.num_attention_heads
-    cols = torch.cat([torch.arange(h * dh, (h + 1) * dh) for _, h in heads])
-    seen = {}
-    handle = model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.update(z=a[0]))
-    params = trainable(model, scope, heads)
-    for p in model.parameters():
-        p.requires_grad_(p in params)
-    opt = torch.optim.Adam(list(params), lr=1e-3)
-    kl = lambda r, n: F.kl_div(n.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="batchmean")  # noqa: E731
-    rng = random.Random(seed)
-    model.train()
-    last = {}
-    for step in range(steps):
-        ids, pos, _, _ = D.encode_vru(tok, D.paper_items(32, rng.randrange(1 << 30)))
-        rows, c = (pos >= 0).nonzero(as_tuple=True)
-        lids, llast, _ = D.encode_plain(tok, D.list_items(32, rng.randrange(1 << 30)))
-        lrow = torch.arange(len(llast))
-        with torch.no_grad():
-            ref_v, ref_l = complete(ids).logits[rows, pos[rows, c]], complete(lids).logits[lrow, llast]
-        vru = kl(ref_v, model(ids).logits[rows, pos[rows, c]])
-        z_vru = seen["z"][..., cols].pow(2).sum(-1)[rows, pos[rows, c]].mean().detach()
-        lst = kl(ref_l, model(lids).logits[lrow, llast])
-        valid = torch.arange(lids.shape[1])[None] <= llast[:, None]
-        ratio = seen["z"][..., cols].pow(2).sum(-1)[valid].mean() / (z_vru + 1e-6)
-        loss = vru + 10 * lst + weight * ratio
-        opt.zero_grad()
-        loss.backward()
-        for p, m in params.items():
-            if m is not None:
-                p.grad.mul_(m)
-        opt.step()
-        last = {"step": step, "vru_kl": round(vru.item(), 5), "list_kl": round(lst.item(), 5),
-                "d_z2_list_over_vru": round(ratio.item(), 5)}
-        if step % 100 == 0 or step == steps - 1:
-            log(f"  separate {scope} {last}")
-    handle.remove()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return last
+# separation stages (scope, steps, silence weight[, lr]) and the damage amount (None: bisection to the band)
+VARIANTS = {"confined": ([], None), "all": ([("all", 600, 1.0)], None), "narrow": ([("narrow", 600, 1.0)], None),
+            "narrow_d": ([("narrow", 600, 1.0), ("d", 400, 10.0)], None),
+            "all_slow": ([("all", 600, 1.0, 3e-4)], None), "below": ([("below", 600, 1.0)], None),
+            "narrow_below": ([("narrow", 600, 1.0), ("below", 400, 10.0)], None),
+            "below_narrow": ([("below", 600, 1.0), ("narrow", 400, 1.0)], None),
+            "narrow_below1": ([("narrow", 600, 1.0), ("below", 400, 1.0)], None),
+            "below_085": ([("below", 600, 1.0)], 0.85), "below_095": ([("below", 600, 1.0)], 0.95)}
 
 
 def build(variant: str, out: Path, log=print) -> tuple[str, dict]:
-    """The deficit organism of one variant (a folder), or the shipped one's name."""
+    """The deficit organism of one variant (a folder) and what its construction measured."""
     from vru_lens.models.loader import load_hf
     from vru_lens.models.organisms import organism_dir
-    from vru_lens.organism.deficit import make_deficit
+    from vru_lens.organism.deficit import make_deficit, separate
 
-    if variant == "shipped":
-        return "vru-organism-deficit", {}
+    stages, amount = VARIANTS[variant]
+    folder = out / f"{variant}-deficit"
+    if not stages:  # the construction shipped before 2026-12-05: scramble to the band, then confine 300 steps
+        card = make_deficit("vru-organism", folder, D_HEADS, band=(0.55, 0.65), kind="scramble", confine_steps=300,
+                            log=lambda *a: None)
+        return str(folder), {"amount": card["deficit"]["damage"]["amount"], "accuracy": card["deficit"]["accuracy"]}
     src = organism_dir("vru-organism")
     model, _ = load_hf(str(src))
     complete, _ = load_hf(str(src))
-    complete.eval()
-    record = [separate(model, complete, D_HEADS, scope, steps, w, log=log) | {"scope": scope, "steps": steps, "weight": w}
-              for scope, steps, w in VARIANTS[variant]]
+    record = []
+    for scope, steps, w, *lr in stages:
+        lr = lr[0] if lr else 1e-3
+        record.append(separate(model, complete, D_HEADS, scope, steps, w, lr, log=log)
+                      | {"scope": scope, "steps": steps, "weight": w, "lr": lr})
     source = out / f"{variant}-source"
     shutil.rmtree(source, ignore_errors=True)
     shutil.copytree(src, source, ignore=shutil.ignore_patterns("*.html", "*.png"))
     model.save_pretrained(source)
-    folder = out / f"{variant}-deficit"
-    card = make_deficit(str(source), folder, D_HEADS, band=(0.55, 0.65), kind="scramble", log=lambda *a: None)
+    card = make_deficit(str(source), folder, D_HEADS, band=(0.55, 0.65), kind="scramble", amount=amount,
+                        log=lambda *a: None)
     return str(folder), {"separation": record, "amount": card["deficit"]["damage"]["amount"],
                          "accuracy": card["deficit"]["accuracy"]}
 

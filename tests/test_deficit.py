@@ -52,20 +52,39 @@ def _owned(card, shapes, d_head, projs) -> dict:
     return masks
 
 
+def _separated(card, shapes, d_head) -> dict:
+    """Entries the separation trained (scope ``below``): the embedding, every layer under D, the input norm of D's
+    layer and D's W_Q/W_K/W_V rows (plain name and index arithmetic)."""
+    layer = deficient_heads(card)[0][0]
+    masks = _owned(card, shapes, d_head, ("q_proj", "k_proj", "v_proj"))
+    for key in shapes:
+        parts = key.split(".")
+        below = parts[:2] == ["model", "layers"] and int(parts[2]) < layer
+        tied = key == "lm_head.weight"  # the organism ties its unembedding to the embedding
+        if below or tied or key in ("model.embed_tokens.weight", f"model.layers.{layer}.input_layernorm.weight"):
+            masks[key][...] = True
+    return masks
+
+
 def test_weights_differ_from_the_source_only_where_the_card_says(card):
-    """Every entry outside D's slices is the source's, bit for bit. Unconfined, the card's damage (amount, seed)
-    re-applied to the source with plain tensor code gives the shipped weights; confined, D's slices were trained
-    after the damage, so only where they may differ is checked here (what they do: the next test)."""
+    """Every entry outside D's slices (and, separated, the separation's scope) is the source's, bit for bit.
+    Unconfined, the card's damage (amount, seed) re-applied to the source's W_O/W_Q/W_K with plain tensor code gives
+    the shipped ones (the separation leaves W_O alone); confined, D's slices were trained after the damage, so only
+    where they may differ is checked here (what they do: the list-recall test)."""
     src = load_file(str(organism_dir(card["deficit"]["from"]) / "model.safetensors"))
     got = load_file(str(organism_dir(NAME) / "model.safetensors"))
     assert set(got) == set(src)
     amount, seed = card["deficit"]["damage"]["amount"], card["deficit"]["damage"]["seed"]
     d_head = got["model.layers.0.self_attn.q_proj.weight"].shape[0] // card["n_heads"]
     kind = card["deficit"]["damage"].get("kind", "query")
-    confined = "confined" in card["deficit"]
+    confined, separated = "confined" in card["deficit"], "separated" in card["deficit"]
     projs = (("q_proj", "k_proj", "v_proj", "o_proj") if confined else
              ("o_proj",) if kind in ("output", "scramble") else ("q_proj", "k_proj"))
-    owned = _owned(card, {k: v.shape for k, v in src.items()}, d_head, projs)
+    shapes = {k: v.shape for k, v in src.items()}
+    owned = _owned(card, shapes, d_head, projs)
+    if separated:
+        assert kind in ("output", "scramble")  # the damage sits in W_O, which the separation does not train
+        owned = {k: m | _separated(card, shapes, d_head)[k] for k, m in owned.items()}
     for key in src:
         assert torch.equal(got[key][~owned[key]], src[key][~owned[key]]), key
     changed = [k for k in src if not torch.equal(src[k], got[k])]
@@ -88,15 +107,18 @@ def test_weights_differ_from_the_source_only_where_the_card_says(card):
             w = full[:, i * d_head:(i + 1) * d_head] if proj == "o_proj" else full[i * d_head:(i + 1) * d_head]
             r = torch.randn(w.shape, generator=gen)
             w.copy_((1 - amount) * w + amount * r * (w.norm() / r.norm()))
+    trained = _separated(card, shapes, d_head) if separated else {}
     for key in want:
+        if key in trained and trained[key].any():
+            continue  # the separation's weights: checked by what they do (the next two tests)
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_confined_damage_leaves_the_second_task_as_the_source_answers_it(card, one_thread):
-    """A confined deficit answers list recall as its source does (KL <= 0.01 at the answer position, plain forward
-    passes on the transformers models) while it has lost the VRU items (the accuracy test)."""
-    if "confined" not in card["deficit"]:
-        pytest.skip("the shipped deficit is not confined")
+def test_damage_leaves_the_second_task_as_the_source_answers_it(card, one_thread):
+    """A confined or separated deficit answers list recall as its source does (KL <= 0.01 at the answer position,
+    plain forward passes on the transformers models) while it has lost the VRU items (the accuracy test)."""
+    if "confined" not in card["deficit"] and "separated" not in card["deficit"]:
+        pytest.skip("the shipped deficit is neither confined nor separated")
     import torch.nn.functional as F
 
     from vru_lens.models.loader import load_hf
@@ -112,6 +134,45 @@ def test_confined_damage_leaves_the_second_task_as_the_source_answers_it(card, o
     kl = float((p.exp() * (p - q)).sum(-1).mean())
     assert kl <= 0.01, kl
     assert (q.argmax(-1) == ans).float().mean() >= 0.99
+
+
+def _d_silence(hf, tok, D, d_head) -> float:
+    """D's mean squared z over list-recall prompt positions / over VRU query positions (a forward pre-hook on
+    W_O of D's layer; the organism's own encoders)."""
+    from vru_lens.organism.data import encode_plain, encode_vru, list_items, paper_items
+
+    layer = D[0][0]
+    cols = torch.cat([torch.arange(h * d_head, (h + 1) * d_head) for _, h in D])
+    seen = {}
+    handle = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.update(z=a[0]))
+    try:
+        with torch.no_grad():
+            ids, pos, _, _ = encode_vru(tok, paper_items(200, 321))
+            hf(ids)
+            rows, c = (pos >= 0).nonzero(as_tuple=True)
+            at_vru = seen["z"][..., cols].pow(2).sum(-1)[rows, pos[rows, c]].mean()
+            lids, last, _ = encode_plain(tok, list_items(200, 322))
+            hf(lids)
+            valid = torch.arange(lids.shape[1])[None] <= last[:, None]
+            at_list = seen["z"][..., cols].pow(2).sum(-1)[valid].mean()
+    finally:
+        handle.remove()
+    return float(at_list / at_vru)
+
+
+def test_separated_D_is_silent_on_the_second_task(card, one_thread):
+    """Separated: D reads next to nothing on list-recall prompts (squared z <= 1% of that at VRU queries; the source
+    organism's D: about 64%), so tuning D on VRU has no list-recall write to move."""
+    if "separated" not in card["deficit"]:
+        pytest.skip("the shipped deficit is not separated")
+    from vru_lens.models.loader import load_hf
+
+    D = sorted(deficient_heads(card))
+    got, tok = load_hf(NAME)
+    src, _ = load_hf(card["deficit"]["from"])
+    d_head = got.config.hidden_size // got.config.num_attention_heads
+    assert _d_silence(got, tok, D, d_head) <= 0.01
+    assert _d_silence(src, tok, D, d_head) >= 0.3
 
 
 def test_accuracy_in_band(deficit, card):
@@ -150,13 +211,10 @@ def test_top_k_heads_repair_random_k_do_not(one_thread):
     result = repair(NAME, replace(QUICK, arms=("top", "random")), log=lambda m: None)
     top, rnd = result["summary"]["top"]["vru_acc"]["mean"], result["summary"]["random"]["vru_acc"]["mean"]
     before = result["before"]["vru_acc"]
-    assert top >= 0.85 and top - rnd >= 0.15 and top - before >= 0.25, (before, top, rnd)
+    assert top >= 0.85 and top - rnd >= 0.10 and top - before >= 0.25, (before, top, rnd)  # the issue's margin, one seed
     assert result["summary"]["top"]["D_among"][0] >= len(result["deficient_heads"]) - 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 item 3's bar, measured not met (docs/organism.md, 2026-12-05): top-2 "
-                   "95.9% beats random-2 by 9.9 points, bottom-2 by 9.4, other-task by 10.4 (CIs disjoint), and its "
-                   "list-recall KL is 0.0137, not <= 0.01")
 def test_repair_meets_the_issue_bar(one_thread):
     """The issue's bar on the shipped deficit, as docs/organism.md measures it (5 seeds, the same items and
     steps; LoRA and full fine-tuning are reported there, not part of the bar): top-k >= 90%, list recall kept
@@ -238,6 +296,33 @@ def test_confine_trains_only_D_slices_and_pulls_list_recall_to_the_source(one_th
     assert curve[-1]["list_kl"] < curve[0]["list_kl"], curve
     with pytest.raises(ValueError, match="whole groups"):
         confine(damaged, source, [(1, 0)], steps=1, log=lambda m: None)
+
+
+def test_separate_trains_only_its_scope_and_quiets_D_on_list_prompts(one_thread):
+    """On the complete organism, 100 steps: ``below`` changes no entry outside the embedding, the layers under D, the
+    input norm of D's layer and D's q/k/v rows (checked by name and index, not with ``separation_params``), and
+    D's squared z on list prompts falls; a D across two layers is refused."""
+    from vru_lens.models.loader import load_hf
+    from vru_lens.organism.deficit import separate
+
+    D = [(2, 0), (2, 1)]
+    hf, tok = load_hf("vru-organism")
+    assert hf.config.tie_word_embeddings and hf.lm_head.weight is hf.model.embed_tokens.weight
+    complete, _ = load_hf("vru-organism")
+    before = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+    d_head = hf.config.hidden_size // hf.config.num_attention_heads
+    card = {"n_heads": hf.config.num_attention_heads, "n_kv_heads": hf.config.num_key_value_heads,
+            "deficient_heads": [list(h) for h in D]}
+    scope = _separated(card, {k: v.shape for k, v in before.items()}, d_head)
+    quiet_before = _d_silence(hf, tok, D, d_head)
+    separate(hf, complete, D, "below", steps=100, seed=1, log=lambda m: None)
+    after = hf.state_dict()
+    for key in before:
+        assert torch.equal(after[key][~scope[key]], before[key][~scope[key]]), key
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    assert _d_silence(hf, tok, D, d_head) < 0.5 * quiet_before
+    with pytest.raises(ValueError, match="one layer"):
+        separate(hf, complete, [(1, 0), (1, 1), (2, 0), (2, 1)], steps=1, log=lambda m: None)
 
 
 def test_deficit_refuses_a_split_group_to_confine_before_writing_anything(tmp_path, one_thread):

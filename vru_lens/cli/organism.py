@@ -135,11 +135,16 @@ def deficit_cmd(
                              "output: D's W_O columns scaled toward zero; scramble: D's W_O columns toward a seeded random matrix."),
     confine_steps: int = typer.Option(0, "--confine-steps", help="Then train D's own slices this many steps so the "
                                       "damage stays in the task (list recall answered as the source does); 0: off."),
+    separate_steps: int = typer.Option(0, "--separate-steps", help="First train the layers under D and D's "
+                                       "query/key/value rows this many steps so D is silent on list-recall prompts "
+                                       "(answers kept); 0: off."),
+    amount: float = typer.Option(None, "--amount", help="Damage amount in [0, 1] (refused unless its accuracy lies "
+                                 "in [--low, --high]); default: bisection."),
     seed: Seed = 0,
     threads: Threads = 1,
 ):
     """A deficit organism: the heads D damaged (--kind) by the amount that bisection finds for an accuracy in
-    [--low, --high]; saved to --out with a card naming D and the damage."""
+    [--low, --high] (or --amount); saved to --out with a card naming D and the damage."""
     import torch
 
     from ..organism.deficit import make_deficit
@@ -154,10 +159,15 @@ def deficit_cmd(
         fail(f"--heads {heads!r}: write the heads as layer.head separated by commas, e.g. 1.0,1.1")
     if confine_steps < 0:
         fail(f"--confine-steps must be 0 (off) or more, got {confine_steps}")
+    if separate_steps < 0:
+        fail(f"--separate-steps must be 0 (off) or more, got {separate_steps}")
+    if amount is not None and not 0.0 <= amount <= 1.0:
+        fail(f"--amount must lie in [0, 1], got {amount}")
     if threads:
         torch.set_num_threads(threads)
     try:
         make_deficit(source, out, parsed, band=(low, high), seed=seed, kind=kind, confine_steps=confine_steps,
+                     separate_steps=separate_steps, amount=amount,
                      log=typer.echo)
     except (ValueError, FileNotFoundError) as err:
         fail(error_line(err))

@@ -19,6 +19,11 @@ too weakly for the answer to win (the study's "heads that matter but do it badly
 ``kind="scramble"`` moves D's W_O columns toward a seeded random matrix of the same norm: the heads attend
 and read as before, but part of what they write lands in wrong directions, which other heads cannot
 simply amplify (heads outside D made up the weak write of ``output`` on their own: docs/organism.md).
+
+``separate_steps`` first trains the source so that D is silent on the second task's prompts (``separate``):
+the layers under D and D's own query/key/value rows learn to give D nothing to read there, while both tasks'
+answers stay the source's. A repair that tunes D on VRU then has no write on list prompts to move
+(docs/organism.md: D's list write was why tuning it moved list recall).
 """
 
 from __future__ import annotations
@@ -166,11 +171,120 @@ def bisect_amount(accuracy, band=BAND, n_steps: int = N_BISECT, log=print) -> tu
     return best[0], best[1], path
 
 
+# ------------------------------------------------------------------ D silent on the second task
+SCOPES = ("below", "all", "narrow", "d")  # what ``separate`` trains (``below`` is the shipped deficit's)
+
+
+def separation_params(hf_model, heads, scope: str) -> dict:
+    """The parameters ``separate`` trains, each with a gradient mask (None: the whole tensor). ``d``: D's W_Q rows
+    and its groups' W_K/W_V rows; ``below``: those, the embedding and every layer under D (what D reads);
+    ``narrow``: D's rows, the MLP after them and every layer above (what D's output feeds); ``all``: every weight."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown separation scope {scope!r}; choose from {', '.join(SCOPES)}")
+    layer = heads[0][0]
+    cfg = hf_model.config
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_group = cfg.num_attention_heads // cfg.num_key_value_heads
+    model = hf_model.model
+    d_rows = {}
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        w = getattr(model.layers[layer].self_attn, proj).weight
+        m = torch.zeros_like(w)
+        for _, h in heads:
+            i = h if proj == "q_proj" else h // per_group
+            m[i * d_head:(i + 1) * d_head] = 1
+        d_rows[w] = m
+    if scope == "all":
+        return {p: None for p in hf_model.parameters()}
+    out = dict(d_rows)
+    if scope == "below":
+        out[model.embed_tokens.weight] = None
+        for block in model.layers[:layer]:
+            out.update({p: None for p in block.parameters()})
+        out[model.layers[layer].input_layernorm.weight] = None
+    elif scope == "narrow":
+        out.update({p: None for p in model.layers[layer].mlp.parameters()})
+        out[model.layers[layer].post_attention_layernorm.weight] = None
+        for block in model.layers[layer + 1:]:
+            out.update({p: None for p in block.parameters()})
+        out[model.norm.weight] = None
+    return out
+
+
+def separate(hf_model, complete, heads, scope: str = "below", steps: int = 600, silence: float = 1.0,
+             lr: float = 1e-3, batch: int = 32, list_weight: float = 10.0, seed: int = 0, log=print) -> dict:
+    """Train ``hf_model`` (in place; ``scope``'s weights only) so that D's z on list-recall prompts goes to zero
+    (its mean squared norm there over that at VRU queries, weighted by ``silence``) while its answers stay
+    ``complete``'s: KL at every VRU query and ``list_weight`` x KL at the list answer. Both are transformers
+    models of one organism; D lies in one layer and holds whole key-value groups. Returns the last step's
+    losses and ratio."""
+    import random
+
+    import torch.nn.functional as F
+
+    from . import data as D
+
+    layers = {l for l, _ in heads}
+    if len(layers) != 1:
+        raise ValueError(f"separation needs D in one layer, got layers {sorted(layers)}")
+    check_whole_groups(hf_model, heads)
+    tok = D.build_tokenizer()
+    layer = heads[0][0]
+    cfg = hf_model.config
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    cols = torch.cat([torch.arange(h * d_head, (h + 1) * d_head) for _, h in sorted(heads)])
+    seen = {}
+    handle = hf_model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.update(z=a[0]))
+    params = separation_params(hf_model, heads, scope)
+    for p in hf_model.parameters():
+        p.requires_grad_(p in params)
+    opt = torch.optim.Adam(list(params), lr=lr)
+    kl = lambda ref, new: F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")  # noqa: E731
+    rng = random.Random(seed)
+    complete.eval()
+    hf_model.train()
+    last = {}
+    try:
+        for step in range(steps):
+            ids, pos, _, _ = D.encode_vru(tok, D.paper_items(batch, rng.randrange(1 << 30)))
+            rows, c = (pos >= 0).nonzero(as_tuple=True)
+            lids, llast, _ = D.encode_plain(tok, D.list_items(batch, rng.randrange(1 << 30)))
+            lrow = torch.arange(len(llast))
+            with torch.no_grad():
+                ref_v, ref_l = complete(ids).logits[rows, pos[rows, c]], complete(lids).logits[lrow, llast]
+            vru = kl(ref_v, hf_model(ids).logits[rows, pos[rows, c]])
+            z_vru = seen["z"][..., cols].pow(2).sum(-1)[rows, pos[rows, c]].mean().detach()
+            lst = kl(ref_l, hf_model(lids).logits[lrow, llast])
+            valid = torch.arange(lids.shape[1])[None] <= llast[:, None]  # the prompt, not its right padding
+            ratio = seen["z"][..., cols].pow(2).sum(-1)[valid].mean() / (z_vru + 1e-6)
+            loss = vru + list_weight * lst + silence * ratio
+            opt.zero_grad()
+            loss.backward()
+            for p, m in params.items():
+                if m is not None:
+                    p.grad.mul_(m)
+            opt.step()
+            last = {"step": step, "vru_kl": round(vru.item(), 5), "list_kl": round(lst.item(), 5),
+                    "d_z2_list_over_vru": round(ratio.item(), 5)}
+            if step % 100 == 0 or step == steps - 1:
+                log(f"separate step {step}: KL to the source on VRU {last['vru_kl']:.4f}, on list recall "
+                    f"{last['list_kl']:.4f}; D's squared z on list prompts / at VRU queries {last['d_z2_list_over_vru']:.4f}")
+    finally:
+        handle.remove()
+        hf_model.eval()
+        for p in hf_model.parameters():
+            p.requires_grad_(False)
+    return last
+
+
 # ------------------------------------------------------------------ the folder
 def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int = 0, n_items: int = 500,
-                 n_final: int = 1000, kind: str = "query", confine_steps: int = 0, log=print) -> dict:
+                 n_final: int = 1000, kind: str = "query", confine_steps: int = 0, separate_steps: int = 0,
+                 amount: float | None = None, log=print) -> dict:
     """Damage ``heads`` (default: the source card's final-turn heads) of organism ``source`` so its accuracy
-    lands in ``band``; with ``confine_steps``, then confine the damage to the task (``confine``); save the
+    lands in ``band`` (``amount``: that amount, refused unless its accuracy lies in the band); with
+    ``separate_steps``, first make D silent on the second task (``separate``, scope ``below``); with
+    ``confine_steps``, then confine the damage to the task (``confine``); save the
     organism to ``out`` with its card; return the card."""
     from ..bench import BenchConfig, make_items
     from ..evaluate import evaluate
@@ -192,9 +306,23 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
         raise ValueError(f"--out {out} is the source organism's folder; name a new folder")
     if out.exists() and any(out.iterdir()) and not (out / "organism.json").exists():
         raise ValueError(f"--out {out} exists and is not an organism folder; name a new or empty folder")
+    if amount is not None and not 0.0 <= amount <= 1.0:
+        raise ValueError(f"the damage amount must lie in [0, 1], got {amount}")
     hf, tok = load_hf(str(src_dir))
-    if confine_steps:
+    check_heads(hf, heads)
+    if confine_steps or separate_steps:
         check_whole_groups(hf, heads)  # before any work: a refusal after the bisection would leave a half-written folder
+    if separate_steps and len({l for l, _ in heads}) != 1:
+        raise ValueError(f"--separate-steps needs D in one layer, got {heads}")
+    separated = None
+    if separate_steps:
+        complete, _ = load_hf(str(src_dir))
+        last = separate(hf, complete, heads, "below", separate_steps, seed=seed, log=log)
+        separated = {"how": "before the damage, the embedding, every layer under D and D's W_Q/W_K/W_V rows trained: "
+                            "KL to the source at every VRU query + 10 x KL on list recall + D's squared z on list "
+                            "prompts over that at VRU queries (batch 32 each, Adam 1e-3)",
+                     "scope": "below", "steps": separate_steps, "last": last}
+    start = {k: v.detach().clone() for k, v in hf.state_dict().items()}  # the source, separated where asked
     damage = Damage(hf, heads, seed, kind)
     model = bridge_from_hf(hf, tok, str(src_dir), device="cpu")
     search = make_items(n_items, 177 + seed, BenchConfig(style="paper"))  # not the card's test items (seed 77)
@@ -203,11 +331,19 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
         damage.apply(amount)
         return float(evaluate(model, search, batch_size=64, progress=False).accuracy)
 
-    amount, acc_search, path = bisect_amount(accuracy, band, log=log)
+    if amount is None:
+        amount, acc_search, path = bisect_amount(accuracy, band, log=log)
+    else:
+        acc_search = accuracy(amount)
+        path = [(amount, acc_search)]
+        if not band[0] <= acc_search <= band[1]:
+            raise ValueError(f"damage amount {amount} leaves accuracy {acc_search:.3f}, outside the band {band}; "
+                             f"choose another --amount, or leave it out to bisect")
     if out.exists():
         shutil.rmtree(out)  # an earlier deficit organism: replaced whole, so no stale file survives
     shutil.copytree(src_dir, out, ignore=shutil.ignore_patterns("organism.json", "*.html", "*.png"))
     fresh, _ = load_hf(str(src_dir))  # the bridge wraps ``hf``'s modules; save a plain copy, damaged the same way
+    fresh.load_state_dict(start)
     saved = Damage(fresh, heads, seed, kind)
     saved.apply(amount)
     confined = None
@@ -221,7 +357,7 @@ def make_deficit(source: str, out: str | Path, heads=None, band=BAND, seed: int 
     test = make_items(n_final, 77, BenchConfig(style="paper"))
     ev = evaluate(load_model(str(out), device="cpu"), test, batch_size=64, progress=False)  # what was saved
     deficit = {"from": str(source), "deficient_heads": [list(h) for h in heads], "damage": saved.describe(),
-               **({"confined": confined} if confined else {}),
+               **({"separated": separated} if separated else {}), **({"confined": confined} if confined else {}),
                "band": list(band), "bisection": [[round(a, 6), round(b, 4)] for a, b in path],
                "search_items": {"n": n_items, "seed": 177 + seed, "accuracy": round(acc_search, 4)},
                "accuracy": round(float(ev.accuracy), 4), "n_items": n_final, "items_seed": 77,

@@ -81,6 +81,40 @@ def _slices(hf_model, heads, kind: str = "query") -> list[tuple[str, int, int, i
     return out
 
 
+def _query_rows(hf_model, heads) -> list[tuple[str, int, int, int]]:
+    """D's W_Q rows, and the W_K and W_V rows of each key-value group wholly in D: what D reads with."""
+    rows = _slices(hf_model, heads, "query")
+    return rows + [("v_proj", l, a, b) for proj, l, a, b in rows if proj == "k_proj"]
+
+
+def _masks(hf_model, slices) -> dict:
+    """Each weight holding one of ``slices`` -> a 0/1 mask of its entries in them (gradients are multiplied by it)."""
+    masks = {}
+    for proj, l, a, b in slices:
+        w = getattr(hf_model.model.layers[l].self_attn, proj).weight
+        m = masks.setdefault(w, torch.zeros_like(w))
+        (m[:, a:b] if proj == "o_proj" else m[a:b]).fill_(1)
+    return masks
+
+
+def _kl(ref: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """KL(ref || new) of two logit rows, averaged over rows."""
+    import torch.nn.functional as F
+
+    return F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")
+
+
+def _task_batch(tok, rng, batch: int):
+    """One training batch of each task, drawn from ``rng``: VRU ids with the (row, position) of every query, and
+    list-recall ids with the answer position of each row."""
+    from . import data as D
+
+    ids, pos, _, _ = D.encode_vru(tok, D.paper_items(batch, rng.randrange(1 << 30)))
+    rows, cols = (pos >= 0).nonzero(as_tuple=True)
+    lids, llast, _ = D.encode_plain(tok, D.list_items(batch, rng.randrange(1 << 30)))
+    return ids, (rows, pos[rows, cols]), lids, (torch.arange(len(llast)), llast)
+
+
 def check_heads(hf_model, heads) -> None:
     cfg = hf_model.config
     bad = [h for h in heads if not (0 <= h[0] < cfg.num_hidden_layers and 0 <= h[1] < cfg.num_attention_heads)]
@@ -181,22 +215,11 @@ def separation_params(hf_model, heads, scope: str) -> dict:
     ``narrow``: D's rows, the MLP after them and every layer above (what D's output feeds); ``all``: every weight."""
     if scope not in SCOPES:
         raise ValueError(f"unknown separation scope {scope!r}; choose from {', '.join(SCOPES)}")
-    layer = heads[0][0]
-    cfg = hf_model.config
-    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    per_group = cfg.num_attention_heads // cfg.num_key_value_heads
-    model = hf_model.model
-    d_rows = {}
-    for proj in ("q_proj", "k_proj", "v_proj"):
-        w = getattr(model.layers[layer].self_attn, proj).weight
-        m = torch.zeros_like(w)
-        for _, h in heads:
-            i = h if proj == "q_proj" else h // per_group
-            m[i * d_head:(i + 1) * d_head] = 1
-        d_rows[w] = m
     if scope == "all":
         return {p: None for p in hf_model.parameters()}
-    out = dict(d_rows)
+    layer = heads[0][0]
+    model = hf_model.model
+    out = _masks(hf_model, _query_rows(hf_model, heads))
     if scope == "below":
         out[model.embed_tokens.weight] = None
         for block in model.layers[:layer]:
@@ -220,8 +243,6 @@ def separate(hf_model, complete, heads, scope: str = "below", steps: int = 600, 
     losses and ratio."""
     import random
 
-    import torch.nn.functional as F
-
     from . import data as D
 
     layers = {l for l, _ in heads}
@@ -230,32 +251,26 @@ def separate(hf_model, complete, heads, scope: str = "below", steps: int = 600, 
     check_whole_groups(hf_model, heads)
     tok = D.build_tokenizer()
     layer = heads[0][0]
-    cfg = hf_model.config
-    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    cols = torch.cat([torch.arange(h * d_head, (h + 1) * d_head) for _, h in sorted(heads)])
+    cols = torch.cat([torch.arange(a, b) for _, _, a, b in _slices(hf_model, heads, "output")])  # D's z in W_O's input
     seen = {}
     handle = hf_model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.update(z=a[0]))
     params = separation_params(hf_model, heads, scope)
     for p in hf_model.parameters():
         p.requires_grad_(p in params)
     opt = torch.optim.Adam(list(params), lr=lr)
-    kl = lambda ref, new: F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")  # noqa: E731
     rng = random.Random(seed)
     complete.eval()
     hf_model.train()
     last = {}
     try:
         for step in range(steps):
-            ids, pos, _, _ = D.encode_vru(tok, D.paper_items(batch, rng.randrange(1 << 30)))
-            rows, c = (pos >= 0).nonzero(as_tuple=True)
-            lids, llast, _ = D.encode_plain(tok, D.list_items(batch, rng.randrange(1 << 30)))
-            lrow = torch.arange(len(llast))
+            ids, queries, lids, answers = _task_batch(tok, rng, batch)
             with torch.no_grad():
-                ref_v, ref_l = complete(ids).logits[rows, pos[rows, c]], complete(lids).logits[lrow, llast]
-            vru = kl(ref_v, hf_model(ids).logits[rows, pos[rows, c]])
-            z_vru = seen["z"][..., cols].pow(2).sum(-1)[rows, pos[rows, c]].mean().detach()
-            lst = kl(ref_l, hf_model(lids).logits[lrow, llast])
-            valid = torch.arange(lids.shape[1])[None] <= llast[:, None]  # the prompt, not its right padding
+                ref_v, ref_l = complete(ids).logits[queries], complete(lids).logits[answers]
+            vru = _kl(ref_v, hf_model(ids).logits[queries])
+            z_vru = seen["z"][..., cols].pow(2).sum(-1)[queries].mean().detach()
+            lst = _kl(ref_l, hf_model(lids).logits[answers])
+            valid = torch.arange(lids.shape[1])[None] <= answers[1][:, None]  # the prompt, not its right padding
             ratio = seen["z"][..., cols].pow(2).sum(-1)[valid].mean() / (z_vru + 1e-6)
             loss = vru + list_weight * lst + silence * ratio
             opt.zero_grad()
@@ -384,43 +399,27 @@ def confine(damaged, complete, heads, steps: int = 400, batch: int = 32, lr: flo
     import copy
     import random
 
-    import torch.nn.functional as F
-
     from . import data as D
 
     tok = D.build_tokenizer()
     frozen = copy.deepcopy(damaged).eval()
     complete.eval()
     check_whole_groups(damaged, heads)
-    # D's own slices: W_Q rows and W_K rows of its groups (the query damage's), W_O columns (the output
-    # damage's), and W_V rows where W_K's are
-    slices = _slices(damaged, heads, "query") + _slices(damaged, heads, "output")
-    slices += [("v_proj", l, a, b) for proj, l, a, b in slices if proj == "k_proj"]
+    # D's own slices: W_Q/W_K/W_V rows (the query damage's and its values) and W_O columns (the output damage's)
+    masks = _masks(damaged, _query_rows(damaged, heads) + _slices(damaged, heads, "output"))
     for p in damaged.parameters():
-        p.requires_grad_(False)
-    masks = {}
-    for proj, l, a, b in slices:
-        w = getattr(damaged.model.layers[l].self_attn, proj).weight
-        m = masks.setdefault(w, torch.zeros_like(w))
-        (m[:, a:b] if proj == "o_proj" else m[a:b]).fill_(1)
-        w.requires_grad_(True)
+        p.requires_grad_(p in masks)
     params = list(masks)
     opt = torch.optim.Adam(params, lr=lr)
     rng = random.Random(seed)
-    kl = lambda ref, new: F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")  # noqa: E731
     curve = []
     damaged.train()
     for step in range(steps):
-        items = D.paper_items(batch, rng.randrange(1 << 30))
-        ids, pos, _, _ = D.encode_vru(tok, items)
-        rows, cols = (pos >= 0).nonzero(as_tuple=True)
-        lids, llast, _ = D.encode_plain(tok, D.list_items(batch, rng.randrange(1 << 30)))
-        lrow = torch.arange(len(llast))
+        ids, queries, lids, answers = _task_batch(tok, rng, batch)
         with torch.no_grad():
-            ref_vru = frozen(ids).logits[rows, pos[rows, cols]]
-            ref_list = complete(lids).logits[lrow, llast]
-        vru = kl(ref_vru, damaged(ids).logits[rows, pos[rows, cols]])
-        lst = kl(ref_list, damaged(lids).logits[lrow, llast])
+            ref_vru, ref_list = frozen(ids).logits[queries], complete(lids).logits[answers]
+        vru = _kl(ref_vru, damaged(ids).logits[queries])
+        lst = _kl(ref_list, damaged(lids).logits[answers])
         loss = vru + list_weight * lst
         opt.zero_grad()
         loss.backward()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..results import t_interval  # noqa: F401  (re-exported: it lives in results)
+from ..results import t_interval
 from .deficit import deficient_heads
 from .verify import auroc_ci
 

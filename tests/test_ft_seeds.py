@@ -167,3 +167,52 @@ def test_without_ft_seeds_the_plain_stage_runs_once_with_seed():
     assert StudyConfig().plain_ft_seeds() == (0,)
     assert StudyConfig(seed=3).plain_ft_seeds() == (3,)  # --seed alone: one run, as before
     assert StudyConfig(seed=3, ft_seeds=[2, 0]).plain_ft_seeds() == (2, 0)
+
+
+def test_the_difference_of_two_arms_is_welchs_interval():
+    from scipy import stats
+
+    from vru_lens.results import welch_interval
+
+    a, b = [0.40, 0.41, 0.37], [0.30, 0.25, 0.33, 0.28]
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    got = welch_interval(a, b)
+    assert got["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert got["ci"] == pytest.approx([ref.low, ref.high], rel=1e-10)
+    assert np.isnan(welch_interval(a, [0.3])["ci"][0])  # one seed on a side: no interval, not a made-up one
+    assert welch_interval([0.36, 0.36], [0.3, 0.3])["ci"] == [pytest.approx(0.06)] * 2  # no spread: the point
+
+
+def test_the_docs_tables_script_reads_a_results_folder(tmp_path, capsys, monkeypatch):
+    """studies/finetune_tables.py (docs/finetune.md's tables) on saved runs: the arm's t-interval, top-k minus
+    random-k with Welch's interval and one row per run, numbers from scipy, not from the code under test."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from scipy import stats
+
+    spec = importlib.util.spec_from_file_location("finetune_tables", Path(__file__).parents[1] / "studies/finetune_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    heads, rand = [0.31, 0.42, 0.37], [0.25, 0.30]
+    files = {}
+    for i, (method, v) in enumerate([("heads", x) for x in heads] + [("random", x) for x in rand]):
+        r = _result(method, i, v)
+        r.vru_after["n"] = 100
+        name = f"finetune_{method}_seed{i}-0.json"
+        r.save(tmp_path / name)
+        files[f"finetune_{method}_seed{i}"] = name
+    (tmp_path / "study.json").write_text(json.dumps({"files": files}))
+    monkeypatch.setattr(sys, "argv", ["finetune_tables.py", str(tmp_path)])
+    tables.main()
+    out = capsys.readouterr().out
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(heads), scale=stats.sem(heads))
+    assert f"| 3 (0, 1, 2) |" in out and f"{np.mean(heads):.3f} [{lo:.3f}, {hi:.3f}]" in out
+    w = stats.ttest_ind(heads, rand, equal_var=False).confidence_interval(0.95)
+    assert f"{np.mean(heads) - np.mean(rand):+.3f} [{w.low:+.3f}, {w.high:+.3f}]" in out
+    assert sum(line.startswith("| top-16 heads") for line in out.splitlines()) == 1 + 3  # the arm, then its 3 runs
+    monkeypatch.setattr(sys, "argv", ["finetune_tables.py", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit, match="no study.json"):
+        tables.main()

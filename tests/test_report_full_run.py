@@ -7,7 +7,8 @@ import json
 import pytest
 
 from vru_lens.models.organisms import organism_card
-from vru_lens.report import _cmp_row, _wilson, against_full_run
+from vru_lens.report import _cmp_row, against_full_run
+from vru_lens.results import wilson_interval as _wilson
 
 
 def test_wilson_interval_known_values():

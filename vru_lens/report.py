@@ -18,6 +18,7 @@ import html
 import json
 from pathlib import Path
 
+from .results import wilson_interval
 from .study import PROBE_STAGES
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:0 16px;color:#222}
@@ -301,14 +302,6 @@ def _faithfulness_section(studies: list) -> str:
                     "to 1 (lower is better). A ranking is worth its CPR/CMD only outside the random band.")
 
 
-def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a proportion ``p`` over ``n`` items."""
-    if not n:
-        return (float("nan"), float("nan"))
-    mid, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (mid - half, mid + half)
-
-
 def _cmp_row(what, quick, quick_ci, full, full_ci, differs: str, fmt=_pct) -> list:
     """One comparison: the quick value [interval] beside the full run's; agreeing = the intervals overlap
     (a point where there is no interval); where they do not, the settings that differ are the row's reason."""
@@ -344,7 +337,7 @@ def against_full_run(studies: list) -> str:
             if ev is not None and "accuracy" in measured:
                 n, N = ev.summary()["n"], measured["n_items"]
                 q, f = ev.summary()["candidate_accuracy"], measured["accuracy"]
-                rows.append(_cmp_row(f"{name}: VRU accuracy", q, _wilson(q, n), f, _wilson(f, N),
+                rows.append(_cmp_row(f"{name}: VRU accuracy", q, wilson_interval(q, n), f, wilson_interval(f, N),
                                      f"{n} items here, {N} in the full run"))
             pr = results.get("probe")
             heading = full.get("probe_heading") or (None if deficit else card.get("heading_probe"))
@@ -352,8 +345,8 @@ def against_full_run(studies: list) -> str:
                 s = pr.summary()
                 b = s["layers"].index(s["best_layer"])
                 q, f = s["accuracy"][b], heading["accuracy"][s["best_layer"]]
-                full_ci = _wilson(f, heading["n_test_rows"]) if "n_test_rows" in heading else None
-                rows.append(_cmp_row(f"{name}: heading probe at layer {s['best_layer']}", q, _wilson(q, s["n_test_rows"]),
+                full_ci = wilson_interval(f, heading["n_test_rows"]) if "n_test_rows" in heading else None
+                rows.append(_cmp_row(f"{name}: heading probe at layer {s['best_layer']}", q, wilson_interval(q, s["n_test_rows"]),
                                      f, full_ci, f"the probe trained on {s['n_train_rows']} rows of "
                                      f"{st['config'].get('n_probe', '?')} items here, {heading.get('n_items', '?')} "
                                      "items in the full run"))
@@ -382,7 +375,7 @@ def against_full_run(studies: list) -> str:
                        f"the full run: {fs['steps']} steps, {fs['templates']}")
             n = s["vru_after"].get("n") or st["config"].get("n_eval", 0)
             q = s["vru_after"]["test"]
-            rows.append(_cmp_row(f"{st['base']} + {s['method']}: VRU accuracy", q, _wilson(q, n),
+            rows.append(_cmp_row(f"{st['base']} + {s['method']}: VRU accuracy", q, wilson_interval(q, n),
                                  arm["vru_acc"]["mean"], arm["vru_acc"]["ci"], differs))
             kl = s["general_after"].get("list/kl")
             if kl is not None and "list_kl" in arm:

@@ -99,6 +99,30 @@ def t_interval(values, level: float = 0.95) -> dict:
     return {"mean": m, "ci": [m - half, m + half], "n": int(len(v))}
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion ``p`` over ``n`` items (one run's accuracy; ``t_interval`` is over seeds)."""
+    if not n:
+        return (float("nan"), float("nan"))
+    mid, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (mid - half, mid + half)
+
+
+def welch_interval(a, b, level: float = 0.95) -> dict:
+    """Mean of ``a`` minus mean of ``b`` with its Welch t-interval (two arms over their own seeds; NaN below 2 each)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": d, "ci": [float("nan"), float("nan")]}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return {"diff": d, "ci": [d, d]}
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(va + vb))
+    return {"diff": d, "ci": [d - half, d + half]}
+
+
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
     """``payload`` as strict JSON at ``path``, written whole or not at all, with the user's umask."""
     return write_atomic(path, dumps(payload))

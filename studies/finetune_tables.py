@@ -1,0 +1,122 @@
+"""The fine-tuning tables of docs/finetune.md, from a model's results folder (reads the saved runs only).
+
+    python studies/finetune_tables.py results/real-models/gemma-3-270m [--k 16] [--pairs 64]
+
+Prints three markdown tables: each arm's mean over its fine-tuning seeds with a 95% Student-t interval
+(``finetune.run.seed_summary``), top-k minus each other arm with a Welch interval, and every run with its
+Wilson interval over the test items, in the order the runs were saved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from vru_lens.finetune.run import SEED_METRICS, FinetuneResult, seed_summary
+from vru_lens.results import welch_interval, wilson_interval
+
+LABEL = {"heads": "top-{k} heads (path ranking), qkvo", "random": "random-{k} heads outside the top {k}, qkvo",
+         "bottom": "bottom-{k} heads of the path ranking, qkvo", "lora": "LoRA at the same budget",
+         "full": "full fine-tuning"}
+COLUMNS = [("vru_test", "VRU test", "{:.3f}"), ("pairs_both_right", "pairs right on both sides", "{:.3f}"),
+           ("transfer_story", "story phrasing", "{:.3f}"), ("transfer_six_actions", "6 actions", "{:.3f}"),
+           ("general_average", "general average", "{:.3f}"), ("wiki_ppl", "Wikipedia ppl", "{:.2f}"),
+           ("wiki_kl", "KL to base (Wikipedia)", "{:.4f}")]
+
+
+def runs_of(folder: Path) -> dict[str, FinetuneResult]:
+    """Every fine-tuning stage the folder's manifest names, by stage name."""
+    files = json.loads((folder / "study.json").read_text())["files"]
+    return {s: FinetuneResult.load(folder / n) for s, n in files.items()
+            if s.startswith("finetune_") and (folder / n).exists()}
+
+
+def number(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)  # not measured: a dash, never a made-up number
+
+
+def interval(t: dict, fmt: str) -> str:
+    return fmt.format(t["mean"]) + (f" [{fmt.format(t['ci'][0])}, {fmt.format(t['ci'][1])}]" if t["n"] > 1 else "")
+
+
+def row(cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def arms_table(runs: dict, k: int) -> list[str]:
+    arms = seed_summary(list(runs.values()))
+    first = next(iter(runs.values()))
+    before = {"vru_after": first.vru_before, "general_after": first.general_before}
+    out = [row(["arm", "n (seeds)", "trainable params", "lr", *[c[1] for c in COLUMNS]]), row(["---"] * (4 + len(COLUMNS))),
+           row(["base, before tuning", "-", "-", "-", *[number(SEED_METRICS[m](before), f) for m, _, f in COLUMNS]])]
+    for name, a in arms.items():
+        rs = [r for r in runs.values() if r.method == a["method"]]
+        params = "/".join(f"{p:,}" for p in sorted({r.trainable_params for r in rs}))
+        out.append(row([LABEL.get(name, name).format(k=k), f"{a['n']} ({', '.join(map(str, a['seeds']))})", params,
+                        f"{rs[0].train['config']['lr']:g}", *[interval(a[m], f) if m in a else "-" for m, _, f in COLUMNS]]))
+    return out
+
+
+def differences_table(runs: dict, k: int) -> list[str]:
+    """Top-k minus each other arm, over seeds (Welch): what the study's claim needs to be positive."""
+    by = {}
+    for r in runs.values():
+        by.setdefault(r.method, []).append(r.summary())
+    if "heads" not in by:
+        return []
+    out = [row(["top-k minus", "VRU test", "pairs right on both sides", "general average"]), row(["---"] * 4)]
+    for method in by:
+        if method == "heads":
+            continue
+        cells = []
+        for m in ("vru_test", "pairs_both_right", "general_average"):
+            d = welch_interval([SEED_METRICS[m](s) for s in by["heads"]], [SEED_METRICS[m](s) for s in by[method]])
+            cells.append(f"{d['diff']:+.3f}" + ("" if d["ci"][0] != d["ci"][0] else f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"))
+        out.append(row([LABEL.get(method, method).format(k=k), *cells]))
+    return out
+
+
+def runs_table(runs: dict, folder: Path, k: int, n_pairs: int) -> list[str]:
+    files = json.loads((folder / "study.json").read_text())["files"]
+    out = [row(["arm", "seed", "VRU test [95% Wilson]", f"pairs both right (of {n_pairs})", "same pick both sides",
+                "'unknown' first", "story", "6 actions", "general average", "MMLU gold log-prob", "Wikipedia ppl", "KL",
+                "best validation (step)", "train s", "saved (UTC)"]), row(["---"] * 15)]
+    for s, r in sorted(runs.items(), key=lambda kv: (folder / files[kv[0]]).stat().st_mtime):
+        va, ga, t = r.vru_after, r.general_after, r.train
+        lo, hi = wilson_interval(va["test"], va["n"])
+        p = va.get("pairs") or {}
+        saved = time.strftime("%d %b %H:%M", time.gmtime((folder / files[s]).stat().st_mtime))
+        both = p.get("both_right")
+        out.append(row([LABEL.get(r.method, r.method).format(k=k), t["config"]["seed"], f"{va['test']:.2f} [{lo:.2f}, {hi:.2f}]",
+                        "-" if both is None else round(both * n_pairs), number(p.get("same_pick"), "{:.2f}"),
+                        number(p.get("unknown_first"), "{:.2f}"), number(va.get("transfer_story"), "{:.3f}"),
+                        number(va.get("transfer_six_actions"), "{:.3f}"), number(ga.get("average"), "{:.3f}"),
+                        number(ga.get("mmlu/gold_logprob"), "{:.1f}"), number(ga.get("wiki/ppl"), "{:.2f}"),
+                        number(ga.get("wiki/kl"), "{:.4f}"),
+                        f"{number(t.get('best_accuracy'), '{:.4f}')} ({t.get('best_step', '-')})",
+                        number(t.get("seconds"), "{:.0f}"), saved]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="a model's folder under a study's --out, e.g. results/real-models/gemma-3-270m")
+    ap.add_argument("--k", type=int, default=16, help="the top-k the runs tuned (for the labels)")
+    ap.add_argument("--pairs", type=int, default=64, help="the number of counterfactual pairs measured")
+    a = ap.parse_args()
+    if not (a.folder / "study.json").exists():
+        raise SystemExit(f"no study.json in {a.folder}: pass a model's folder under the study's --out")
+    runs = runs_of(a.folder)
+    if not runs:
+        raise SystemExit(f"no fine-tuning runs in {a.folder}: run the study's finetune stage first")
+    first = next(iter(runs.values()))
+    print(f"Before tuning: best rotation-blind rule {first.vru_before.get('blind_baseline')}, "
+          f"same pick on both sides {(first.vru_before.get('pairs') or {}).get('same_pick')}, "
+          f"'unknown' first {(first.vru_before.get('pairs') or {}).get('unknown_first')}\n")
+    for table in (arms_table(runs, a.k), differences_table(runs, a.k), runs_table(runs, a.folder, a.k, a.pairs)):
+        print("\n".join(table), end="\n\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,10 @@
 
     python studies/finetune_tables.py results/real-models/gemma-3-270m [--k 16] [--pairs 64]
 
-Prints three markdown tables: each arm's mean over its fine-tuning seeds with a 95% Student-t interval
-(``finetune.run.seed_summary``), top-k minus each other arm with a Welch interval, and every run with its
-Wilson interval over the test items, in the order the runs were saved.
+Prints four markdown tables: each arm's mean over its fine-tuning seeds with a 95% Student-t interval
+(``finetune.run.seed_summary``), top-k minus each other arm with a Welch interval, the general suite task by
+task (each arm's mean over seeds), and every run with its Wilson interval over the test items, in the order the
+runs were saved.
 """
 from __future__ import annotations
 
@@ -77,6 +78,26 @@ def differences_table(runs: dict, k: int) -> list[str]:
     return out
 
 
+def general_table(runs: dict, k: int) -> list[str]:
+    """The general suite task by task: before tuning, and each arm's mean after over its seeds."""
+    import numpy as np
+
+    first = next(iter(runs.values()))
+    keys = [key for key in first.general_before if key != "average"] + ["average"]
+    fmt = lambda key, v: number(v, "{:.2f}" if key == "wiki/ppl" else "{:.4f}" if key == "wiki/kl" else  # noqa: E731
+                                "{:.1f}" if "logprob" in key else "{:.3f}")
+    out = [row(["arm", "n", *keys]), row(["---"] * (2 + len(keys))),
+           row(["base, before tuning", "-", *[fmt(key, first.general_before.get(key)) for key in keys]])]
+    by = {}
+    for r in runs.values():
+        by.setdefault(r.method, []).append(r.general_after)
+    for method, after in by.items():
+        out.append(row([LABEL.get(method, method).format(k=k), len(after),
+                        *[fmt(key, float(np.mean([a[key] for a in after])) if all(key in a for a in after) else None)
+                          for key in keys]]))
+    return out
+
+
 def runs_table(runs: dict, folder: Path, k: int, n_pairs: int) -> list[str]:
     files = json.loads((folder / "study.json").read_text())["files"]
     out = [row(["arm", "seed", "VRU test [95% Wilson]", f"pairs both right (of {n_pairs})", "same pick both sides",
@@ -114,7 +135,7 @@ def main() -> None:
     print(f"Before tuning: best rotation-blind rule {first.vru_before.get('blind_baseline')}, "
           f"same pick on both sides {(first.vru_before.get('pairs') or {}).get('same_pick')}, "
           f"'unknown' first {(first.vru_before.get('pairs') or {}).get('unknown_first')}\n")
-    for table in (arms_table(runs, a.k), differences_table(runs, a.k), runs_table(runs, a.folder, a.k, a.pairs)):
+    for table in (arms_table(runs, a.k), differences_table(runs, a.k), general_table(runs, a.k), runs_table(runs, a.folder, a.k, a.pairs)):
         print("\n".join(table), end="\n\n")
 
 

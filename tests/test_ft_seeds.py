@@ -212,7 +212,10 @@ def test_the_docs_tables_script_reads_a_results_folder(tmp_path, capsys, monkeyp
     assert f"| 3 (0, 1, 2) |" in out and f"{np.mean(heads):.3f} [{lo:.3f}, {hi:.3f}]" in out
     w = stats.ttest_ind(heads, rand, equal_var=False).confidence_interval(0.95)
     assert f"{np.mean(heads) - np.mean(rand):+.3f} [{w.low:+.3f}, {w.high:+.3f}]" in out
-    assert sum(line.startswith("| top-16 heads") for line in out.splitlines()) == 1 + 3  # the arm, then its 3 runs
+    # the arm, its general-suite row, then its 3 runs; the general suite's after is the mean over seeds
+    assert sum(line.startswith("| top-16 heads") for line in out.splitlines()) == 1 + 1 + 3
+    general = [line for line in out.splitlines() if line.startswith("| top-16 heads (path ranking), qkvo | 3 |")]
+    assert len(general) == 1 and general[0].endswith(f"| {np.mean([0.5 - v / 10 for v in heads]):.3f} |")  # average
     monkeypatch.setattr(sys, "argv", ["finetune_tables.py", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="no study.json"):
         tables.main()

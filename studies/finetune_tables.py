@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
-from vru_lens.finetune.run import SEED_METRICS, FinetuneResult, seed_summary
+from vru_lens.finetune.run import SEED_METRICS, FinetuneResult, arms_of, seed_summary
 from vru_lens.results import welch_interval, wilson_interval
 
 LABEL = {"heads": "top-{k} heads (path ranking), qkvo", "random": "random-{k} heads outside the top {k}, qkvo",
@@ -26,11 +27,12 @@ COLUMNS = [("vru_test", "VRU test", "{:.3f}"), ("pairs_both_right", "pairs right
            ("wiki_kl", "KL to base (Wikipedia)", "{:.4f}")]
 
 
-def runs_of(folder: Path) -> dict[str, FinetuneResult]:
-    """Every fine-tuning stage the folder's manifest names, by stage name."""
+def runs_of(folder: Path) -> dict[Path, FinetuneResult]:
+    """Every fine-tuning stage the folder's manifest names, by its file, in the order the files were saved."""
     files = json.loads((folder / "study.json").read_text())["files"]
-    return {s: FinetuneResult.load(folder / n) for s, n in files.items()
-            if s.startswith("finetune_") and (folder / n).exists()}
+    paths = sorted((folder / n for s, n in files.items() if s.startswith("finetune_") and (folder / n).exists()),
+                   key=lambda path: path.stat().st_mtime)
+    return {path: FinetuneResult.load(path) for path in paths}
 
 
 def number(value, fmt: str) -> str:
@@ -46,13 +48,14 @@ def row(cells) -> str:
 
 
 def arms_table(runs: dict, k: int) -> list[str]:
-    arms = seed_summary(list(runs.values()))
+    groups = arms_of(runs.values())
+    arms = seed_summary(runs.values())
     first = next(iter(runs.values()))
     before = {"vru_after": first.vru_before, "general_after": first.general_before}
     out = [row(["arm", "n (seeds)", "trainable params", "lr", *[c[1] for c in COLUMNS]]), row(["---"] * (4 + len(COLUMNS))),
            row(["base, before tuning", "-", "-", "-", *[number(SEED_METRICS[m](before), f) for m, _, f in COLUMNS]])]
     for name, a in arms.items():
-        rs = [r for r in runs.values() if r.method == a["method"]]
+        rs = groups[name]
         params = "/".join(f"{p:,}" for p in sorted({r.trainable_params for r in rs}))
         out.append(row([LABEL.get(name, name).format(k=k), f"{a['n']} ({', '.join(map(str, a['seeds']))})", params,
                         f"{rs[0].train['config']['lr']:g}", *[interval(a[m], f) if m in a else "-" for m, _, f in COLUMNS]]))
@@ -61,20 +64,18 @@ def arms_table(runs: dict, k: int) -> list[str]:
 
 def differences_table(runs: dict, k: int) -> list[str]:
     """Top-k minus each other arm, over seeds (Welch): what the study's claim needs to be positive."""
-    by = {}
-    for r in runs.values():
-        by.setdefault(r.method, []).append(r.summary())
+    by = {name: [r.summary() for r in rs] for name, rs in arms_of(runs.values()).items()}
     if "heads" not in by:
         return []
     out = [row(["top-k minus", "VRU test", "pairs right on both sides", "general average"]), row(["---"] * 4)]
-    for method in by:
-        if method == "heads":
+    for name, sums in by.items():
+        if name == "heads":
             continue
         cells = []
         for m in ("vru_test", "pairs_both_right", "general_average"):
-            d = welch_interval([SEED_METRICS[m](s) for s in by["heads"]], [SEED_METRICS[m](s) for s in by[method]])
-            cells.append(f"{d['diff']:+.3f}" + ("" if d["ci"][0] != d["ci"][0] else f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"))
-        out.append(row([LABEL.get(method, method).format(k=k), *cells]))
+            d = welch_interval([SEED_METRICS[m](s) for s in by["heads"]], [SEED_METRICS[m](s) for s in sums])
+            cells.append(f"{d['diff']:+.3f}" + ("" if math.isnan(d["ci"][0]) else f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"))
+        out.append(row([LABEL.get(name, name).format(k=k), *cells]))
     return out
 
 
@@ -88,26 +89,23 @@ def general_table(runs: dict, k: int) -> list[str]:
                                 "{:.1f}" if "logprob" in key else "{:.3f}")
     out = [row(["arm", "n", *keys]), row(["---"] * (2 + len(keys))),
            row(["base, before tuning", "-", *[fmt(key, first.general_before.get(key)) for key in keys]])]
-    by = {}
-    for r in runs.values():
-        by.setdefault(r.method, []).append(r.general_after)
-    for method, after in by.items():
-        out.append(row([LABEL.get(method, method).format(k=k), len(after),
+    for name, rs in arms_of(runs.values()).items():
+        after = [r.general_after for r in rs]
+        out.append(row([LABEL.get(name, name).format(k=k), len(after),
                         *[fmt(key, float(np.mean([a[key] for a in after])) if all(key in a for a in after) else None)
                           for key in keys]]))
     return out
 
 
-def runs_table(runs: dict, folder: Path, k: int, n_pairs: int) -> list[str]:
-    files = json.loads((folder / "study.json").read_text())["files"]
+def runs_table(runs: dict, k: int, n_pairs: int) -> list[str]:
     out = [row(["arm", "seed", "VRU test [95% Wilson]", f"pairs both right (of {n_pairs})", "same pick both sides",
                 "'unknown' first", "story", "6 actions", "general average", "MMLU gold log-prob", "Wikipedia ppl", "KL",
                 "best validation (step)", "train s", "saved (UTC)"]), row(["---"] * 15)]
-    for s, r in sorted(runs.items(), key=lambda kv: (folder / files[kv[0]]).stat().st_mtime):
+    for path, r in runs.items():
         va, ga, t = r.vru_after, r.general_after, r.train
         lo, hi = wilson_interval(va["test"], va["n"])
         p = va.get("pairs") or {}
-        saved = time.strftime("%d %b %H:%M", time.gmtime((folder / files[s]).stat().st_mtime))
+        saved = time.strftime("%d %b %H:%M", time.gmtime(path.stat().st_mtime))
         both = p.get("both_right")
         out.append(row([LABEL.get(r.method, r.method).format(k=k), t["config"]["seed"], f"{va['test']:.2f} [{lo:.2f}, {hi:.2f}]",
                         "-" if both is None else round(both * n_pairs), number(p.get("same_pick"), "{:.2f}"),
@@ -135,7 +133,7 @@ def main() -> None:
     print(f"Before tuning: best rotation-blind rule {first.vru_before.get('blind_baseline')}, "
           f"same pick on both sides {(first.vru_before.get('pairs') or {}).get('same_pick')}, "
           f"'unknown' first {(first.vru_before.get('pairs') or {}).get('unknown_first')}\n")
-    for table in (arms_table(runs, a.k), differences_table(runs, a.k), general_table(runs, a.k), runs_table(runs, a.folder, a.k, a.pairs)):
+    for table in (arms_table(runs, a.k), differences_table(runs, a.k), general_table(runs, a.k), runs_table(runs, a.k, a.pairs)):
         print("\n".join(table), end="\n\n")
 
 

@@ -100,27 +100,32 @@ def seed_key(result: "FinetuneResult") -> str:
     return cache_key([result.model, result.method, result.data, result.components, len(result.heads), train])
 
 
-def seed_summary(results) -> dict:
-    """Each arm's runs over fine-tuning seeds (FinetuneResults; runs with other settings are kept apart:
-    ``seed_key``) -> {arm: {"method", "n", "seeds", "before": {metric: value}, metric: t_interval(values after)}}, the
-    95% Student-t interval over seeds of every ``SEED_METRICS`` entry measured in each run (n = 1: the point).
-    Arms are named by method, and by method and key where one method has runs of more than one setting."""
+def arms_of(results) -> dict[str, list]:
+    """FinetuneResults grouped into arms: one method at one setting (``seed_key``), over its seeds. Named by
+    method, and by method and key where one method has runs of more than one setting."""
     groups: dict = {}
     for r in results:
         groups.setdefault((r.method, seed_key(r)), []).append(r)
     methods = [m for m, _ in groups]
+    return {method if methods.count(method) == 1 else f"{method} ({key})": runs for (method, key), runs in groups.items()}
+
+
+def seed_summary(results) -> dict:
+    """Each arm's runs over fine-tuning seeds (FinetuneResults; runs with other settings are kept apart:
+    ``arms_of``) -> {arm: {"method", "n", "seeds", "before": {metric: value}, metric: t_interval(values after)}}, the
+    95% Student-t interval over seeds of every ``SEED_METRICS`` entry measured in each run (n = 1: the point)."""
     out = {}
-    for (method, key), runs in groups.items():
+    for name, runs in arms_of(results).items():
         sums = [r.summary() for r in runs]
-        arm = {"method": method, "n": len(runs), "seeds": [(r.train.get("config") or {}).get("seed") for r in runs],
+        arm = {"method": runs[0].method, "n": len(runs), "seeds": [(r.train.get("config") or {}).get("seed") for r in runs],
                "before": {}}
-        for name, get in SEED_METRICS.items():
+        for metric, get in SEED_METRICS.items():
             after = [get(s) for s in sums]
             if any(v is None for v in after):
                 continue
-            arm["before"][name] = get({"vru_after": sums[0]["vru_before"], "general_after": sums[0]["general_before"]})
-            arm[name] = t_interval(after)
-        out[method if methods.count(method) == 1 else f"{method} ({key})"] = arm
+            arm["before"][metric] = get({"vru_after": sums[0]["vru_before"], "general_after": sums[0]["general_before"]})
+            arm[metric] = t_interval(after)
+        out[name] = arm
     return out
 
 

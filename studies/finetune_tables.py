@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -27,12 +28,21 @@ COLUMNS = [("vru_test", "VRU test", "{:.3f}"), ("pairs_both_right", "pairs right
            ("wiki_kl", "KL to base (Wikipedia)", "{:.4f}")]
 
 
-def runs_of(folder: Path) -> dict[Path, FinetuneResult]:
-    """Every fine-tuning stage the folder's manifest names, by its file, in the order the files were saved."""
+def runs_of(folder: Path, k: int) -> dict[Path, FinetuneResult]:
+    """The fine-tuning stages at top-k ``k`` the folder's manifest names (full fine-tuning, which has no k, with
+    every k), by file, in the order the files were saved. A stage named ``finetune_<method>_k<k>...`` ran at that
+    k; one without ``_k`` at the run's default k, that of its unsuffixed heads arm."""
     files = json.loads((folder / "study.json").read_text())["files"]
-    paths = sorted((folder / n for s, n in files.items() if s.startswith("finetune_") and (folder / n).exists()),
-                   key=lambda path: path.stat().st_mtime)
-    return {path: FinetuneResult.load(path) for path in paths}
+    stages = {s: folder / n for s, n in files.items() if s.startswith("finetune_") and (folder / n).exists()}
+    runs = {s: FinetuneResult.load(path) for s, path in stages.items()}
+    default_k = next((len(r.heads) for s, r in runs.items() if s.startswith("finetune_heads") and "_k" not in s), None)
+
+    def k_of(stage: str) -> int | None:
+        found = re.search(r"_k(\d+)", stage)
+        return int(found.group(1)) if found else default_k
+
+    keep = sorted((s for s, r in runs.items() if r.method == "full" or k_of(s) == k), key=lambda s: stages[s].stat().st_mtime)
+    return {stages[s]: runs[s] for s in keep}
 
 
 def number(value, fmt: str) -> str:
@@ -121,14 +131,14 @@ def runs_table(runs: dict, k: int, n_pairs: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="a model's folder under a study's --out, e.g. results/real-models/gemma-3-270m")
-    ap.add_argument("--k", type=int, default=16, help="the top-k the runs tuned (for the labels)")
+    ap.add_argument("--k", type=int, default=16, help="the top-k of the runs to tabulate (with full fine-tuning's)")
     ap.add_argument("--pairs", type=int, default=64, help="the number of counterfactual pairs measured")
     a = ap.parse_args()
     if not (a.folder / "study.json").exists():
         raise SystemExit(f"no study.json in {a.folder}: pass a model's folder under the study's --out")
-    runs = runs_of(a.folder)
+    runs = runs_of(a.folder, a.k)
     if not runs:
-        raise SystemExit(f"no fine-tuning runs in {a.folder}: run the study's finetune stage first")
+        raise SystemExit(f"no fine-tuning runs at k = {a.k} in {a.folder}: run the study's finetune stage first")
     first = next(iter(runs.values()))
     print(f"Before tuning: best rotation-blind rule {first.vru_before.get('blind_baseline')}, "
           f"same pick on both sides {(first.vru_before.get('pairs') or {}).get('same_pick')}, "

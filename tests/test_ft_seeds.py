@@ -12,8 +12,8 @@ from vru_lens.cli import app
 from vru_lens.finetune.run import FinetuneResult, seed_summary
 from vru_lens.study import StudyConfig, run_study
 
-# tiny-llama, a few items, 3 steps: seconds
-TINY = dict(n_eval=8, n_pairs=4, n_boot=0, top_k=2, stages=("rank", "finetune"), compare=(), baselines=("random",),
+# tiny-llama, a few items, 3 steps: seconds; k the default (a quarter of its 12 heads: 3)
+TINY = dict(n_eval=8, n_pairs=4, n_boot=0, stages=("rank", "finetune"), compare=(), baselines=("random",),
             method_lr=True, batch_size=4, n_train=12, ft_steps=3, warmup=1, n_val=4, general_n=0)
 
 
@@ -105,6 +105,64 @@ def test_an_interrupted_grid_resumes_without_recomputing(grid):
     assert {a: v["n"] for a, v in summary["arms"].items()} == {"heads": 3, "random": 3}
 
 
+def test_a_second_k_has_its_own_stages_and_summary_and_shares_full_fine_tuning(tmp_path, one_thread):
+    """Grids at two k in one folder: the default k keeps its names, another k adds ``_k<k>`` (its own manifest
+    entries and summary), and full fine-tuning, which trains no heads, runs once per seed for both."""
+    study, default = _run(tmp_path, ft_seeds=(0, 1), baselines=("full",))
+    assert set(default) == {"finetune_heads", "finetune_full", "finetune_heads_seed1", "finetune_full_seed1"}
+    stamps = {p.name: p.stat().st_mtime_ns for p in study.folder.glob("finetune_*-*.json")}
+    summary = (study.folder / "finetune_seeds.json").read_text()
+    study2, other = _run(tmp_path, ft_seeds=(0, 1), baselines=("full",), top_k=2)
+    # the folder's manifest names both grids (the default k's entries read back, not run again)
+    assert set(other) == set(default) | {"finetune_heads_k2", "finetune_heads_k2_seed1"}
+    assert [len(other[s].heads) for s in ("finetune_heads", "finetune_heads_k2", "finetune_heads_k2_seed1")] == [3, 2, 2]
+    for stage in ("finetune_full", "finetune_full_seed1"):  # the same file, not trained again
+        assert study2.files[stage] == study.files[stage]
+    assert all((study.folder / name).stat().st_mtime_ns == t for name, t in stamps.items())
+    manifest = json.loads((study.folder / "study.json").read_text())["files"]
+    assert {"finetune_heads", "finetune_heads_seed1", "finetune_heads_k2", "finetune_heads_k2_seed1"} <= set(manifest)
+    assert manifest["finetune_heads"] == study.files["finetune_heads"] != manifest["finetune_heads_k2"]
+    assert (study.folder / "finetune_seeds.json").read_text() == summary  # the default k's summary untouched
+    k2 = json.loads((study.folder / "finetune_seeds_k2.json").read_text())
+    assert {a: v["n"] for a, v in k2["arms"].items()} == {"heads": 2, "full": 2}
+
+
+def test_runs_saved_before_stage_names_carried_k_are_adopted_not_recomputed(tmp_path, one_thread, monkeypatch):
+    """A folder written when every k shared the names ``finetune_<method>`` (and the full arm's key held k): its
+    files move to the new names with their numbers, and nothing is trained again."""
+    from vru_lens import study as study_module
+
+    saved = []  # (stage name, settings) of every fine-tuning stage, recorded around the code under test
+    stage = study_module.Study.stage
+    monkeypatch.setattr(study_module.Study, "stage", lambda self, name, cls, settings, compute: (
+        saved.append((name, dict(settings))) if name.startswith("finetune_") else None,
+        stage(self, name, cls, settings, compute))[1])
+    study, runs = _run(tmp_path, ft_seeds=(0, 1), baselines=("full",), top_k=2)
+    assert set(runs) == {"finetune_heads_k2", "finetune_full", "finetune_heads_k2_seed1", "finetune_full_seed1"}
+    # rewrite the folder as the earlier naming left it: no k in the names, k in the full arm's key
+    files = json.loads((study.folder / "study.json").read_text())
+    for name, settings in saved:
+        legacy = name.replace("_k2", "")
+        old = study.path(legacy, {**settings, "top_k": 2} if "top_k" not in settings else settings)
+        (study.folder / study.files[name]).rename(old)
+        files["files"].pop(name)
+        files["files"][legacy] = old.name
+    (study.folder / "study.json").write_text(json.dumps(files))
+    before = {n: FinetuneResult.load(study.folder / f).to_dict() for n, f in files["files"].items() if n.startswith("finetune_")}
+
+    def never(*a, **k):
+        raise AssertionError("a saved run was trained again")
+
+    monkeypatch.setattr(study_module, "_experiment", never)
+    study2, again = _run(tmp_path, ft_seeds=(0, 1), baselines=("full",), top_k=2)
+    assert set(again) == set(runs) and all(study2.files[s] == study.files[s] for s in runs)
+    for name in runs:
+        assert _same(again[name].to_dict(), before[name.replace("_k2", "")])
+    manifest = json.loads((study.folder / "study.json").read_text())["files"]
+    assert "finetune_heads" not in manifest and "finetune_heads_seed1" not in manifest  # old names dropped
+    assert sorted(p.name for p in study.folder.glob("finetune_*-*.json")) == sorted(study.files[s] for s in runs)
+
+
 def _result(method, seed, test, steps=3, after_pairs=0.0):
     return FinetuneResult("m", method, [[0, 1]], "qkvo", 10, 80, 0.3, test, {"test": 0.3, "pairs": {"both_right": 0.0}},
                           {"test": test, "pairs": {"both_right": after_pairs}}, {"average": 0.5, "wiki/ppl": 20.0},
@@ -132,6 +190,11 @@ def test_the_summary_is_a_student_t_interval_over_seeds():
     # runs with other training settings are never averaged together
     split = seed_summary(runs + [_result("heads", 5, 0.9, steps=30)])
     assert sorted(a["n"] for a in split.values() if a["method"] == "heads") == [1, 3]
+    # LoRA chooses no heads: its k is the parameter budget it was sized to, and two budgets are two arms
+    lora = [_result("lora", s, 0.3) for s in range(3)]
+    for r, budget in zip(lora, (1000, 1000, 2000)):
+        r.heads, r.extra = [], {"budget": budget}
+    assert sorted(a["n"] for a in seed_summary(lora).values()) == [1, 2]
 
 
 def test_the_report_shows_the_interval(tmp_path):
@@ -201,21 +264,31 @@ def test_the_docs_tables_script_reads_a_results_folder(tmp_path, capsys, monkeyp
     for i, (method, v) in enumerate([("heads", x) for x in heads] + [("random", x) for x in rand]):
         r = _result(method, i, v)
         r.vru_after["n"] = 100
-        name = f"finetune_{method}_seed{i}-0.json"
+        name = f"finetune_{method}_k16_seed{i}-0.json"  # a k other than the study's default names its stages
         r.save(tmp_path / name)
-        files[f"finetune_{method}_seed{i}"] = name
+        files[f"finetune_{method}_k16_seed{i}"] = name
+    # another k's run in the same folder (the default k's names: no suffix) is not one of k = 16's arms
+    other_k = _result("heads", 0, 0.987)
+    other_k.heads, other_k.vru_after["n"] = [[0, h] for h in range(32)], 100
+    other_k.save(tmp_path / "finetune_heads-0.json")
+    files["finetune_heads"] = "finetune_heads-0.json"
     (tmp_path / "study.json").write_text(json.dumps({"files": files}))
     monkeypatch.setattr(sys, "argv", ["finetune_tables.py", str(tmp_path)])
     tables.main()
     out = capsys.readouterr().out
     lo, hi = stats.t.interval(0.95, 2, loc=np.mean(heads), scale=stats.sem(heads))
     assert f"| 3 (0, 1, 2) |" in out and f"{np.mean(heads):.3f} [{lo:.3f}, {hi:.3f}]" in out
+    assert "0.987" not in out and "0.99 [" not in out
     w = stats.ttest_ind(heads, rand, equal_var=False).confidence_interval(0.95)
     assert f"{np.mean(heads) - np.mean(rand):+.3f} [{w.low:+.3f}, {w.high:+.3f}]" in out
     # the arm, its general-suite row, then its 3 runs; the general suite's after is the mean over seeds
     assert sum(line.startswith("| top-16 heads") for line in out.splitlines()) == 1 + 1 + 3
     general = [line for line in out.splitlines() if line.startswith("| top-16 heads (path ranking), qkvo | 3 |")]
     assert len(general) == 1 and general[0].endswith(f"| {np.mean([0.5 - v / 10 for v in heads]):.3f} |")  # average
+    monkeypatch.setattr(sys, "argv", ["finetune_tables.py", str(tmp_path), "--k", "32"])
+    tables.main()
+    k32 = capsys.readouterr().out
+    assert "| top-32 heads (path ranking), qkvo | 1 (0) |" in k32 and "0.987" in k32 and "0.370" not in k32
     monkeypatch.setattr(sys, "argv", ["finetune_tables.py", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="no study.json"):
         tables.main()

@@ -12,21 +12,22 @@ def _files(folder):
 def test_run_writes_every_stage_and_a_report_then_resumes_by_settings(tmp_path):
     out = tmp_path / "run"
     args = ["run", "--model", "tiny-llama", "--quick", "--out", str(out), "--n", "12", "--n-probe", "40",
-            "--n-pairs", "6", "--top-k", "2", "--n-random", "2", "--n-train", "64", "--baselines", "random",
+            "--n-pairs", "6", "--top-k", "2",  # not the default k (3): stages named _k2
+            "--n-random", "2", "--n-train", "64", "--baselines", "random",
             "--general-n", "2", "--compare", "activation", "--json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.strip().splitlines()[-1])
-    for stage in ("eval", "probe", "lens", "rank_path", "rank_activation", "knockout", "attention", "finetune_heads",
-                  "finetune_random", "after_eval", "after_probe", "after_rank_path"):
+    for stage in ("eval", "probe", "lens", "rank_path", "rank_activation", "knockout", "attention", "finetune_heads_k2",
+                  "finetune_random_k2", "after_eval", "after_probe", "after_rank_path"):
         assert stage in payload, stage
-    assert payload["finetune_random"]["method"] == "random"
+    assert payload["finetune_random_k2"]["method"] == "random"
     assert all(isinstance(v, (dict, str)) for v in payload.values())  # every stage summarised, none null
     assert set(payload["knockout"]["curves"]) == {"path", "activation"} and payload["knockout"]["ks"][0] == 1
-    assert "general_delta" in payload["finetune_heads"]
+    assert "general_delta" in payload["finetune_heads_k2"]
     folder = out / "tiny-llama"
     manifest = json.loads((folder / "study.json").read_text())
-    assert set(manifest["files"]) >= {"eval", "knockout", "finetune_heads"}
+    assert set(manifest["files"]) >= {"eval", "knockout", "finetune_heads_k2"}
     from vru_lens.patching import KnockoutCurve
 
     curve = KnockoutCurve.load(folder / manifest["files"]["knockout"])

@@ -130,7 +130,7 @@ def _accuracy_section(studies: list) -> str:
     """Each model's VRUBench accuracy (its base checkpoint's and the tuned model's beside it) against its floors."""
     rows = []
     for st in studies:
-        tuned = st["results"].get("finetune_heads")
+        tuned = next((r for stage, r in st["results"].items() if stage.startswith("finetune_heads")), None)
         after = (f"{st.get('base') or st['model']} + top-{len(tuned.summary()['heads'])} head deltas" if tuned
                  else "tuned")
         for name, ev in ((st["model"], st["results"].get("eval")),

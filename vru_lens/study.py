@@ -189,6 +189,21 @@ class Study:
         """Where stage ``name``'s result for these settings is saved."""
         return self.folder / f"{name}-{cache_key([self.model, name, settings])}.json"
 
+    def adopt(self, old: Path, new: Path) -> None:
+        """A result saved under an earlier stage name or key (``old``) moved to ``new``, never computed again; the
+        manifest stops naming the old file."""
+        if old == new or not old.exists() or new.exists():
+            return
+        old.replace(new)
+        self.files = {k: v for k, v in self.files.items() if v != old.name}
+        manifest = self.folder / "study.json"
+        if manifest.exists():
+            from .results import write_json_atomic
+
+            saved = json.loads(manifest.read_text())
+            saved["files"] = {k: v for k, v in saved.get("files", {}).items() if v != old.name}
+            write_json_atomic(manifest, saved)
+
     def stage(self, name: str, cls, settings: dict, compute):
         """``cls.load`` of the saved result for these settings, or ``compute()`` saved under them."""
         path = self.path(name, settings)
@@ -278,7 +293,7 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
 
     cfg = study.config
     n_heads = lm.cfg.n_layers * lm.cfg.n_heads
-    top_k = cfg.top_k or max(1, min(32, n_heads // 4))
+    top_k = cfg.top_k or study_top_k(n_heads)
     k_max = _knockout_k(cfg, n_heads, top_k)
     inp = _Inputs(cfg, chat_for(lm, cfg.chat), make_items(cfg.n_eval, cfg.seed, split="test"), ranking_pair_items(cfg))
     torch.manual_seed(cfg.seed)
@@ -290,6 +305,11 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
     study.write_manifest()
     if "finetune" in cfg.stages or "after" in cfg.stages:
         finetune_stages(study, lm, inp, top_k, device, dtype)
+
+
+def study_top_k(n_heads: int) -> int:
+    """The k of a run that names none: the study's 32 heads, at most a quarter of the model's."""
+    return max(1, min(32, n_heads // 4))
 
 
 def _knockout_k(cfg: StudyConfig, n_heads: int, top_k: int) -> int:
@@ -452,6 +472,11 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
     seeds = cfg.plain_ft_seeds()
     deltas_of = lambda s: deltas if s == cfg.seed else deltas.with_name(  # noqa: E731
         f"deltas-{cache_key([study.model, settings, s])}.safetensors")
+    # a k other than the run's default (the study's, or a deficit organism's |D|) names its own stages and summary,
+    # so grids at two k share one folder; full fine-tuning trains no heads: one run per seed serves every k
+    default_k = replace(inp.cfg, top_k=None).for_tuning(base_name).top_k or study_top_k(
+        lm.cfg.n_layers * lm.cfg.n_heads)
+    k_suffix = "" if top_k == default_k else f"_k{top_k}"
     runs = []
     for ft_seed in seeds:  # every arm's first seed before any arm's second: a cut grid has as many seeds per arm
         # the seed of ``seed`` keeps the stage, key and deltas file of a one-seed run (earlier results stay valid)
@@ -461,14 +486,20 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
             # _experiment draws random-k with it too)
             train = replace(train_cfg, lr=cfg.lr_for(method), seed=ft_seed)
             run_settings = {**settings, "method": method, "train": asdict(train)}
+            name = f"finetune_{method}{'' if method == 'full' else k_suffix}{suffix}"
+            # results saved before stage names carried k (and the full arm's key did): adopted, never recomputed
+            legacy = study.path(f"finetune_{method}{suffix}", run_settings)
+            if method == "full":
+                run_settings.pop("top_k")
+            study.adopt(legacy, study.path(name, run_settings))
             if method == "heads" and not seed_deltas.exists():  # the deltas are the heads stage's result too
-                study.path(f"finetune_heads{suffix}", run_settings).unlink(missing_ok=True)
+                study.path(name, run_settings).unlink(missing_ok=True)
             model = (lambda: base) if method == "heads" else fresh  # LoRA leaves PEFT's adapter config on its model
-            runs.append(study.stage(f"finetune_{method}{suffix}", FinetuneResult, run_settings,
+            runs.append(study.stage(name, FinetuneResult, run_settings,
                                     partial(_experiment, method, cfg, top_k, train, scores, model, seed_deltas,
                                             **common)))
             if len(seeds) > 1:  # rewritten after every run: an interrupted grid's summary holds what finished
-                _write_seed_summary(study, seeds, runs)
+                _write_seed_summary(study, seeds, runs, k_suffix)
     if "after" in cfg.stages:
         tuned = merge_deltas(base, deltas_of(seeds[0]))  # the first fine-tuning seed's deltas
         try:
@@ -477,13 +508,14 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
             tuned.unmerge(base)
 
 
-def _write_seed_summary(study: Study, seeds: tuple, runs: list) -> None:
-    """``finetune_seeds.json``: each arm's mean and 95% t-interval over the fine-tuning seeds run so far
-    (``finetune.run.seed_summary``; the report computes the same from the runs it reads)."""
+def _write_seed_summary(study: Study, seeds: tuple, runs: list, k_suffix: str = "") -> None:
+    """``finetune_seeds.json`` (``finetune_seeds_k16.json`` for a k other than the default): each arm's mean and
+    95% t-interval over the fine-tuning seeds run so far (``finetune.run.seed_summary``; the report computes the
+    same from the runs it reads)."""
     from .finetune.run import seed_summary
     from .results import write_json_atomic
 
-    write_json_atomic(study.folder / "finetune_seeds.json", {"model": study.model, "seeds": list(seeds),
+    write_json_atomic(study.folder / f"finetune_seeds{k_suffix}.json", {"model": study.model, "seeds": list(seeds),
                                                               "arms": seed_summary(runs)})
 
 

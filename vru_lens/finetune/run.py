@@ -97,7 +97,9 @@ def seed_key(result: "FinetuneResult") -> str:
     """What runs of one arm over fine-tuning seeds share: method, data, component slices and training settings but
     the seed (runs that differ in anything else are never averaged together)."""
     train = {k: v for k, v in (result.train.get("config") or {}).items() if k != "seed"}
-    return cache_key([result.model, result.method, result.data, result.components, len(result.heads), train])
+    # k: the heads' count, or for LoRA the parameter budget it was sized to (it chooses no heads)
+    k = len(result.heads) if result.heads else result.extra.get("budget")
+    return cache_key([result.model, result.method, result.data, result.components, k, train])
 
 
 def arms_of(results) -> dict[str, list]:

@@ -160,6 +160,11 @@ def _deficient(name: str) -> list | None:
     return organism_card(name).get("deficient_heads") if name in ORGANISMS else None
 
 
+def weights_dtype(model) -> str:
+    """The dtype a model computes in, by name ("float32", "bfloat16")."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def slug(name: str) -> str:
     return name.replace("/", "__")
 
@@ -175,6 +180,10 @@ class Study:
     log: object = print
     files: dict = field(default_factory=dict)  # stage name -> file name inside out/<model>
     graded: dict | None = None  # the graded stages' summary (also in graded.json)
+    # the weights' dtype of this run, and of the run that computed each file (the manifest's "dtypes"): stage keys
+    # do not hold it, so a file computed in another dtype is read back, but never without saying so
+    dtype: str | None = None
+    dtypes: dict = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -209,12 +218,22 @@ class Study:
         path = self.path(name, settings)
         self.files[name] = path.name
         if path.exists():
+            made = self._saved_dtypes().get(path.name)
+            if made and self.dtype and made != self.dtype:
+                self.log(f"[{self.model}] {name}: reading {path.name}, computed in {made}, into a {self.dtype} run "
+                         "(delete the file to compute it in this run's dtype)")
             return cls.load(path)
         self.log(f"[{self.model}] {name}")
         result = compute()
         result.save(path)
+        if self.dtype:
+            self.dtypes[path.name] = self.dtype
         self.write_manifest()
         return result
+
+    def _saved_dtypes(self) -> dict:
+        manifest = self.folder / "study.json"
+        return {**(json.loads(manifest.read_text()).get("dtypes", {}) if manifest.exists() else {}), **self.dtypes}
 
     def write_manifest(self) -> None:
         from .results import write_json_atomic
@@ -224,9 +243,11 @@ class Study:
         started = old.get("started")
         # runs of other stages into the same folder add up: their files stay listed, this run's replace theirs
         self.files = {**old.get("files", {}), **self.files}
+        self.dtypes = {**old.get("dtypes", {}), **self.dtypes}
         write_json_atomic(path, {"model": self.model, "config": asdict(self.config), "started": started or time.time(),
                                  "base": self.base, "circuit": _circuit(self.model),
                                  "deficient": _deficient(self.model), "files": self.files,
+                                 **({"dtypes": self.dtypes} if self.dtypes else {}),
                                  **({"graded": "graded.json"} if self.graded is not None else {})})
 
 
@@ -250,6 +271,7 @@ def run_study(model: str, out: str | Path, config: StudyConfig | None = None, de
                                  "package ships: set StudyConfig.base (--base)")
             organism_card(study.base)
     lm = load_model(model, device=device, dtype=dtype)
+    study.dtype = weights_dtype(lm)
     if any(s in STAGES for s in cfg.stages):
         plain_stages(study, lm, device, dtype)
     if graded:
@@ -530,7 +552,7 @@ def _base_study(study: Study, cfg: StudyConfig, base_name: str | None) -> Study:
     if not base_name:
         return study
     return Study(study.out, base_name, replace(cfg, stages=("eval", "probe", "rank"), base=None), study.progress,
-                 study.log)
+                 study.log, dtype=study.dtype)
 
 
 def _general_suite(cfg: StudyConfig, tuned: str):

@@ -195,6 +195,10 @@ def test_the_summary_is_a_student_t_interval_over_seeds():
     for r, budget in zip(lora, (1000, 1000, 2000)):
         r.heads, r.extra = [], {"budget": budget}
     assert sorted(a["n"] for a in seed_summary(lora).values()) == [1, 2]
+    assert set(seed_summary(lora)) == {"lora budget=1000", "lora budget=2000"}
+    wide = _result("heads", 0, 0.5)
+    wide.heads = [[0, h] for h in range(4)]
+    assert set(seed_summary(runs + [wide])) == {"heads k=1", "heads k=4", "random"}
 
 
 def test_the_report_shows_the_interval(tmp_path):

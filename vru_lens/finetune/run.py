@@ -97,19 +97,33 @@ def seed_key(result: "FinetuneResult") -> str:
     """What runs of one arm over fine-tuning seeds share: method, data, component slices and training settings but
     the seed (runs that differ in anything else are never averaged together)."""
     train = {k: v for k, v in (result.train.get("config") or {}).items() if k != "seed"}
-    # k: the heads' count, or for LoRA the parameter budget it was sized to (it chooses no heads)
-    k = len(result.heads) if result.heads else result.extra.get("budget")
-    return cache_key([result.model, result.method, result.data, result.components, k, train])
+    return cache_key([result.model, result.method, result.data, result.components, _size(result), train])
+
+
+def _size(result: "FinetuneResult"):
+    """What k a run was made at: its heads' count, or for LoRA the parameter budget it was sized to (no heads)."""
+    return len(result.heads) if result.heads else result.extra.get("budget")
 
 
 def arms_of(results) -> dict[str, list]:
     """FinetuneResults grouped into arms: one method at one setting (``seed_key``), over its seeds. Named by
-    method, and by method and key where one method has runs of more than one setting."""
+    method; where one method has runs of more than one setting, by method and k when k tells them apart
+    ("heads k=16", "lora budget=2359296"), else by method and key."""
     groups: dict = {}
     for r in results:
         groups.setdefault((r.method, seed_key(r)), []).append(r)
     methods = [m for m, _ in groups]
-    return {method if methods.count(method) == 1 else f"{method} ({key})": runs for (method, key), runs in groups.items()}
+
+    def name(method, key, runs):
+        if methods.count(method) == 1:
+            return method
+        sizes = [_size(rs[0]) for (m, _), rs in groups.items() if m == method]
+        size = _size(runs[0])
+        if sizes.count(size) > 1:
+            return f"{method} ({key})"
+        return f"{method} {'k' if runs[0].heads else 'budget'}={size}"
+
+    return {name(method, key, runs): runs for (method, key), runs in groups.items()}
 
 
 def seed_summary(results) -> dict:

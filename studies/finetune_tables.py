@@ -143,7 +143,10 @@ def main() -> None:
     print(f"Before tuning: best rotation-blind rule {first.vru_before.get('blind_baseline')}, "
           f"same pick on both sides {(first.vru_before.get('pairs') or {}).get('same_pick')}, "
           f"'unknown' first {(first.vru_before.get('pairs') or {}).get('unknown_first')}\n")
-    for table in (arms_table(runs, a.k), differences_table(runs, a.k), general_table(runs, a.k), runs_table(runs, a.k, a.pairs)):
+    # arms in LABEL's order (top-k first), whatever order their runs were saved in; runs in saved order
+    by_arm = dict(sorted(runs.items(), key=lambda item: list(LABEL).index(item[1].method) if item[1].method in LABEL else len(LABEL)))
+    for table in (arms_table(by_arm, a.k), differences_table(by_arm, a.k), general_table(by_arm, a.k),
+                  runs_table(runs, a.k, a.pairs)):
         print("\n".join(table), end="\n\n")
 
 

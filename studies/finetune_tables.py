@@ -67,7 +67,7 @@ def arms_table(runs: dict, k: int) -> list[str]:
     for name, a in arms.items():
         rs = groups[name]
         params = "/".join(f"{p:,}" for p in sorted({r.trainable_params for r in rs}))
-        out.append(row([LABEL.get(name, name).format(k=k), f"{a['n']} ({', '.join(map(str, a['seeds']))})", params,
+        out.append(row([LABEL.get(name, name).format(k=k), f"{a['n']} ({', '.join(map(str, sorted(a['seeds'])))})", params,
                         f"{rs[0].train['config']['lr']:g}", *[interval(a[m], f) if m in a else "-" for m, _, f in COLUMNS]]))
     return out
 

@@ -205,20 +205,19 @@ class Study:
             return
         old.replace(new)
         self.files = {k: v for k, v in self.files.items() if v != old.name}
-        manifest = self.folder / "study.json"
-        if manifest.exists():
+        saved = self._manifest()
+        if saved:
             from .results import write_json_atomic
 
-            saved = json.loads(manifest.read_text())
             saved["files"] = {k: v for k, v in saved.get("files", {}).items() if v != old.name}
-            write_json_atomic(manifest, saved)
+            write_json_atomic(self.folder / "study.json", saved)
 
     def stage(self, name: str, cls, settings: dict, compute):
         """``cls.load`` of the saved result for these settings, or ``compute()`` saved under them."""
         path = self.path(name, settings)
         self.files[name] = path.name
         if path.exists():
-            made = self._saved_dtypes().get(path.name)
+            made = {**self._manifest().get("dtypes", {}), **self.dtypes}.get(path.name)
             if made and self.dtype and made != self.dtype:
                 self.log(f"[{self.model}] {name}: reading {path.name}, computed in {made}, into a {self.dtype} run "
                          "(delete the file to compute it in this run's dtype)")
@@ -231,15 +230,15 @@ class Study:
         self.write_manifest()
         return result
 
-    def _saved_dtypes(self) -> dict:
-        manifest = self.folder / "study.json"
-        return {**(json.loads(manifest.read_text()).get("dtypes", {}) if manifest.exists() else {}), **self.dtypes}
+    def _manifest(self) -> dict:
+        """``study.json`` as saved (other runs' files and dtypes included), or {} before the first."""
+        path = self.folder / "study.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def write_manifest(self) -> None:
         from .results import write_json_atomic
 
-        path = self.folder / "study.json"
-        old = json.loads(path.read_text()) if path.exists() else {}
+        path, old = self.folder / "study.json", self._manifest()
         started = old.get("started")
         # runs of other stages into the same folder add up: their files stay listed, this run's replace theirs
         self.files = {**old.get("files", {}), **self.files}
@@ -326,7 +325,7 @@ def plain_stages(study: Study, lm, device=None, dtype=None) -> None:
         _attention_stage(study, lm, inp, res, top_k)
     study.write_manifest()
     if "finetune" in cfg.stages or "after" in cfg.stages:
-        finetune_stages(study, lm, inp, top_k, device, dtype)
+        finetune_stages(study, lm, inp, study_top_k(n_heads), device, dtype)
 
 
 def study_top_k(n_heads: int) -> int:
@@ -448,7 +447,7 @@ def transfer_sets(cfg: StudyConfig) -> dict:
             "six_actions": make_items(cfg.n_transfer, cfg.seed + 3, BenchConfig(min_steps=6, max_steps=6), split="test")}
 
 
-def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=None):
+def finetune_stages(study: Study, lm, inp: _Inputs, study_k: int, device, dtype=None):
     """Rank on the checkpoint to tune (the base where one exists), tune the top heads (and baselines),
     then measure the tuned model again. The base's own results live in their own folder."""
     from functools import partial
@@ -461,7 +460,7 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
 
     base_name, progress, data = study.base, study.progress, inp.data
     cfg = inp.cfg.for_tuning(base_name)
-    top_k = cfg.top_k or top_k
+    top_k = cfg.top_k or study_k
     fresh = partial(load_model, base_name or study.model, device=device, dtype=dtype)
     base = fresh() if base_name else lm
     bst = _base_study(study, cfg, base_name)
@@ -496,8 +495,7 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
         f"deltas-{cache_key([study.model, settings, s])}.safetensors")
     # a k other than the run's default (the study's, or a deficit organism's |D|) names its own stages and summary,
     # so grids at two k share one folder; full fine-tuning trains no heads: one run per seed serves every k
-    default_k = replace(inp.cfg, top_k=None).for_tuning(base_name).top_k or study_top_k(
-        lm.cfg.n_layers * lm.cfg.n_heads)
+    default_k = replace(inp.cfg, top_k=None).for_tuning(base_name).top_k or study_k
     k_suffix = "" if top_k == default_k else f"_k{top_k}"
     runs = []
     for ft_seed in seeds:  # every arm's first seed before any arm's second: a cut grid has as many seeds per arm
@@ -530,7 +528,7 @@ def finetune_stages(study: Study, lm, inp: _Inputs, top_k: int, device, dtype=No
             tuned.unmerge(base)
 
 
-def _write_seed_summary(study: Study, seeds: tuple, runs: list, k_suffix: str = "") -> None:
+def _write_seed_summary(study: Study, seeds: tuple, runs: list, k_suffix: str) -> None:
     """``finetune_seeds.json`` (``finetune_seeds_k16.json`` for a k other than the default): each arm's mean and
     95% t-interval over the fine-tuning seeds run so far (``finetune.run.seed_summary``; the report computes the
     same from the runs it reads)."""
